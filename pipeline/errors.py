@@ -1,0 +1,39 @@
+"""Errors a user can fix, and the one place that turns them into a one-line message.
+
+Every command's ``main()`` is wrapped by :func:`run_cli`, so a bad label, a bad params key or an
+unreachable server ends in a single clear line and a meaningful exit code instead of a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+#: Exit codes shared by every command.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Bad input the user can fix (a params key, a label, a path). Exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class PipelineFailure(Exception):
+    """The work could not be done (server unreachable, disk full, ...). Exit code 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and map known errors to one line on stderr plus an exit code."""
+    try:
+        code = main(argv)
+    except (UserError, PipelineFailure) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return EXIT_OK if code is None else int(code)

@@ -1,0 +1,23 @@
+"""Where every stage reads and writes, relative to the working directory (DVC's convention).
+
+``dvc.yaml`` names the same paths; keep the two in step.
+"""
+from pathlib import Path
+
+DATA = Path("data")
+METADATA_DIR = DATA / "metadata"          # downloaded CSV/JSON + the Parquet cache
+SELECTED = DATA / "selected.parquet"      # one row per chosen box
+IMAGES_DIR = DATA / "images"              # <ImageID>.<ext>
+IMAGES_MANIFEST = IMAGES_DIR / "manifest.parquet"
+CROPS_DIR = DATA / "crops"                # <label>/<ImageID>_<box>.jpg
+CROPS_MANIFEST = CROPS_DIR / "manifest.parquet"
+CLEAN_DIR = DATA / "clean"
+CLEAN_MANIFEST = CLEAN_DIR / "manifest.parquet"
+SPLITS_DIR = DATA / "splits"              # {train,val,test}/<label>/<file>.jpg
+SPLITS_MANIFEST = SPLITS_DIR / "splits.parquet"
+PACKAGE_INFO = DATA / "package.json"
+MODELS_DIR = Path("models")
+MODEL = MODELS_DIR / "model.pt"
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
