@@ -1,7 +1,10 @@
-"""Parquet manifests: the data contract between stages, written atomically."""
+"""Parquet manifests (the data contract between stages) and output folders, written atomically."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,3 +35,29 @@ def read_parquet(path: str | Path, what: str = "input") -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"{path} not found: run the stage that writes the {what} first (see dvc.yaml)")
     return pq.read_table(path).to_pandas()
+
+
+@contextmanager
+def replace_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to build ``path``'s new contents in; swap it in when the block ends.
+
+    A stage's output folder then holds exactly this run's files (nothing stale from an earlier run with
+    other params), and readers never see it half built; on an error the old folder is left untouched.
+    The sibling sits next to ``path`` so the swap is a rename and hard links into nearby folders work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    new.mkdir()
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
 from pipeline.errors import UserError
@@ -45,3 +46,17 @@ def require_http_url(url: str, what: str = "URL") -> str:
     if not is_http_url(url):
         raise UserError(f"{what} must be an http(s) URL, got {url!r}")
     return url
+
+
+def join_inside(base: Path, relative: object) -> Path | None:
+    """``base / relative`` when ``relative`` is a plain relative path that stays inside ``base``, else None.
+
+    Manifests carry file paths relative to a stage's folder; a doctored manifest must not make a later
+    stage read, link or show a file elsewhere on the machine (``../../etc/passwd``, ``/home/...``).
+    """
+    if not isinstance(relative, str) or not relative:
+        return None
+    rel = PurePosixPath(relative.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or PureWindowsPath(relative).drive:
+        return None
+    return Path(base, *rel.parts)
