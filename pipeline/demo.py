@@ -17,12 +17,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline import paths
 from pipeline.errors import PipelineFailure, UserError, run_cli
 
+if TYPE_CHECKING:
+    from pipeline.mirror import Mirror
+
+DEMO_PORT = 8754
 REPO = Path(__file__).resolve().parent.parent
 CODE_PREFIX = "pipeline/"
 
@@ -101,6 +106,21 @@ def summary(workspace: Path) -> str:
     return "\n".join(lines)
 
 
+def start_mirror(root: Path, images_per_label: int, port: int) -> Mirror:
+    """The demo's mirror on ``port``, or on a free port when that one is taken."""
+    from pipeline.mirror import Mirror  # imported late: --help stays fast
+
+    def make(p: int) -> Mirror:
+        return Mirror(root=root, labels=tuple(DEMO_PARAMS["labels"]), images_per_label=images_per_label,
+                      faults=True, seed=0, port=p)
+
+    try:
+        return make(port).start()
+    except OSError:
+        print(f"port {port} is taken; using a free port (DVC will see new params and re-run the stages)")
+        return make(0).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.demo",
@@ -110,24 +130,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for the demo's DVC project and outputs (default: %(default)s)")
     parser.add_argument("--images-per-label", type=int, default=40, help="mirror size (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete the workspace first")
+    parser.add_argument("--port", type=int, default=DEMO_PORT,
+                        help="mirror port; a fixed one keeps params.yaml, and so DVC's cache, stable across runs "
+                             "(default: %(default)s; a free port if it is taken)")
     args = parser.parse_args(argv)
     if args.images_per_label < 10:
         raise UserError("--images-per-label must be at least 10 (the split needs examples of each label)")
-
-    from pipeline.mirror import Mirror  # imported late: --help stays fast
 
     workspace = args.workspace.resolve()
     if args.fresh and workspace.exists():
         shutil.rmtree(workspace)
     started = time.monotonic()
-    with Mirror(root=workspace / "mirror", labels=tuple(DEMO_PARAMS["labels"]),
-                images_per_label=args.images_per_label, faults=True, seed=0) as mirror:
+    mirror = start_mirror(workspace / "mirror", args.images_per_label, args.port)
+    try:
         params = json.loads(json.dumps(DEMO_PARAMS))
         params["source"]["base_url"] = mirror.base_url
         params["source"]["cvdf_url"] = mirror.cvdf_url
         print(f"mirror serving Open Images at {mirror.base_url}")
         prepare_workspace(workspace, params)
         _run([sys.executable, "-m", "dvc", "repro"], workspace)
+    finally:
+        mirror.stop()
     print(summary(workspace))
     print(f"  took {time.monotonic() - started:.0f} s")
     return 0

@@ -1,0 +1,58 @@
+"""Shared fixtures: the local Open Images mirror (real HTTP on 127.0.0.1) and a scratch working directory."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.mirror import Mirror
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """Faults on: every fault kind on its own ImageIDs (see ``mirror.truth``), 12 images per label, 320x240."""
+    with Mirror(root=tmp_path_factory.mktemp("mirror"), labels=("Hamburger", "Sandwich"), images_per_label=12,
+                size=(320, 240), faults=True, seed=0) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def clean_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """No faults: every image downloads, decodes and is kept."""
+    with Mirror(root=tmp_path_factory.mktemp("clean-mirror"), labels=("Hamburger", "Sandwich"), images_per_label=12,
+                size=(320, 240), faults=False, seed=0) as m:
+        yield m
+
+
+@dataclass
+class Workspace:
+    """A temporary working directory (the cwd during the test), where stages find params.yaml and data/."""
+
+    path: Path
+
+    def write_params(self, params: dict[str, Any]) -> Path:
+        """Write ``params.yaml``; dotted keys (``"source.base_url"``, as from ``Mirror.params_overrides()``)
+        are nested, so ``ws.write_params({**mirror.params_overrides(), "download": {"rate": 0}})`` works."""
+        nested: dict[str, Any] = {}
+        for key, value in params.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+                node[leaf].update(value)
+            else:
+                node[leaf] = value
+        path = self.path / "params.yaml"
+        path.write_text(yaml.safe_dump(nested, sort_keys=False))
+        return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.chdir(tmp_path)
+    return Workspace(tmp_path)
