@@ -6,6 +6,12 @@ from pathlib import Path
 
 DATA = Path("data")
 METADATA_DIR = DATA / "metadata"          # downloaded CSV/JSON + the Parquet cache
+METADATA_RAW = METADATA_DIR / "raw"       # <official path under source.base_url>, as downloaded
+BOXES_DIR = METADATA_DIR / "boxes"        # LabelName=<URI-encoded MID>/part-0.parquet
+IMAGES_TABLE = METADATA_DIR / "images.parquet"
+CLASSES_TABLE = METADATA_DIR / "classes.parquet"
+HIERARCHY_JSON = METADATA_DIR / "hierarchy.json"
+METADATA_STAMP = METADATA_DIR / "cache.json"  # which raw files (size, mtime) each Parquet output came from
 SELECTED = DATA / "selected.parquet"      # one row per chosen box
 IMAGES_DIR = DATA / "images"              # <ImageID>.<ext>
 IMAGES_MANIFEST = IMAGES_DIR / "manifest.parquet"

@@ -1,0 +1,120 @@
+"""Inputs of the package stage, written directly to the contracts in docs/architecture.md.
+
+A few small JPEGs in ``data/splits/{train,val,test}/<label>/``, ``splits.parquet``, ``labels.json``,
+the selected / images / clean manifests and the metrics, so package and pull tests know exactly what
+must come out. Photo 0 has two boxes (two crops, one attribution row); photo 1's author starts with
+``=`` (a spreadsheet formula unless escaped).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from PIL import Image
+
+from pipeline.manifest import write_parquet
+from pipeline.safe import label_dirname
+
+LABELS = ("Hamburger", "Submarine sandwich")
+#: crops per label in each split
+PER_SPLIT = {"train": 3, "val": 1, "test": 1}
+#: the logical keys of the package that are copies of input files -> their path under the workspace
+COPIED = {
+    "manifests/selected.parquet": "data/selected.parquet",
+    "manifests/images.parquet": "data/images/manifest.parquet",
+    "manifests/clean.parquet": "data/clean/manifest.parquet",
+    "metrics/train.json": "metrics/train.json",
+    "metrics/eval.json": "metrics/eval.json",
+}
+
+
+def image_id(i: int) -> str:
+    return hashlib.sha256(f"photo{i}".encode()).hexdigest()[:16]
+
+
+def jpeg(name: str) -> bytes:
+    digest = hashlib.sha256(name.encode()).digest()
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 20), tuple(digest[:3])).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def crops() -> list[dict[str, Any]]:
+    """One row per crop: photo number, box, label, split (photo 0 gives two crops of the first label)."""
+    rows, photo = [], 0
+    for label in LABELS:
+        for split, n in PER_SPLIT.items():
+            for _ in range(n):
+                rows.append({"photo": photo, "box": 0, "label": label, "split": split})
+                photo += 1
+    rows.append({"photo": 0, "box": 1, "label": LABELS[0], "split": rows[0]["split"]})
+    return rows
+
+
+def photo_credits(i: int) -> dict[str, str]:
+    return {
+        "OriginalURL": f"https://farm1.staticflickr.com/1/{i}_abc_o.jpg",
+        "OriginalLandingURL": f"https://www.flickr.com/photos/user{i}/{1000 + i}",
+        "License": "https://creativecommons.org/licenses/by/2.0/",
+        "AuthorProfileURL": f"https://www.flickr.com/people/user{i}/",
+        "Author": "=HYPERLINK(\"x\")" if i == 1 else f"Photographer {i}",
+        "Title": f"Lunch {i}",
+    }
+
+
+def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75) -> None:
+    """Everything ``python -m pipeline.package`` reads, under ``root`` (params.yaml included)."""
+    (root / "params.yaml").write_text(yaml.safe_dump({"labels": list(LABELS), "package": package}))
+    splits_dir = root / "data/splits"
+    split_rows, selected, images, clean = [], [], [], []
+    for crop in crops():
+        iid, dirname = image_id(crop["photo"]), label_dirname(crop["label"])
+        rel = f"{crop['split']}/{dirname}/{iid}_{crop['box']}.jpg"
+        (splits_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (splits_dir / rel).write_bytes(jpeg(rel))
+        split_rows.append({"ImageID": iid, "BoxIndex": crop["box"], "Label": crop["label"], "split": crop["split"],
+                           "path": rel, "group": iid})
+        selected.append({"ImageID": iid, "Subset": "train", "BoxIndex": crop["box"], "Label": crop["label"],
+                         "LabelName": f"/m/{dirname.lower()}", "XMin": 0.1, "XMax": 0.9, "YMin": 0.1, "YMax": 0.9,
+                         **photo_credits(crop["photo"])})
+        clean.append({"ImageID": iid, "BoxIndex": crop["box"], "Label": crop["label"], "keep": True,
+                      "reject_reason": "", "crop_path": f"{dirname}/{iid}_{crop['box']}.jpg"})
+        images.append({"ImageID": iid, "Subset": "train", "status": "ok", "path": f"{iid}.jpg"})
+    write_parquet(pd.DataFrame(split_rows), splits_dir / "splits.parquet")
+    (splits_dir / "labels.json").write_text(json.dumps({label_dirname(x): x for x in LABELS}, indent=2))
+    write_parquet(pd.DataFrame(selected), root / "data/selected.parquet")
+    write_parquet(pd.DataFrame(images).drop_duplicates("ImageID"), root / "data/images/manifest.parquet")
+    write_parquet(pd.DataFrame(clean), root / "data/clean/manifest.parquet")
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics/train.json").write_text(json.dumps({"epochs": 2, "val_accuracy": 0.7}))
+    (root / "metrics/eval.json").write_text(json.dumps({"top1": eval_top1, "per_class": {"Hamburger": 0.8}}))
+
+
+def expected_sources(root: Path) -> dict[str, Path]:
+    """Logical key -> input file, for every package file that is a plain copy of an input."""
+    splits_dir = root / "data/splits"
+    found = {f"splits/{p.relative_to(splits_dir).as_posix()}": p for p in splits_dir.rglob("*") if p.is_file()}
+    found.update({key: root / rel for key, rel in COPIED.items()})
+    return found
+
+
+def run(cwd: Path, env: dict[str, str], module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` in ``cwd``, as a user would run it; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The command's error line, after checking it failed cleanly: no traceback, one ``error:`` line last."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+    return lines[-1]

@@ -1,0 +1,173 @@
+"""Push packages to a real S3 server (moto_server on 127.0.0.1) and pull them back with ``pipeline.pull``:
+byte-for-byte copies, versions, a push cut off half way, and one-line errors without secrets."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from package_inputs import crops, expected_sources, one_line_error, run, write_inputs
+from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
+
+NAME = "tests/s3-ds"
+HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC  (latest |       )(.*)$")
+
+
+def versions(result) -> list[tuple[str, bool, str]]:
+    """(hash, latest, message) per line of ``pull --list``."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = []
+    for line in result.stdout.splitlines():
+        match = HASH_LINE.match(line)
+        assert match, line
+        found.append((match[1], match[3] == "latest ", match[4]))
+    return found
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def push(ws: Path, env: dict[str, str]) -> str:
+    result = run(ws, env, "pipeline.package")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((ws / "data/package.json").read_text())["top_hash"]
+
+
+def set_params(ws: Path, **sections: dict) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params.update(sections)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def pushed(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Version 1, then version 2 (a params change and new metrics bytes) of NAME in a fresh bucket.
+
+    The workspace is left with version 2's inputs; version 1's files are kept in ``v1`` for comparison.
+    """
+    root = tmp_path_factory.mktemp("pull")
+    ws, env = root / "ws", aws_env(s3_server.endpoint, root / "home")
+    ws.mkdir()
+    registry = s3_server.create_bucket("datasets")
+    write_inputs(ws, {"name": NAME, "registry": registry, "message": "first cut"}, eval_top1=0.75)
+    first = push(ws, env)
+    v1 = {key: path.read_bytes() for key, path in expected_sources(ws).items()}
+    write_inputs(ws, {"name": NAME, "registry": registry, "message": "seed 7"}, eval_top1=0.9)
+    set_params(ws, split={"seed": 7})
+    second = push(ws, env)
+    return {"ws": ws, "env": env, "root": root, "registry": registry, "v1": v1, "hashes": (first, second)}
+
+
+def test_pull_by_hash_gives_every_file_byte_for_byte(pushed: dict) -> None:
+    ws, env, (_, second) = pushed["ws"], pushed["env"], pushed["hashes"]
+    dest = pushed["root"] / "pulled-v2"
+    result = run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--hash", second, "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert second in result.stdout
+
+    pulled = files_under(dest)
+    sources = expected_sources(ws)
+    assert set(pulled) == set(sources) | {"README.md", "ATTRIBUTION.csv"}
+    for key, path in sources.items():
+        assert pulled[key] == path.read_bytes(), key
+    assert f"--registry {pushed['registry']}" in pulled["README.md"].decode()
+    rows = list(csv.DictReader(pulled["ATTRIBUTION.csv"].decode().splitlines()))
+    assert len(rows) == len({crop["photo"] for crop in crops()})
+    # Ready for training: one class folder per label under each split.
+    assert sorted(p.name for p in (dest / "splits/train").iterdir()) == ["Hamburger", "Submarine_sandwich"]
+
+
+def test_versions_are_listed_and_the_old_one_keeps_its_bytes(pushed: dict) -> None:
+    ws, env, (first, second) = pushed["ws"], pushed["env"], pushed["hashes"]
+    assert first != second
+    listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
+    assert listed == [(second, True, "seed 7"), (first, False, "first cut")]
+
+    # Version 2 rewrote metrics/eval.json under the same logical key: version 1 must still have its own.
+    dest = pushed["root"] / "pulled-v1"
+    result = run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--hash", first[:8],
+                 "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    pulled = files_under(dest)
+    for key, content in pushed["v1"].items():
+        assert pulled[key] == content, key
+    assert json.loads(pulled["metrics/eval.json"])["top1"] == 0.75
+
+
+def test_pushing_the_same_inputs_again_adds_no_version(pushed: dict) -> None:
+    ws, env, (first, second) = pushed["ws"], pushed["env"], pushed["hashes"]
+    assert push(ws, env) == second
+    listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
+    assert [h for h, _, _ in listed] == [second, first]
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["no-slash", "--list"], 2, "owner/dataset"),
+    (["tests/unknown", "--list"], 2, "no package tests/unknown"),
+    ([NAME, "--hash", "xyz!", "--dest", "d"], 2, "hex"),
+    ([NAME, "--hash", "0123456789ab", "--dest", "d"], 2, "no version 0123456789ab"),
+    ([NAME, "--hash", "0" * 64, "--dest", "d"], 2, "no version"),
+    ([NAME, "--registry", "s3://no-such-bucket", "--list"], 2, "does not exist"),
+    ([NAME, "--registry", "s3://datasets/a/path", "--list"], 2, "s3://bucket"),
+])
+def test_bad_name_hash_or_bucket_is_one_line_error(pushed: dict, args: list[str], code: int, says: str) -> None:
+    if "--registry" not in args:
+        args = [*args, "--registry", pushed["registry"]]
+    result = run(pushed["root"], pushed["env"], "pipeline.pull", *args)
+    assert result.returncode == code
+    assert says in one_line_error(result)
+    assert not (pushed["root"] / "d").exists()
+
+
+def test_unreachable_endpoint_is_one_line_error(pushed: dict) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**pushed["env"], "AWS_ENDPOINT_URL_S3": dead, "AWS_MAX_ATTEMPTS": "2"}
+    result = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list")
+    assert result.returncode == 1
+    assert dead in one_line_error(result)
+
+
+def test_wrong_credentials_are_refused_without_showing_them(pushed: dict, s3_server: S3Server) -> None:
+    wrong_key, wrong_secret = "AKIAWRONGWRONGWRONG1", "wrong/Secret+Key0123456789abcdefghijklmn"
+    env = {**pushed["env"], "AWS_ACCESS_KEY_ID": wrong_key, "AWS_SECRET_ACCESS_KEY": wrong_secret}
+    s3_server.require_auth(True)
+    try:
+        pulled = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list")
+        packaged = run(pushed["ws"], env, "pipeline.package")
+    finally:
+        s3_server.require_auth(False)
+    for result in (pulled, packaged):
+        assert result.returncode == 2
+        assert "credentials" in one_line_error(result)
+        for secret in (wrong_key, wrong_secret, ACCESS_KEY, SECRET_KEY):
+            assert secret not in result.stdout + result.stderr
+
+
+def test_server_dying_mid_push_registers_nothing(pushed: dict, s3_server: S3Server) -> None:
+    first, second = pushed["hashes"]
+    ws, env = pushed["root"] / "ws-cut", pushed["env"]
+    shutil.copytree(pushed["ws"], ws)
+    # New content the bucket has not seen, big enough that the cut comes while it is going up.
+    (ws / "data/splits/train/Hamburger/big.jpg").write_bytes(os.urandom(2_000_000))
+    proxy = CutProxy(s3_server.port, cut_after=500_000)
+    try:
+        result = run(ws, {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}, "pipeline.package")
+    finally:
+        proxy.close()
+    assert proxy.sent >= 500_000 and result.returncode == 1, result.stderr[-3000:]
+    assert "cannot reach S3" in one_line_error(result)
+    assert json.loads((ws / "data/package.json").read_text())["top_hash"] == second  # as the last push left it
+
+    # Inspected on the server itself (still up behind the proxy): the same two versions, latest unchanged,
+    # and no manifest of a third one.
+    listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
+    assert [(h, latest) for h, latest, _ in listed] == [(second, True), (first, False)]
+    manifests = s3_server.client().list_objects_v2(Bucket="datasets", Prefix=".quilt/packages/")["Contents"]
+    assert sorted(obj["Key"].rsplit("/", 1)[1] for obj in manifests) == sorted([first, second])
