@@ -97,8 +97,10 @@ class CleanParams:
     """What counts as unusable or redundant."""
 
     min_side: int = field(default=32, metadata=_check(min=1))
-    #: perceptual-hash Hamming distance at or below which two crops are near duplicates (-1 = off)
-    near_duplicate_distance: int = field(default=4, metadata=_check(min=-1, max=64))
+    #: two photos whose 256-bit perceptual hashes differ in at most this many bits are near duplicates (-1 = off)
+    near_duplicate_distance: int = field(default=16, metadata=_check(min=-1, max=256))
+    #: a photo this close (bits of 256) to Flickr's "photo unavailable" picture is a placeholder (-1 = off)
+    placeholder_distance: int = field(default=24, metadata=_check(min=-1, max=256))
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class TrainParams:
     weight_decay: float = field(default=0.01, metadata=_check(min=0.0))
     #: DataLoader workers (-1 = sized to the machine)
     workers: int = field(default=-1, metadata=_check(min=-1))
+    #: MiB for the decoded-image cache on the training device (-1 = half its free memory, 0 = stream from disk)
+    cache_mb: int = field(default=-1, metadata=_check(min=-1))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
@@ -141,6 +145,9 @@ class EvaluateParams:
     #: how many of the most confident mistakes to show in the grid
     worst: int = field(default=16, metadata=_check(min=0))
     batch_size: int = field(default=64, metadata=_check(min=1))
+    #: DataLoader workers decoding the test images (-1 = sized to the machine)
+    workers: int = field(default=-1, metadata=_check(min=-1))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)
