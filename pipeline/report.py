@@ -34,7 +34,8 @@ from pipeline.safe import join_inside, label_dirname
 
 SPLITS = paths.SPLIT_NAMES
 #: contract order of clean's reasons; any other reason is listed after these, alphabetically
-REASONS = ("not_downloaded", "placeholder", "changed", "corrupt", "too_small", "duplicate", "near_duplicate")
+REASONS = ("not_downloaded", "placeholder", "changed", "corrupt", "too_large", "bad_rotation", "too_small",
+           "duplicate", "near_duplicate")
 TILE = 128            # a thumbnail's square side, pixels
 GAP = 4               # space around tiles on a contact sheet
 COLUMNS = 8           # tiles per contact-sheet row

@@ -77,9 +77,9 @@ def write_inputs(root: Path, rows: list[dict], split: dict | None = None) -> Non
             "ImageID": r["ImageID"], "Subset": "train", "BoxIndex": r["BoxIndex"], "Label": r["Label"],
             "LabelName": "/m/" + label_dirname(r["Label"]).lower(), "download_status": "ok",
             "crop_path": crop_path, "width": 48 if crop_path else 0, "height": 40 if crop_path else 0,
-            "status": "ok" if crop_path else "image_error", "reason": "",
+            "status": "ok" if crop_path else "corrupt", "reason": "",
             "keep": r["reject_reason"] == "", "reject_reason": r["reject_reason"], "detail": r["detail"],
-            "sha256": "", "phash": "", "dup_group": r["dup_group"],
+            "sha256": "", "image_phash": "", "dup_group": r["dup_group"],
         })
     write_parquet(pd.DataFrame(clean), root / paths.CLEAN_MANIFEST)
     write_parquet(pd.DataFrame([{"ImageID": k, "Subset": "train", "status": "ok", "path": v}
