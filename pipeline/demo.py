@@ -23,6 +23,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.errors import PipelineFailure, UserError, run_cli
+from pipeline.params import load_params
 
 if TYPE_CHECKING:
     from pipeline.mirror import Mirror
@@ -46,6 +47,14 @@ DEMO_PARAMS: dict = {
     "evaluate": {"worst": 12},
     "package": {"name": "openimages/demo-hamburger-sandwich", "registry": ""},
 }
+
+
+def demo_params(base_url: str, cvdf_url: str) -> dict:
+    """A complete params.yaml (DVC needs every param a stage names) with the demo's settings on top."""
+    overrides = {f"{section}.{key}": value for section, values in DEMO_PARAMS.items() if isinstance(values, dict)
+                 for key, value in values.items()}
+    overrides.update({"labels": DEMO_PARAMS["labels"], "source.base_url": base_url, "source.cvdf_url": cvdf_url})
+    return load_params(Path("/nonexistent/params.yaml"), overrides).to_dict()
 
 
 def workspace_dvc_yaml(repo_dvc_yaml: Path, repo: Path) -> dict:
@@ -143,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     mirror = start_mirror(workspace / "mirror", args.images_per_label, args.port)
     try:
-        params = json.loads(json.dumps(DEMO_PARAMS))
-        params["source"]["base_url"] = mirror.base_url
-        params["source"]["cvdf_url"] = mirror.cvdf_url
+        params = demo_params(mirror.base_url, mirror.cvdf_url)
         print(f"mirror serving Open Images at {mirror.base_url}")
         prepare_workspace(workspace, params)
         _run([sys.executable, "-m", "dvc", "repro"], workspace)

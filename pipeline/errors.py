@@ -5,6 +5,7 @@ unreachable server ends in a single clear line and a meaningful exit code instea
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -36,4 +37,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``... | head``): stop quietly, as Unix tools do; pointing stdout at
+        # /dev/null keeps Python's final flush from raising again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     return EXIT_OK if code is None else int(code)

@@ -1,0 +1,234 @@
+"""The train stage on a tiny easy split, on the CPU: it learns, saves safely, repeats, loads weights offline."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from trainkit import TINY_TRAIN, make_splits, one_thread, refuse_download, trained, write_params  # noqa: F401
+
+from pipeline import lr_find
+from pipeline.errors import UserError, run_cli
+from pipeline.params import TrainParams
+from pipeline.train import __main__ as train_main
+from pipeline.train import models
+from pipeline.train.data import (CachedBatches, Normalize, StreamedBatches, augment, decode, make_batches, read_classes,
+                                 read_split)
+from pipeline.train.loop import Recipe, fine_tune, infer
+from pipeline.train.stage import CURVE_COLUMNS, Setup, prepare, train
+
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+
+def wheel_file() -> Path:
+    spec = importlib.util.find_spec(models.OFFLINE_WEIGHTS_PACKAGE)
+    return Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_FILE
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty torch hub folder, and any attempt to download weights fails the test."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", refuse_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse_download)
+    return hub
+
+
+# ---------------------------------------------------------------- learning
+def test_fine_tune_learns_the_easy_two_class_split(trained):
+    history = trained.result.history
+    assert [h.phase for h in history] == ["frozen", "unfrozen", "unfrozen"]
+    assert history[-1].train_loss < 0.6 * history[0].train_loss
+    assert history[-1].val_loss < history[0].val_loss
+    assert history[-1].val_accuracy >= 0.8  # chance is 0.5; 13 of 16 right by luck has p < 0.02
+
+
+def test_stage_writes_model_metrics_and_curves(trained):
+    ws = trained.path
+    metrics = json.loads((ws / "metrics/train.json").read_text())
+    last = trained.result.history[-1]
+    assert metrics["val_accuracy"] == pytest.approx(last.val_accuracy)
+    assert (metrics["train_images"], metrics["val_images"], metrics["epochs"]) == (48, 16, 3)
+    assert metrics["data"] == "cached"
+    with (ws / "plots/train_curves.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CURVE_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(last.val_accuracy)
+    with Image.open(ws / "reports/train/curves.png") as png:
+        assert png.format == "PNG" and png.width > 300
+    assert f"val_accuracy {metrics['val_accuracy']:.3f} -> models/model.pt" in trained.stdout
+
+
+def test_saved_model_reloads_with_weights_only_and_predicts_the_same(trained):
+    path = trained.path / "models/model.pt"
+    raw = torch.load(path, weights_only=True)
+    assert raw["arch"] == "mobilenet_v2" and raw["img_size"] == 48 and raw["train"]["weights"] == "imagenet"
+    assert raw["labels"] == ["Hamburger", "Submarine sandwich"]
+    assert raw["dirnames"] == ["Hamburger", "Submarine_sandwich"]
+    assert raw["mean"] == list(models.IMAGENET_MEAN) and raw["std"] == list(models.IMAGENET_STD)
+    reloaded, info = models.load_checkpoint(path)
+    before = trained.result.model
+    val = sorted((trained.path / "data/splits/val").rglob("*.jpg"))
+    images = torch.stack([decode(p, info.img_size) for p in val])
+    normalize = Normalize(info.mean, info.std, torch.device("cpu"))
+    expected = infer(before, images, torch.device("cpu"), normalize)
+    got = infer(reloaded, images, torch.device("cpu"), normalize)
+    torch.testing.assert_close(got, expected)
+    truth = torch.tensor([info.dirnames.index(p.parent.name) for p in val])
+    assert (got.argmax(1) == truth).float().mean() >= 0.8
+
+
+def test_a_cpu_run_repeats_exactly(tmp_path):
+    root = make_splits(tmp_path / "splits", {"train": 10, "val": 4})
+    p = TrainParams(**{**TINY_TRAIN, "epochs": 1, "freeze_epochs": 0, "batch_size": 8})
+    first, second = train(p, root), train(p, root)
+    assert first.history[0].train_loss == second.history[0].train_loss
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_fine_tune_only_trains_the_head_and_batchnorm_while_frozen(tmp_path):
+    root = make_splits(tmp_path / "splits", {"train": 8, "val": 2})
+    setup = prepare(TrainParams(**{**TINY_TRAIN, "batch_size": 4}), root)  # 4 steps: one-cycle needs a few
+    conv_before = setup.model.conv1.weight.detach().clone()
+    bn_before = setup.model.bn1.weight.detach().clone()
+    head_before = setup.model.fc.weight.detach().clone()
+    recipe = Recipe(lr=0.01, weight_decay=0.01, freeze_epochs=1, epochs=0, img_size=32, seed=0)
+    fine_tune(setup.model, setup.batches("train"), setup.batches("val"), recipe, setup.device, setup.normalize)
+    assert torch.equal(setup.model.conv1.weight, conv_before)
+    assert not torch.equal(setup.model.bn1.weight, bn_before)
+    assert not torch.equal(setup.model.fc.weight, head_before)
+
+
+# ---------------------------------------------------------------- data
+def test_streamed_batches_give_the_same_images_as_the_cache(tmp_path):
+    root = make_splits(tmp_path / "splits", {"train": 6, "val": 5})
+    classes = read_classes(root)
+    assert classes.labels == ["Hamburger", "Submarine sandwich"]
+    val = read_split(root, "val", classes)
+    cpu = torch.device("cpu")
+    cached = make_batches(val, 24, 4, shuffle=False, device=cpu, workers=1, cache_mb=-1)
+    streamed = make_batches(val, 24, 4, shuffle=False, device=cpu, workers=1, cache_mb=0)
+    assert isinstance(cached, CachedBatches) and isinstance(streamed, StreamedBatches)
+    assert len(cached) == len(streamed) == 3
+    for (xa, ya), (xb, yb) in zip(cached, streamed, strict=True):
+        assert xa.dtype == torch.uint8 and xa.shape[1:] == (3, 24, 24)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    train_split = read_split(root, "train", classes)
+    shuffled = make_batches(train_split, 24, 4, shuffle=True, device=cpu, workers=0, cache_mb=-1)
+    epochs = [torch.cat([y for _, y in shuffled]) for _ in range(2)]
+    assert len(shuffled) == 3 and all(len(e) == 12 for e in epochs)  # drop_last: 12 of 12 images
+    assert sorted(epochs[0].tolist()) == sorted(train_split.targets)
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
+
+
+def test_augment_crops_resizes_and_flips_each_image_on_its_own():
+    half = torch.zeros((1, 3, 40, 40), dtype=torch.uint8)
+    half[..., 20:] = 255  # dark left half, bright right half
+    images = half.repeat(64, 1, 1, 1)
+    out = augment(images, 16, torch.Generator().manual_seed(0), min_scale=0.9)
+    assert out.shape == (64, 3, 16, 16) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255.001  # bilinear mixes of 0..255 stay in range
+    left, right = out[..., :4].mean((1, 2, 3)), out[..., -4:].mean((1, 2, 3))
+    flipped = (left > right).sum().item()
+    assert 16 < flipped < 48  # about half flipped, each by its own coin
+    again = augment(images, 16, torch.Generator().manual_seed(0), min_scale=0.9)
+    assert torch.equal(out, again)
+
+
+def test_decode_squashes_any_image_to_an_upright_rgb_square(tmp_path):
+    image = Image.new("L", (60, 20), 255)
+    image.paste(0, (0, 0, 30, 20))  # stored dark left, bright right ...
+    exif = image.getexif()
+    exif[0x0112] = 6  # ... and tagged "rotate 90 degrees clockwise to view": dark top, bright bottom
+    image.save(tmp_path / "grey.jpg", exif=exif)
+    tensor = decode(tmp_path / "grey.jpg", 16).float()
+    assert tensor.shape == (3, 16, 16)
+    assert tensor[:, :6].mean() < 30 and tensor[:, -6:].mean() > 225
+    assert torch.equal(tensor[0], tensor[1])  # greyscale became RGB
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="bad.jpg: cannot read image"):
+        decode(tmp_path / "bad.jpg", 16)
+
+
+# ---------------------------------------------------------------- weights
+def test_imagenet_weights_load_offline_from_the_wheel(no_download):
+    model = models.build_model("mobilenet_v2", 2, "imagenet")
+    official = torch.load(wheel_file(), weights_only=True)
+    state = model.state_dict()
+    body = [k for k in official if not k.startswith("classifier.")]
+    assert len(body) > 300
+    for key in body:
+        assert torch.equal(state[key], official[key]), key
+    assert state["classifier.1.weight"].shape == (2, 1280)
+
+
+def test_imagenet_weights_prefer_torch_hubs_folder_and_reject_a_damaged_copy(no_download, monkeypatch):
+    checkpoints = no_download / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(wheel_file(), checkpoints / MOBILENET_FILE)
+    official = torch.load(wheel_file(), weights_only=True)
+    monkeypatch.setattr(models, "OFFLINE_WEIGHTS_PACKAGE", "no_such_wheel")  # only the hub copy is left
+    assert models.imagenet_candidates("https://x/" + MOBILENET_FILE) == [checkpoints / MOBILENET_FILE]
+    model = models.build_model("mobilenet_v2", 3, "imagenet")
+    assert torch.equal(model.state_dict()["features.0.0.weight"], official["features.0.0.weight"])
+    (checkpoints / MOBILENET_FILE).write_bytes(b"half a download")
+    with pytest.raises(UserError, match="damaged weights file"):
+        models.build_model("mobilenet_v2", 3, "imagenet")
+
+
+def test_weights_from_a_file_keep_the_body_and_replace_the_head(tmp_path):
+    torch.manual_seed(1)
+    donor = torchvision.models.resnet18(num_classes=1000)
+    torch.save(donor.state_dict(), tmp_path / "donor.pth")
+    model = models.build_model("resnet18", 5, str(tmp_path / "donor.pth"))
+    assert torch.equal(model.layer4[1].conv2.weight, donor.layer4[1].conv2.weight)
+    assert model.fc.weight.shape == (5, 512)
+    with pytest.raises(UserError, match="does not fit this architecture"):
+        models.build_model("mobilenet_v2", 5, str(tmp_path / "donor.pth"))
+    with pytest.raises(UserError, match="not found"):
+        models.build_model("resnet18", 5, str(tmp_path / "missing.pth"))
+
+
+# ---------------------------------------------------------------- command line
+def test_train_without_splits_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    assert run_cli(train_main.main, []) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data/splits/train not found" in err
+
+
+def test_lr_find_suggests_a_rate_from_the_valley(tmp_path, monkeypatch, capsys):
+    rates = [10 ** (-6 + i * 0.1) for i in range(60)]
+    losses = [1.0] * 20 + [1.0 - 0.02 * i for i in range(30)] + [0.5 + 0.2 * i for i in range(10)]
+    suggestion = lr_find.valley(rates, losses)
+    assert rates[22] <= suggestion <= rates[45]  # inside the falling stretch, not at its ends
+    others = lr_find.suggest(rates, losses)
+    assert others["valley"] == lr_find.valley(rates[6:-5], losses[6:-5])
+    assert others["minimum"] == pytest.approx(rates[49] / 10)  # lowest loss at index 49
+    assert rates[19] <= others["steep"] <= rates[49]
+    make_splits(tmp_path / "data/splits", {"train": 8, "val": 2})
+    write_params(tmp_path, batch_size=8)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(lr_find.main, ["--iters", "12", "--start", "1e-5", "--end", "1", "--out", "lr.png"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("suggested lr: ")
+    assert 1e-5 <= float(line.split()[2]) <= 1
+    assert Image.open(tmp_path / "lr.png").format == "PNG"
+
+
+def test_setup_batches_use_the_larger_cache_for_training(tmp_path):
+    root = make_splits(tmp_path / "splits", {"train": 4, "val": 2})
+    setup: Setup = prepare(TrainParams(**TINY_TRAIN), root)
+    train_images, _ = next(iter(setup.batches("train")))
+    val_images, _ = next(iter(setup.batches("val")))
+    assert train_images.shape[-1] == round(32 * 8 / 7) and val_images.shape[-1] == 32
