@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workspace", type=Path, default=Path("demo-workspace"),
                         help="folder for the demo's DVC project and outputs (default: %(default)s)")
-    parser.add_argument("--images-per-label", type=int, default=40, help="mirror size (default: %(default)s)")
+    parser.add_argument("--images-per-label", type=int, default=100, help="mirror size (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete the workspace first")
     parser.add_argument("--port", type=int, default=DEMO_PORT,
                         help="mirror port; a fixed one keeps params.yaml, and so DVC's cache, stable across runs "
