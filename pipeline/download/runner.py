@@ -1,0 +1,107 @@
+"""Download one shard: ``run_shard(rows, settings, images_dir, journal) -> manifest part``.
+
+``run_shard`` is a plain, picklable function of its inputs that returns a DataFrame, so any executor can
+map it over shards: the stage maps it over shards one after another on this machine; Dask distributed
+(``client.map(run_shard, rows_per_shard, [settings] * n, [images_dir] * n, journal_per_shard)``) could
+spread them over machines that share a file system (``tests/test_download.py`` maps it with a process
+pool). The rate limit is per process, so give each of N processes ``rate / N``.
+
+Inside a shard, ``settings.workers`` coroutines share one aiohttp session and one rate limiter. Hashing
+and writing run in a thread so the event loop keeps other downloads moving meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.download.client import Fetched, Fetcher
+from pipeline.download.ratelimit import RateLimiter
+from pipeline.download.shards import manifest_frame
+from pipeline.download.verify import Verdict, verify
+from pipeline.download.writer import Journal, image_path, write_image
+from pipeline.params import DownloadParams
+from pipeline.safe import is_http_url
+
+Record = dict[str, Any]
+
+
+def run_shard(rows: pd.DataFrame, settings: DownloadParams, images_dir: Path, journal: Path, *,
+              limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pd.DataFrame:
+    """Download every image in ``rows`` and return their manifest rows.
+
+    ``rows`` has ``ImageID`` (validated), ``Subset``, ``url`` and, for Flickr originals, ``OriginalSize``
+    and ``OriginalMD5`` (None/NaN: nothing to compare). Each finished image is appended to ``journal`` at
+    once, so a killed run loses nothing it finished. ``limiter`` lets consecutive shards share one rate.
+    """
+    limiter = limiter or RateLimiter(settings.rate)
+    with Journal(journal) as log:
+        def finished(record: Record) -> None:
+            log.append(record)
+            if on_record is not None:
+                on_record(record)
+
+        records = asyncio.run(_download(rows, settings, images_dir, limiter, finished))
+    return manifest_frame(records)
+
+
+async def _download(rows: pd.DataFrame, settings: DownloadParams, images_dir: Path, limiter: RateLimiter,
+                    finished: Callable[[Record], None]) -> list[Record]:
+    records: list[Record] = []
+    todo: Iterator[Any] = rows.itertuples(index=False)
+
+    async def worker(fetcher: Fetcher) -> None:
+        for row in todo:  # one iterator shared by all workers: each row is taken exactly once
+            record = await _one_image(row, fetcher, images_dir)
+            records.append(record)
+            finished(record)
+
+    async with Fetcher.open_session(settings) as session:
+        fetcher = Fetcher(session, limiter, settings)
+        tasks = [asyncio.create_task(worker(fetcher)) for _ in range(min(settings.workers, len(rows)))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+    return records
+
+
+async def _one_image(row: Any, fetcher: Fetcher, images_dir: Path) -> Record:
+    if not is_http_url(row.url):
+        await asyncio.to_thread(write_image, images_dir, row.ImageID, None, None)
+        return _record(row, Fetched("bad_url", "not an http(s) URL", 0, "", None, 0, 0.0), None)
+    fetched = await fetcher.fetch(row.url)
+    verdict = await asyncio.to_thread(_settle, row, fetched, images_dir)
+    return _record(row, fetched, verdict)
+
+
+def _settle(row: Any, fetched: Fetched, images_dir: Path) -> Verdict | None:
+    """Verify the body (if any) and make the folder match: the body under its name, or no file at all."""
+    verdict = None if fetched.body is None else verify(
+        fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)
+    keep = verdict is not None and verdict.keep
+    write_image(images_dir, row.ImageID, verdict.ext if keep else None, fetched.body if keep else None)
+    return verdict
+
+
+def _record(row: Any, fetched: Fetched, verdict: Verdict | None) -> Record:
+    """One manifest row (docs/architecture.md, "download")."""
+    body = fetched.body
+    return {
+        "ImageID": row.ImageID,
+        "Subset": row.Subset,
+        "status": verdict.status if verdict else fetched.status,
+        "reason": verdict.reason if verdict else fetched.reason,
+        "http_status": fetched.http_status,
+        "url": row.url,
+        "final_url": fetched.final_url,
+        "path": image_path(Path(), row.ImageID, verdict.ext).name if verdict and verdict.keep else "",
+        "bytes": len(body) if body is not None else 0,
+        "md5": verdict.md5 if verdict else "",
+        "attempts": fetched.attempts,
+        "seconds": round(fetched.seconds, 4),
+    }

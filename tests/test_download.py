@@ -1,0 +1,336 @@
+"""The download stage against the local mirror over real HTTP: every fault, resume after kill -9, CVDF.
+
+The selection is built from the mirror's own image tables (what the select stage copies into
+``data/selected.parquet``), with every image listed twice, as an image with two selected boxes is.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.download import shards
+from pipeline.download.__main__ import main as download_main
+from pipeline.download.client import backoff_delay, parse_retry_after
+from pipeline.download.verify import PLACEHOLDER_MD5S, md5_hex_from_base64, sniff_extension, verify
+from pipeline.errors import run_cli
+from pipeline.manifest import read_parquet, write_parquet
+from pipeline.mirror import Mirror
+from pipeline.sources import layout
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = Path("data/images")
+FAST = {"rate": 0, "workers": 8, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
+        "shard_size": 16}
+
+
+def write_selection(m: Mirror, boxes_per_image: int = 2, where: Path = Path("data/selected.parquet")) -> pd.DataFrame:
+    """``data/selected.parquet`` for every mirror image, ``boxes_per_image`` rows each."""
+    tables = [pd.read_csv(f"{m.base_url}/{path}", dtype={"ImageID": str})
+              for path in layout("v6").images.values()]
+    images = pd.concat(tables, ignore_index=True)
+    images = images[images["ImageID"].isin(m.truth["ImageID"])]
+    selected = pd.concat([images] * boxes_per_image, ignore_index=True).assign(Label="Hamburger")
+    write_parquet(selected, where)
+    return images
+
+
+def run_download() -> int:
+    return run_cli(download_main, [])
+
+
+def files_of(image_id: str) -> list[Path]:
+    return sorted(IMAGES.glob(f"{image_id}.*"))
+
+
+def requested_paths(m: Mirror) -> Counter[str]:
+    return Counter(r.path for r in m.requests if r.method == "GET")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every fault the mirror injects, Flickr originals
+
+
+def test_every_fault_ends_in_its_expected_status(mirror, workspace):
+    workspace.write_params({**mirror.params_overrides(), "download": FAST})
+    table = write_selection(mirror).set_index("ImageID")
+    mirror.reset_faults()
+    mirror.clear_requests()
+
+    assert run_download() == 0
+
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    truth = mirror.truth.set_index("ImageID")
+    assert manifest["ImageID"].is_unique and set(manifest["ImageID"]) == set(truth.index)
+    got = manifest.set_index("ImageID")
+    mismatched = {i: (truth.at[i, "fault"], got.at[i, "status"], got.at[i, "reason"])
+                  for i in truth.index if got.at[i, "status"] != truth.at[i, "expected_status"]}
+    assert not mismatched
+
+    seen = requested_paths(mirror)
+    for image_id, row in truth.iterrows():
+        rec, path = got.loc[image_id], urlsplit(row["OriginalURL"]).path
+        kept = rec["status"] in shards.KEPT
+        assert bool(rec["path"]) == kept
+        if kept:  # the body on disk, named from the ImageID, extension from the bytes, md5 as recorded
+            assert files_of(image_id) == [IMAGES / rec["path"]]
+            body = (IMAGES / rec["path"]).read_bytes()
+            assert hashlib.md5(body).hexdigest() == rec["md5"] and len(body) == rec["bytes"]
+            assert rec["path"] == f"{image_id}.{sniff_extension(body)}"
+        else:
+            assert files_of(image_id) == []
+        if rec["status"] == "ok":  # Flickr originals: exactly the bytes the image table describes
+            assert rec["md5"] == md5_hex_from_base64(table.at[image_id, "OriginalMD5"])
+        fault = row["fault"]
+        if fault == "bad_url":
+            assert seen[path] == 0 and rec["attempts"] == 0
+        elif fault in ("not_found", "gone", "forbidden", "placeholder", "not_image", "changed"):
+            assert seen[path] == 1, f"{fault} must not be retried"
+        elif fault in ("rate_limited", "server_error"):
+            assert seen[path] == 3 and rec["attempts"] == 3
+        elif fault in ("slow", "truncated"):
+            assert seen[path] == 2 and rec["attempts"] == 2
+        else:  # each image fetched once, though it has two selected boxes
+            assert seen[path] == 1 and rec["attempts"] == 1
+
+    placeholder = truth.index[truth["fault"] == "placeholder"][0]
+    assert got.at[placeholder, "final_url"] == mirror.placeholder_url
+    assert got.at[placeholder, "path"].endswith(".png")
+    assert got.at[truth.index[truth["fault"] == "png"][0], "path"].endswith(".png")
+    assert {got.at[i, "http_status"] for i in truth.index[truth["fault"] == "not_found"]} == {404}
+
+    # Retry-After: 1 was honoured: the retries of the 429'd photo came at least a second apart
+    limited = urlsplit(truth.loc[truth["fault"] == "rate_limited", "OriginalURL"].iloc[0]).path
+    times = [r.t for r in mirror.requests if r.path == limited]
+    assert all(b - a >= 0.95 for a, b in zip(times, times[1:]))
+
+    # nothing but the kept files (and the shard parts) in the folder
+    kept_files = {p for p in got["path"] if p}
+    assert {p.name for p in IMAGES.iterdir() if p.is_file()} == kept_files | {"manifest.parquet"}
+
+    # a re-run asks the server nothing: every answer is final and every kept file is in place
+    mirror.clear_requests()
+    before = (IMAGES / "manifest.parquet").read_bytes()
+    assert run_download() == 0
+    assert requested_paths(mirror) == Counter()
+    assert (IMAGES / "manifest.parquet").read_bytes() == before
+
+
+def test_rerun_fetches_failed_and_deleted_images_again(clean_mirror, workspace):
+    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    write_selection(clean_mirror, boxes_per_image=1)
+    assert run_download() == 0
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    deleted, shortened, failed = manifest["path"].iloc[:3]
+    (IMAGES / deleted).unlink()
+    (IMAGES / shortened).write_bytes(b"\xff\xd8\xff")  # e.g. a power cut after the rename
+    part = shards.part_path(IMAGES / "shards", 0)
+    table = read_parquet(part)
+    table.loc[table["path"] == failed, ["status", "path"]] = ["failed", ""]
+    write_parquet(table, part)
+
+    clean_mirror.clear_requests()
+    assert run_download() == 0
+    redone = manifest[manifest["path"].isin([deleted, shortened, failed])]
+    assert requested_paths(clean_mirror) == Counter(urlsplit(u).path for u in redone["url"])
+    timing = ["attempts", "seconds"]
+    assert read_parquet(IMAGES / "manifest.parquet").drop(columns=timing).equals(manifest.drop(columns=timing))
+
+
+def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_path):
+    """What Dask distributed would do with it: ship (rows, settings) to other processes, get parts back."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from pipeline.download.runner import run_shard
+    from pipeline.download.stage import images_table
+    from pipeline.params import load_params
+
+    params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
+    images, _ = images_table(write_selection(clean_mirror, where=tmp_path / "selected.parquet"), params.source)
+    plan = shards.plan_shards(images, shard_size=len(images) // 2 + 1)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(run_shard, [s.images for s in plan], [params.download] * 2, [tmp_path] * 2,
+                              [shards.journal_path(tmp_path, s.index) for s in plan]))
+    merged = pd.concat(parts, ignore_index=True)
+    assert sorted(merged["ImageID"]) == sorted(images["ImageID"]) and (merged["status"] == "ok").all()
+    assert all((tmp_path / p).is_file() for p in merged["path"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CVDF copies, limits, bad input
+
+
+def test_cvdf_source_fetches_the_resized_copies(clean_mirror, workspace):
+    workspace.write_params({**clean_mirror.params_overrides(), "source": {"images": "cvdf"}, "download": FAST})
+    write_selection(clean_mirror)
+    clean_mirror.clear_requests()
+    assert run_download() == 0
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    truth = clean_mirror.truth.set_index("ImageID")
+    assert (manifest["status"] == "ok").all() and len(manifest) == len(truth)
+    assert set(manifest["url"]) == set(truth["cvdf_url"])
+    assert set(requested_paths(clean_mirror)) == {urlsplit(u).path for u in truth["cvdf_url"]}
+    for rec in manifest.itertuples():
+        served = clean_mirror.root / "cvdf" / rec.Subset / f"{rec.ImageID}.jpg"
+        if served.exists():  # the mirror's own copy, byte for byte
+            assert (IMAGES / rec.path).read_bytes() == served.read_bytes()
+
+
+def test_bodies_over_max_bytes_are_refused_and_not_kept(clean_mirror, workspace):
+    workspace.write_params({**clean_mirror.params_overrides(), "download": {**FAST, "max_bytes": 1024}})
+    write_selection(clean_mirror)
+    assert run_download() == 0
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    assert set(manifest["status"]) == {"too_large"}
+    assert not list(IMAGES.glob("*.jpg"))
+
+
+def test_unreachable_server_is_a_failure_not_a_success(clean_mirror, workspace, capsys):
+    workspace.write_params({**clean_mirror.params_overrides(), "download": {**FAST, "retries": 1}})
+    images = write_selection(clean_mirror, boxes_per_image=1).head(4)
+    dead = "http://127.0.0.1:9"  # the discard port: connection refused
+    images["OriginalURL"] = [dead + urlsplit(u).path for u in images["OriginalURL"][:3]] + ["ftp://x/y.jpg"]
+    write_parquet(images, "data/selected.parquet")
+    assert run_download() == 1  # the bad URL, never requested, does not make the run a success
+    assert "all 3 download(s) failed" in capsys.readouterr().err
+    assert sorted(read_parquet(IMAGES / "manifest.parquet")["status"]) == ["bad_url"] + ["failed"] * 3
+
+
+def test_bad_image_ids_never_name_a_file(clean_mirror, workspace, capsys):
+    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    images = write_selection(clean_mirror, boxes_per_image=1).head(2).copy()
+    images.loc[images.index[0], "ImageID"] = "../../escape"
+    write_parquet(images, "data/selected.parquet")
+    assert run_download() == 0
+    assert "skipped 1 image(s)" in capsys.readouterr().err
+    assert list(read_parquet(IMAGES / "manifest.parquet")["ImageID"]) == [images["ImageID"].iloc[1]]
+    assert not list(workspace.path.rglob("escape*"))
+
+
+def test_missing_selection_or_column_is_bad_input(workspace, capsys):
+    assert run_download() == 2
+    assert "selected.parquet not found" in capsys.readouterr().err
+    write_parquet(pd.DataFrame({"ImageID": ["0123456789abcdef"]}), "data/selected.parquet")
+    assert run_download() == 2
+    assert "missing column(s) Subset" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kill -9 and resume, as a real subprocess
+
+
+def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace):
+    with Mirror(root=tmp_path / "mirror", labels=("Hamburger", "Sandwich"), images_per_label=40, size=(96, 72),
+                faults=False, seed=3, latency=0.1) as m:
+        workspace.write_params({**m.params_overrides(), "download": {**FAST, "workers": 4, "shard_size": 25}})
+        table = write_selection(m)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(shards.load_records(IMAGES / "shards")) < 35 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)  # the server logs a request when it has answered: let the killed run's in-flight ones end
+        assert not (IMAGES / "manifest.parquet").exists(), "killed too late: the run had finished"
+        first_run = m.requests
+        recorded = shards.load_records(IMAGES / "shards")
+        assert 35 <= len(recorded) < len(table)
+        mid_way = [j for j in (IMAGES / "shards").glob("*.jsonl") if not j.with_suffix(".parquet").exists()]
+        assert mid_way, "killed between shards: no shard was mid-way"
+        want_md5 = dict(zip(table["ImageID"], table["OriginalMD5"].map(md5_hex_from_base64)))
+        for file in IMAGES.glob("*.jpg"):  # under its real name only when complete
+            assert hashlib.md5(file.read_bytes()).hexdigest() == want_md5[file.stem]
+
+        m.clear_requests()
+        assert subprocess.run([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,
+                              capture_output=True).returncode == 0
+
+        url_path = {i: urlsplit(u).path for i, u in zip(table["ImageID"], table["OriginalURL"])}
+        second = requested_paths(m)
+        assert set(second.values()) == {1}, "an image was requested twice in the re-run"
+        assert set(second) == {url_path[i] for i in url_path if i not in recorded}
+        assert len(first_run) + len(m.requests) < len(table) + 4 + 4  # at most the in-flight ones twice
+
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    assert manifest["ImageID"].is_unique and set(manifest["ImageID"]) == set(table["ImageID"])
+    assert (manifest["status"] == "ok").all()
+    assert not [p for p in workspace.path.rglob("*") if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in IMAGES.glob("*.jpg")) == sorted(manifest["path"])
+    assert not list((IMAGES / "shards").glob("*.jsonl"))
+    for rec in manifest.itertuples():
+        assert hashlib.md5((IMAGES / rec.path).read_bytes()).hexdigest() == rec.md5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pieces, without a server
+
+
+def test_verify_judges_bodies():
+    jpeg = b"\xff\xd8\xff\xe0" + b"\0" * 100
+    md5 = base64.b64encode(hashlib.md5(jpeg).digest()).decode()
+    assert verify(jpeg, "http://h/x_o.jpg", md5, len(jpeg)).status == "ok"
+    assert verify(jpeg, "http://h/x_o.jpg", md5, len(jpeg) + 1).status == "changed"
+    assert verify(jpeg, "http://h/x_o.jpg", None, np.int64(len(jpeg) - 1)).status == "changed"  # from Parquet
+    assert verify(jpeg + b"!", "http://h/x_o.jpg", md5, None).status == "changed"
+    assert verify(jpeg, "http://h/x_o.jpg", None, float("nan")).status == "ok"  # CVDF: nothing to compare
+    assert verify(jpeg, "https://s.yimg.com/pw/images/en-us/photo_unavailable.png").status == "placeholder"
+    assert verify(b"<html>gone</html>", "http://h/x_o.jpg").status == "not_image"
+    assert verify(b"<html>", "http://h/x.jpg").keep is False
+
+
+def test_known_placeholder_hash_is_a_placeholder_wherever_it_came_from(monkeypatch):
+    body = b"\x89PNG\r\n\x1a\n" + b"unavailable"
+    monkeypatch.setattr("pipeline.download.verify.PLACEHOLDER_MD5S", PLACEHOLDER_MD5S | {hashlib.md5(body).hexdigest()})
+    verdict = verify(body, "http://h/x_o.jpg", None, None)
+    assert (verdict.status, verdict.ext, verdict.keep) == ("placeholder", "png", True)
+    assert "880a7a58e05d3e83797f27573bb6d35c" in PLACEHOLDER_MD5S  # the real Flickr placeholder
+
+
+def test_extensions_come_from_magic_bytes():
+    assert sniff_extension(b"\xff\xd8\xff\xdb....") == "jpg"
+    assert sniff_extension(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert sniff_extension(b"GIF89a....") == "gif"
+    assert sniff_extension(b"RIFF\x10\0\0\0WEBPVP8 ") == "webp"
+    assert sniff_extension(b"<!DOCTYPE html>") is None
+
+
+def test_open_images_md5_is_base64_of_the_digest():
+    # a real row: tests/fixtures/openimages-samples/train-images-boxable-with-rotation.sample.csv
+    row = pd.read_csv(REPO / "tests/fixtures/openimages-samples/train-images-boxable-with-rotation.sample.csv").iloc[0]
+    hex_md5 = md5_hex_from_base64(row["OriginalMD5"])
+    assert len(hex_md5) == 32 and base64.b64encode(bytes.fromhex(hex_md5)).decode() == row["OriginalMD5"]
+    assert md5_hex_from_base64("not base64!") is None and md5_hex_from_base64(float("nan")) is None
+
+
+def test_retry_after_and_backoff():
+    assert parse_retry_after("1") == 1.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    import random
+    rng = random.Random(0)
+    first = [backoff_delay(1, 1.0, 60.0, rng) for _ in range(200)]
+    assert 0.5 <= min(first) and max(first) <= 1.0 and len(set(first)) > 100  # jittered
+    assert all(30.0 <= backoff_delay(20, 1.0, 60.0, rng) <= 60.0 for _ in range(50))  # capped
+
+
+def test_a_journal_line_cut_by_a_kill_is_skipped_and_the_next_starts_clean(tmp_path):
+    from pipeline.download.writer import Journal, read_journal
+    path = tmp_path / "part-00000.jsonl"
+    path.write_bytes(b'{"ImageID":"a"}\n{"ImageID":"b","sta')
+    with Journal(path) as log:
+        log.append({"ImageID": "c"})
+    assert [r["ImageID"] for r in read_journal(path)] == ["a", "c"]

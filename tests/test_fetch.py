@@ -1,0 +1,89 @@
+"""``python -m pipeline.fetch LABEL...``: metadata + select + download in one command, against the mirror."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import run_cli
+from pipeline.fetch import main as fetch_main
+from pipeline.manifest import read_parquet
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = {"retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0}
+
+
+def fetch(*argv: str) -> int:
+    return run_cli(fetch_main, list(argv))
+
+
+def test_fetch_two_labels_from_flickr_with_faults(mirror, workspace, capsys):
+    workspace.write_params({**mirror.params_overrides(), "download": FAST})
+    mirror.reset_faults()
+    assert fetch("hamburger", "Sandwich", "--rate", "0", "--workers", "8", "--out", "burgers") == 0
+
+    out = workspace.path / "burgers"
+    selected = read_parquet(out / "data/selected.parquet")
+    manifest = read_parquet(out / "data/images/manifest.parquet")
+    assert set(selected["Label"]) == {"Hamburger", "Sandwich"}
+    assert manifest["ImageID"].is_unique and set(manifest["ImageID"]) == set(selected["ImageID"])
+    truth = mirror.truth.set_index("ImageID")
+    for rec in manifest.itertuples():  # exit 0 although some photos are gone: they are recorded
+        assert rec.status == truth.at[rec.ImageID, "expected_status"], (rec.ImageID, rec.reason)
+    assert {"not_found", "placeholder"} <= set(manifest["status"])
+    assert all((out / "data/images" / p).is_file() for p in manifest["path"] if p)
+    assert not (workspace.path / "data").exists()  # everything went under --out
+    printed = capsys.readouterr().out
+    assert "after filters" in printed and "not_found" in printed and "total" in printed
+
+
+def test_flags_override_params(clean_mirror, workspace):
+    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    assert fetch("Hamburger", "--source", "cvdf", "--limit", "3", "--rate", "50", "--version", "v5",
+                 "--out", "small") == 0
+    selected = read_parquet("small/data/selected.parquet")
+    manifest = read_parquet("small/data/images/manifest.parquet")
+    assert set(selected["Label"]) == {"Hamburger"} and len(selected) == 3
+    assert manifest["url"].str.startswith(clean_mirror.cvdf_url + "/").all()
+    assert (manifest["status"] == "ok").all()
+    assert (Path("small/data/metadata/raw/v5/class-descriptions-boxable.csv")).is_file()  # v5's own class list
+
+
+def test_unknown_label_is_bad_input_before_any_download(clean_mirror, workspace, capsys):
+    workspace.write_params(clean_mirror.params_overrides())
+    assert fetch("Hamburgr", "--out", "x") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Hamburger" in err  # one line, naming the closest real label
+    assert not Path("x/data/images").exists() and not Path("x/data/selected.parquet").exists()
+
+
+def test_bad_flag_values_are_bad_input(workspace, capsys):
+    assert fetch("Hamburger", "--rate", "-1") == 2
+    assert "download.rate" in capsys.readouterr().err
+    assert fetch("Hamburger", "--workers", "0") == 2
+    assert not Path("data").exists()
+
+
+def test_unreachable_image_server_is_a_failure(clean_mirror, workspace, capsys):
+    workspace.write_params({**clean_mirror.params_overrides(), "source.cvdf_url": "http://127.0.0.1:9",
+                            "download": {**FAST, "retries": 0}})
+    assert fetch("Hamburger", "--source", "cvdf", "--limit", "2", "--rate", "0") == 1
+    assert "failed" in capsys.readouterr().err
+
+
+def test_help_as_a_real_command():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.fetch", "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0
+    for flag in ("--version", "--source", "--limit", "--rate", "--workers", "--out"):
+        assert flag in done.stdout
+
+
+@pytest.mark.parametrize("argv", [[], ["Hamburger", "--source", "s3"]])
+def test_missing_labels_or_bad_choice_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fetch(*argv)
+    assert exc.value.code == 2
