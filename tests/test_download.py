@@ -1,7 +1,7 @@
 """The download stage against the local mirror over real HTTP: every fault, resume after kill -9, CVDF.
 
-The selection is built from the mirror's own image tables (what the select stage copies into
-``data/selected.parquet``), with every image listed twice, as an image with two selected boxes is.
+The selection is built from the mirror's own image tables (``download_inputs``), with every image listed
+twice, as an image with two selected boxes is.
 """
 from __future__ import annotations
 
@@ -27,23 +27,13 @@ from pipeline.download.verify import PLACEHOLDER_MD5S, md5_hex_from_base64, snif
 from pipeline.errors import run_cli
 from pipeline.manifest import read_parquet, write_parquet
 from pipeline.mirror import Mirror
-from pipeline.sources import layout
+
+from download_inputs import write_selection
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = Path("data/images")
 FAST = {"rate": 0, "workers": 8, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
         "shard_size": 16}
-
-
-def write_selection(m: Mirror, boxes_per_image: int = 2, where: Path = Path("data/selected.parquet")) -> pd.DataFrame:
-    """``data/selected.parquet`` for every mirror image, ``boxes_per_image`` rows each."""
-    tables = [pd.read_csv(f"{m.base_url}/{path}", dtype={"ImageID": str})
-              for path in layout("v6").images.values()]
-    images = pd.concat(tables, ignore_index=True)
-    images = images[images["ImageID"].isin(m.truth["ImageID"])]
-    selected = pd.concat([images] * boxes_per_image, ignore_index=True).assign(Label="Hamburger")
-    write_parquet(selected, where)
-    return images
 
 
 def run_download() -> int:

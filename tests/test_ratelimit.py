@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from download_inputs import write_selection
 from pipeline.download.client import Fetcher
 from pipeline.download.ratelimit import RateLimiter
 from pipeline.params import DownloadParams
@@ -95,8 +96,6 @@ def test_sixteen_workers_at_20_per_second_never_exceed_21_in_any_second(server):
 def test_download_stage_holds_the_rate_at_the_mirror_across_shards(clean_mirror, workspace):
     """The real stage as a subprocess (so its GIL cannot delay the mirror's clock), 16 workers, 20/s,
     shards of 10: a fresh event loop every 10 images must not let a burst through at the boundary."""
-    from test_download import write_selection
-
     workspace.write_params({**clean_mirror.params_overrides(),
                             "download": {"rate": 20.0, "workers": 16, "shard_size": 10}})
     images = write_selection(clean_mirror)

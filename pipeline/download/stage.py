@@ -63,38 +63,48 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     if dropped:
         print(f"warning: skipped {dropped} image(s) whose ImageID is not 16 hex digits", file=sys.stderr)
     shards_dir = images_dir / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(images_dir)
-    sweep_temporaries(shards_dir)
-    known = shards.load_records(shards_dir)
-    limiter = RateLimiter(params.download.rate)
-    plan = [(shard, *_split_done(shard, known, images_dir))
-            for shard in shards.plan_shards(images, params.download.shard_size)]
-    counts: Counter[str] = Counter()
-    parts, fetched = [], []
     try:
-        with tqdm(total=len(images), initial=sum(len(done) for _, done, _ in plan), unit="img", desc="download",
-                  disable=None if progress else True, dynamic_ncols=True) as bar:
-            def on_record(record: dict[str, Any]) -> None:
-                counts[record["status"]] += 1
-                bar.set_postfix_str(_brief(counts), refresh=False)
-                bar.update()
-
-            for shard, done, todo in plan:
-                fresh = run_shard(todo, params.download, images_dir, shards.journal_path(shards_dir, shard.index),
-                                  limiter=limiter, on_record=on_record) if len(todo) else shards.manifest_frame([])
-                part = shards.manifest_frame(done + fresh.to_dict("records"))
-                shards.write_part(shards_dir, shard.index, part)
-                parts.append(part)
-                fetched.append(fresh[fresh["attempts"] > 0])
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        swept = sweep_temporaries(images_dir) + sweep_temporaries(shards_dir)
+        if swept:
+            print(f"removed {swept} partial file(s) left by an interrupted run", file=sys.stderr)
+        known = shards.load_records(shards_dir)
+        plan = [(shard, *_split_done(shard, known, images_dir))
+                for shard in shards.plan_shards(images, params.download.shard_size)]
+        parts, tried = _run(plan, params, images_dir, shards_dir, progress)
+        manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
-    manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
-    tried = pd.concat(fetched, ignore_index=True) if fetched else shards.manifest_frame([])
     if len(tried) and (tried["status"] == "failed").all():
         raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried['reason'].iloc[0]}; "
                               "is the server reachable?")
     return manifest
+
+
+def _run(plan: list[tuple[shards.Shard, list[dict[str, Any]], pd.DataFrame]], params: Params, images_dir: Path,
+         shards_dir: Path, progress: bool) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """Fetch what each shard still needs, one shard after another, under one rate limit.
+
+    Returns every shard's manifest part (also written) and the records of the images requested now.
+    """
+    limiter = RateLimiter(params.download.rate)
+    counts: Counter[str] = Counter()
+    parts, tried = [], [shards.manifest_frame([])]
+    with tqdm(total=sum(len(s.images) for s, _, _ in plan), initial=sum(len(done) for _, done, _ in plan),
+              unit="img", desc="download", disable=None if progress else True, dynamic_ncols=True) as bar:
+        def on_record(record: dict[str, Any]) -> None:
+            counts[record["status"]] += 1
+            bar.set_postfix_str(_brief(counts), refresh=False)
+            bar.update()
+
+        for shard, done, todo in plan:
+            fresh = run_shard(todo, params.download, images_dir, shards.journal_path(shards_dir, shard.index),
+                              limiter=limiter, on_record=on_record) if len(todo) else shards.manifest_frame([])
+            part = shards.manifest_frame(done + fresh.to_dict("records"))
+            shards.write_part(shards_dir, shard.index, part)
+            parts.append(part)
+            tried.append(fresh[fresh["attempts"] > 0])
+    return parts, pd.concat(tried, ignore_index=True)
 
 
 def _split_done(shard: shards.Shard, known: dict[str, dict[str, Any]],

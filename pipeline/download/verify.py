@@ -65,6 +65,7 @@ def md5_hex_from_base64(value: object) -> str | None:
 
 
 def is_placeholder_url(url: str) -> bool:
+    """Does ``url`` (where the redirects ended) name Flickr's "photo unavailable" picture?"""
     return bool(_PLACEHOLDER_PATH.search(urlsplit(url).path))
 
 
@@ -95,6 +96,6 @@ def _size(value: object) -> int | None:
     """OriginalSize as an int (numpy's too); None when missing (NaN/None) or not a positive whole number."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    if math.isnan(value) or value <= 0 or value != int(value):
+    if not math.isfinite(value) or value <= 0 or value != int(value):
         return None
     return int(value)
