@@ -12,8 +12,11 @@ Methods, all cutting the same boxes at the same JPEG quality:
 - ``floor xN``: the same decode-only work spread over the same N-process pool the crop stage uses.
 - ``ours xN``: :func:`pipeline.crop.crop_all` with ``crop.workers = N`` (plan, pool, manifest, everything).
 
-Each method runs ``--rounds`` times, interleaved, each time into an empty output folder (emptied before the
-clock starts); the table shows the median. Other engineers share the
+Each method runs ``--rounds`` times, interleaved; the table shows the best and the median run. Every run that
+writes (naive, ours) writes into a **fresh folder of its own** (``runs/<method>-<round>``), after an
+``os.sync()`` so no earlier run's dirty pages are written back on its clock; old run folders are deleted only
+before the first and after the last run, never between timed runs: ext4 creates files slowly right after a
+mass delete, which made an emptied folder cost up to 3 ms per photo of "write". Other engineers share the
 machine, so every run records the CPU that *other* processes used meanwhile: system-wide busy CPU time
 (psutil) minus this process and its waited-for children (getrusage), shown as cores kept busy on average.
 A last section splits one process's crop work into its steps (read, decode, RGB, hash, cut, encode, write).
@@ -98,7 +101,7 @@ def generate(out: Path, images: int, seed: int) -> tuple[pd.DataFrame, pd.DataFr
 
 def naive(boxes: pd.DataFrame, images_dir: Path, out: Path) -> int:
     """Open the photo again for every box: decode, crop, turn, save. One at a time."""
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     for row in boxes.itertuples():
         with Image.open(images_dir / f"{row.ImageID}.jpg") as photo:
             rgb = photo.convert("RGB")
@@ -125,9 +128,9 @@ def floor(files: list[Path], workers: int) -> None:
         list(pool.map(decode_files, [files[i:i + chunk] for i in range(0, len(files), chunk)]))
 
 
-def ours(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, workers: int) -> int:
+def ours(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, workers: int, out: Path) -> int:
     manifest = crop.crop_all(boxes, downloads, CropParams(workers=workers),
-                             images_dir=root / paths.IMAGES_DIR, crops_dir=root / "crops-ours")
+                             images_dir=root / paths.IMAGES_DIR, crops_dir=out)
     return int((manifest["status"] == "ok").sum())
 
 
@@ -161,13 +164,13 @@ def measured(runs: list[Run]) -> Iterator[None]:
     runs.append(Run(wall, own_cpu, max(0.0, _busy() - busy - own_cpu)))
 
 
-def breakdown(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, limit: int = 150) -> dict[str, float]:
+def breakdown(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, out: Path,
+              limit: int = 150) -> dict[str, float]:
     """CPU seconds per photo spent in each step of the crop stage's work, in this one process."""
-    out = root / "crops-breakdown"
-    shutil.rmtree(out, ignore_errors=True)
     rows = crop.plan(boxes, downloads, root / paths.IMAGES_DIR)
     tasks = crop.build_tasks(rows.assign(crop_path=rows["BoxIndex"].map("{}.jpg".format)), out)
-    out.mkdir()
+    out.mkdir(parents=True)
+    os.sync()
     steps = dict.fromkeys(["read", "decode", "to RGB", "perceptual hash", "cut + turn", "encode", "write"], 0.0)
     for task in tasks[:limit]:
         clock = time.process_time()
@@ -218,27 +221,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} CPUs, {sys.version.split()[0]}, Pillow {Image.__version__}")
 
     n = args.workers
-    methods: dict[str, Callable[[], object]] = {
-        "naive (1 process)": lambda: naive(boxes, images_dir, args.out / "crops-naive"),
-        "floor: decode only (1 process)": lambda: floor(files, 1),
-        f"floor: decode only ({n} processes)": lambda: floor(files, n),
-        "ours (1 process)": lambda: ours(boxes, downloads, args.out, 1),
-        f"ours ({n} processes)": lambda: ours(boxes, downloads, args.out, n),
+    fresh = args.out / "runs"  # every writing run gets a new folder under it (see the module docstring)
+    methods: dict[str, Callable[[Path], object]] = {
+        "naive (1 process)": lambda out: naive(boxes, images_dir, out),
+        "floor: decode only (1 process)": lambda out: floor(files, 1),
+        f"floor: decode only ({n} processes)": lambda out: floor(files, n),
+        "ours (1 process)": lambda out: ours(boxes, downloads, args.out, 1, out),
+        f"ours ({n} processes)": lambda out: ours(boxes, downloads, args.out, n, out),
     }
     runs: dict[str, list[Run]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, method in methods.items():
-            for old in ("crops-naive", "crops-ours"):  # untimed: each method writes into an empty folder
-                shutil.rmtree(args.out / old, ignore_errors=True)
+    shutil.rmtree(fresh, ignore_errors=True)  # an earlier invocation's runs, deleted before any clock starts
+    for round_ in range(args.rounds):
+        for number, (name, method) in enumerate(methods.items()):
+            os.sync()  # untimed: earlier runs' files reach the disk now, not during this run
             with measured(runs[name]):
-                method()
+                method(fresh / f"{number}-{round_}")
     report(runs, len(boxes), n)
     print("\nwhere one process's CPU time goes, ms per photo (first 150 photos):")
-    steps = breakdown(boxes, downloads, args.out)
+    steps = breakdown(boxes, downloads, args.out, fresh / "breakdown")
     total = sum(steps.values())
     for step, seconds in steps.items():
         print(f"  {step:<16}{seconds * 1e3:7.2f} ms  {seconds / total:5.1%}")
     print(f"  {'total':<16}{total * 1e3:7.2f} ms")
+    shutil.rmtree(fresh, ignore_errors=True)
 
 
 def report(runs: dict[str, list[Run]], crops: int, workers: int) -> None:

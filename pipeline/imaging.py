@@ -132,14 +132,26 @@ def image_phash(image: Image.Image) -> str:
 
     256 rather than imagehash's default 64 bits: photos of one kind of scene (a burger on a table) share their
     8x8 lowest frequencies: on the mirror's photos 64-bit hashes of different photos came within 6 bits, as
-    close as a resized copy; at 16x16 they stay 46+ bits apart while copies stay within 6. The picture is first
-    box-averaged to 64x64, the size ``phash`` works at anyway: on a 1024x768 photo that takes about 1 ms where
-    ``phash``'s own Lanczos resize of it takes about 10. (An integer ``reduce`` first would halve that
-    millisecond, but made the hash of a resized copy of Flickr's placeholder drift 16-30 bits instead of 6-12.)
+    close as a resized copy; at 16x16 they stay 46+ bits apart while copies stay within 6-10.
+
+    The picture is box-averaged to 64x64 (the size ``phash`` works at; its own Lanczos resize of a 1024x768
+    photo would take ~10 ms) in two steps: an integer :meth:`~PIL.Image.Image.reduce` by the largest factor
+    that *divides* each side exactly and leaves at least 3 times the thumbnail's side (1024x768 -> 256x192),
+    then a ``BOX`` resize of the rest. Together that takes 0.9 ms instead of 1.3 for one ``BOX`` resize of a
+    1024x768 photo, and with exact factors there is no partial box at the edge: a plain ``reduce`` (or
+    ``reducing_gap``) leaves one there, which made the hash of a resized copy of Flickr's placeholder drift
+    up to 20-32 bits instead of 2-10. (Reducing to only twice the side was as fast but let a resized copy of a
+    noisy test picture drift 14 bits instead of 6-8.)
     """
     side = 4 * PHASH_SIZE
-    thumb = image.resize((side, side), Image.Resampling.BOX)
-    return str(imagehash.phash(thumb, hash_size=PHASH_SIZE))
+    factors = tuple(_exact_factor(extent, extent // (3 * side)) for extent in image.size)
+    small = image.reduce(factors) if factors != (1, 1) else image
+    return str(imagehash.phash(small.resize((side, side), Image.Resampling.BOX), hash_size=PHASH_SIZE))
+
+
+def _exact_factor(extent: int, most: int) -> int:
+    """The largest divisor of ``extent`` that is at most ``most`` (1 when ``most`` < 2)."""
+    return max((f for f in range(1, most + 1) if extent % f == 0), default=1)
 
 
 def hamming(a: str, b: str) -> int:
