@@ -59,6 +59,7 @@ class MirrorApp:
         self.latency = 0.0
         self.metadata_truncate_once = False
         self.requests: list[RequestRecord] = []
+        self.cleared_at = 0.0  # monotonic time of the last clear_requests()
         self.metadata: dict[str, bytes] = {}
         self._originals = {tables.original_path(r): _Original(r, root / r.served if r.served else None) for r in records}
         self._cvdf = {f"/cvdf/{r.Subset}/{r.ImageID}.jpg": root / r.cvdf for r in records}
@@ -92,7 +93,11 @@ class MirrorApp:
             status = exc.status
             raise
         finally:
-            self.requests.append(RequestRecord(arrived, request.method, request.path, status, request.get(_NBYTES, 0)))
+            # logged when the answer is done, so a request that arrived before clear_requests() (a stalled
+            # "slow" body, say) must not land in the fresh log
+            if arrived >= self.cleared_at:
+                self.requests.append(RequestRecord(arrived, request.method, request.path, status,
+                                                   request.get(_NBYTES, 0)))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -312,7 +317,9 @@ class Mirror:
         return list(self._app.requests) if self._app else []
 
     def clear_requests(self) -> None:
+        """Empty the log; requests that arrived before this call are never logged, even if they end later."""
         if self._app:
+            self._app.cleared_at = time.monotonic()
             self._app.requests.clear()
 
     def configure(self, latency: float | None = None, metadata_truncate_once: bool | None = None) -> None:
