@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineFailure
-from pipeline.manifest import replace_dir
+from pipeline.manifest import atomic_path, replace_dir
 
 _F32, _I8, _STR = pa.float32(), pa.int8(), pa.string()
 #: low-cardinality text (Source, Subset) is handled as dictionary codes, so sorting rows moves ints, not text;
@@ -173,14 +172,10 @@ def _image_batches(sources: list[_Source]) -> Iterator[pa.RecordBatch]:
 def convert_images(sources: dict[str, Path], out: Path) -> ConvertStats:
     """Stream every subset's image table into one ``images.parquet`` (written to a temp file, then renamed)."""
     items = [_Source(subset, path) for subset, path in sources.items()]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression=COMPRESSION, use_dictionary=["Subset", "License"]) as w:
-            for batch in _image_batches(items):
-                w.write_batch(batch, row_group_size=1 << 16)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression=COMPRESSION,
+                                                   use_dictionary=["Subset", "License"]) as writer:
+        for batch in _image_batches(items):
+            writer.write_batch(batch, row_group_size=1 << 16)
     return _total(items)
 
 

@@ -15,29 +15,48 @@ if TYPE_CHECKING:  # pandas is imported only when a DataFrame is passed: it cost
     import pandas as pd
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temp path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    Readers (DVC, people, the next stage) then see the old file or the new one, never half of one; on an
+    error the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_parquet(table: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     """Write ``table`` to ``path`` through a temporary file and a rename, so readers never see half a file.
 
     Written deterministically (no pandas index, fixed compression) so that equal data gives equal bytes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
 
 
 def read_parquet(path: str | Path, what: str = "input") -> pd.DataFrame:
     """Read a manifest, with a one-line hint about which stage makes it when it is missing."""
+    return read_table(path, what).to_pandas()
+
+
+def read_table(path: str | Path, what: str = "input") -> pa.Table:
+    """:func:`read_parquet` as an Arrow table, for stages that start fast by never importing pandas."""
     from pipeline.errors import UserError
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found: run the stage that writes the {what} first (see dvc.yaml)")
-    return pq.read_table(path).to_pandas()
+    return pq.read_table(path)
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,9 +26,16 @@ import requests
 from pipeline import convert
 from pipeline.errors import run_cli
 from pipeline.labels import ClassList
-from pipeline.manifest import write_parquet
+from pipeline.manifest import atomic_path, write_parquet
 from pipeline.params import load_params
-from pipeline.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW, METADATA_STAMP
+from pipeline.paths import (
+    BOXES_DIR,
+    CLASSES_TABLE,
+    HIERARCHY_JSON,
+    IMAGES_TABLE,
+    METADATA_RAW,
+    METADATA_STAMP,
+)
 from pipeline.sources import Layout, join_url, layout
 from pipeline.transfer import TransferPolicy, fetch
 
@@ -95,9 +101,8 @@ class Stamps:
 
     def record(self, out: Path, inputs: Sequence[Path]) -> None:
         self.entries[out.name] = self.signature(inputs)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def refresh(stamps: Stamps, out: Path, inputs: Sequence[Path], build: Callable[[], str]) -> None:
@@ -119,9 +124,8 @@ def _warn_skipped(stats: convert.ConvertStats) -> str:
 
 def _write_hierarchy(raw: Path) -> str:
     convert.read_hierarchy(raw)  # refuse anything that is not the hierarchy before it becomes an output
-    tmp = HIERARCHY_JSON.with_name(f".{HIERARCHY_JSON.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(raw.read_bytes())
-    os.replace(tmp, HIERARCHY_JSON)
+    with atomic_path(HIERARCHY_JSON) as tmp:
+        tmp.write_bytes(raw.read_bytes())
     return f"{_size(raw.stat().st_size)} verbatim"
 
 

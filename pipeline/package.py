@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.errors import UserError, run_cli
-from pipeline.manifest import read_parquet
+from pipeline.manifest import atomic_path, read_parquet
 from pipeline.params import Params, load_params
 from pipeline.registry import Registry, check_name, publish
 
@@ -256,10 +255,8 @@ def scalar_metrics(files: dict[str, Path]) -> dict[str, dict[str, float]]:
 
 def write_package_info(name: str, registry: str, top_hash: str) -> None:
     """``data/package.json``, written atomically (DVC's output for this stage)."""
-    tmp = paths.PACKAGE_INFO.with_name(f".{paths.PACKAGE_INFO.name}.{os.getpid()}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps({"name": name, "registry": registry, "top_hash": top_hash}, indent=2) + "\n")
-    os.replace(tmp, paths.PACKAGE_INFO)
+    with atomic_path(paths.PACKAGE_INFO) as tmp:
+        tmp.write_text(json.dumps({"name": name, "registry": registry, "top_hash": top_hash}, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

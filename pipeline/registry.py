@@ -38,6 +38,7 @@ from urllib.request import url2pathname
 from tqdm import tqdm
 
 from pipeline.errors import PipelineFailure, UserError
+from pipeline.manifest import atomic_path
 from pipeline.s3 import bucket_url, check_bucket, error_code, translate
 
 if TYPE_CHECKING:
@@ -207,10 +208,8 @@ def _build_local(registry: Registry, name: str, files: Mapping[str, Path], diges
     for key, path in tqdm(files.items(), desc="storing", unit="file"):
         target = registry.local_path / object_key(name, digests[key])
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
         stored[key] = target
     return _new_package(stored, meta).build(name, registry=registry.url, message=message)
 

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import html
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.errors import run_cli
-from pipeline.manifest import read_parquet, replace_dir
+from pipeline.manifest import atomic_path, read_parquet, replace_dir
 from pipeline.safe import join_inside, label_dirname
 
 SPLITS = paths.SPLIT_NAMES
@@ -173,10 +172,8 @@ def build_report() -> Path:
         reject_sections = _reject_sheets(rejected, out)
         page = render_html(balance, splits, rejected, sheets, reject_sections)
         (out / "index.html").write_text(page, encoding="utf-8")
-    paths.CLASS_BALANCE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.CLASS_BALANCE.with_name(f".{paths.CLASS_BALANCE.name}.{os.getpid()}.tmp")
-    balance.to_csv(tmp, index=False)
-    os.replace(tmp, paths.CLASS_BALANCE)
+    with atomic_path(paths.CLASS_BALANCE) as tmp:
+        balance.to_csv(tmp, index=False)
     return paths.DATASET_REPORT / "index.html"
 
 

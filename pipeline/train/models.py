@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.manifest import atomic_path
 
 ARCHS = ("mobilenet_v2", "resnet18", "resnet50")
 #: torchvision's ImageNet statistics: every pretrained backbone here expects inputs normalised by them
@@ -159,10 +159,8 @@ def save_checkpoint(path: Path, model: nn.Module, info: ModelInfo, extra: dict |
     """Write ``model.pt`` (plain tensors and values, through a temp file and a rename)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "state_dict": state, **asdict(info), **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
