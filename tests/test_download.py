@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pipeline.download import shards
@@ -148,13 +149,14 @@ def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_pa
     from pipeline.params import load_params
 
     params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
-    images, _ = images_table(write_selection(clean_mirror, where=tmp_path / "selected.parquet"), params.source)
+    images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
+                             params.source)
     plan = shards.plan_shards(images, shard_size=len(images) // 2 + 1)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(run_shard, [s.images for s in plan], [params.download] * 2, [tmp_path] * 2,
                               [shards.journal_path(tmp_path, s.index) for s in plan]))
-    merged = pd.concat(parts, ignore_index=True)
-    assert sorted(merged["ImageID"]) == sorted(images["ImageID"]) and (merged["status"] == "ok").all()
+    merged = pa.concat_tables(parts).to_pandas()
+    assert sorted(merged["ImageID"]) == sorted(image.ImageID for image in images) and (merged["status"] == "ok").all()
     assert all((tmp_path / p).is_file() for p in merged["path"])
 
 

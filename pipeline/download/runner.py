@@ -1,6 +1,6 @@
 """Download one shard: ``run_shard(rows, settings, images_dir, journal) -> manifest part``.
 
-``run_shard`` is a plain, picklable function of its inputs that returns a DataFrame, so any executor can
+``run_shard`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
 map it over shards: the stage maps it over shards one after another on this machine; Dask distributed
 (``client.map(run_shard, rows_per_shard, [settings] * n, [images_dir] * n, journal_per_shard)``) could
 spread them over machines that share a file system (``tests/test_download.py`` maps it with a process
@@ -12,15 +12,15 @@ and writing run in a thread so the event loop keeps other downloads moving meanw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
 from pipeline.download.client import Fetched, Fetcher
 from pipeline.download.ratelimit import RateLimiter
-from pipeline.download.shards import manifest_frame
+from pipeline.download.shards import Image, manifest_table
 from pipeline.download.verify import Verdict, verify
 from pipeline.download.writer import Journal, image_path, write_image
 from pipeline.params import DownloadParams
@@ -29,13 +29,12 @@ from pipeline.safe import is_http_url
 Record = dict[str, Any]
 
 
-def run_shard(rows: pd.DataFrame, settings: DownloadParams, images_dir: Path, journal: Path, *,
-              limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pd.DataFrame:
+def run_shard(rows: Sequence[Image], settings: DownloadParams, images_dir: Path, journal: Path, *,
+              limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pa.Table:
     """Download every image in ``rows`` and return their manifest rows.
 
-    ``rows`` has ``ImageID`` (validated), ``Subset``, ``url`` and, for Flickr originals, ``OriginalSize``
-    and ``OriginalMD5`` (None/NaN: nothing to compare). Each finished image is appended to ``journal`` at
-    once, so a killed run loses nothing it finished. ``limiter`` lets consecutive shards share one rate.
+    Each finished image is appended to ``journal`` at once, so a killed run loses nothing it finished.
+    ``limiter`` lets consecutive shards share one rate.
     """
     limiter = limiter or RateLimiter(settings.rate)
     with Journal(journal) as log:
@@ -45,13 +44,13 @@ def run_shard(rows: pd.DataFrame, settings: DownloadParams, images_dir: Path, jo
                 on_record(record)
 
         records = asyncio.run(_download(rows, settings, images_dir, limiter, finished))
-    return manifest_frame(records)
+    return manifest_table(records)
 
 
-async def _download(rows: pd.DataFrame, settings: DownloadParams, images_dir: Path, limiter: RateLimiter,
+async def _download(rows: Sequence[Image], settings: DownloadParams, images_dir: Path, limiter: RateLimiter,
                     finished: Callable[[Record], None]) -> list[Record]:
     records: list[Record] = []
-    todo: Iterator[Any] = rows.itertuples(index=False)
+    todo = iter(rows)
 
     async def worker(fetcher: Fetcher) -> None:
         for row in todo:  # one iterator shared by all workers: each row is taken exactly once
@@ -70,7 +69,7 @@ async def _download(rows: pd.DataFrame, settings: DownloadParams, images_dir: Pa
     return records
 
 
-async def _one_image(row: Any, fetcher: Fetcher, images_dir: Path) -> Record:
+async def _one_image(row: Image, fetcher: Fetcher, images_dir: Path) -> Record:
     if not is_http_url(row.url):
         await asyncio.to_thread(write_image, images_dir, row.ImageID, None, None)
         return _record(row, Fetched("bad_url", "not an http(s) URL", 0, "", None, 0, 0.0), None)
@@ -79,7 +78,7 @@ async def _one_image(row: Any, fetcher: Fetcher, images_dir: Path) -> Record:
     return _record(row, fetched, verdict)
 
 
-def _settle(row: Any, fetched: Fetched, images_dir: Path) -> Verdict | None:
+def _settle(row: Image, fetched: Fetched, images_dir: Path) -> Verdict | None:
     """Verify the body (if any) and make the folder match: the body under its name, or no file at all."""
     verdict = None if fetched.body is None else verify(
         fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)
@@ -88,7 +87,7 @@ def _settle(row: Any, fetched: Fetched, images_dir: Path) -> Verdict | None:
     return verdict
 
 
-def _record(row: Any, fetched: Fetched, verdict: Verdict | None) -> Record:
+def _record(row: Image, fetched: Fetched, verdict: Verdict | None) -> Record:
     """One manifest row (docs/architecture.md, "download")."""
     body = fetched.body
     return {

@@ -10,16 +10,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.download import shards
 from pipeline.download.ratelimit import RateLimiter
-from pipeline.download.runner import run_shard
+from pipeline.download.runner import Record, run_shard
+from pipeline.download.shards import Image
 from pipeline.download.writer import sweep_temporaries
 from pipeline.errors import PipelineFailure, UserError
-from pipeline.manifest import read_parquet
+from pipeline.manifest import read_table
 from pipeline.params import Params, SourceParams
 from pipeline.safe import is_image_id
 from pipeline.sources import SUBSETS, join_url
@@ -28,38 +29,40 @@ from pipeline.sources import SUBSETS, join_url
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")
 
 
-def images_table(selected: pd.DataFrame, source: SourceParams) -> tuple[pd.DataFrame, int]:
-    """One row per distinct valid ImageID: ``ImageID Subset url OriginalSize OriginalMD5``, and how many
-    distinct ImageIDs were dropped as invalid (they cannot name a file safely).
+def images_table(selected: pa.Table, source: SourceParams) -> tuple[list[Image], int]:
+    """One :class:`Image` per distinct valid ImageID (the first of its rows), and how many distinct ImageIDs
+    were dropped as invalid (they cannot name a file safely).
 
     ``flickr``: the original at OriginalURL, checked against OriginalSize/OriginalMD5. ``cvdf``: the
     resized copy at ``cvdf_url/<Subset>/<ImageID>.jpg``, which no size or md5 in the tables describes.
+    Plain Python over Arrow columns: no pandas, whose import alone costs more than this whole function.
     """
-    missing = [c for c in NEEDED if c not in selected.columns]
+    missing = [c for c in NEEDED if c not in selected.column_names]
     if missing:
         raise UserError(f"{paths.SELECTED}: missing column(s) {', '.join(missing)}; re-run the select stage")
-    images = selected.drop_duplicates("ImageID")[list(NEEDED)].reset_index(drop=True)
-    valid = images["ImageID"].map(is_image_id)
-    dropped = int((~valid).sum())
-    images = images[valid].reset_index(drop=True)
+    first: dict[Any, tuple] = {}
+    for row in zip(*(selected.column(c).to_pylist() for c in NEEDED)):
+        first.setdefault(row[0], row)
+    images = [_image(*row, source) for image_id, row in first.items() if is_image_id(image_id)]
+    return images, len(first) - len(images)
+
+
+def _image(image_id: str, subset: str, original_url: Any, size: int | None, md5: str | None,
+           source: SourceParams) -> Image:
     if source.images == "flickr":
-        images["url"] = images["OriginalURL"].where(images["OriginalURL"].map(lambda u: isinstance(u, str)), "")
-    else:
-        images["url"] = [join_url(source.cvdf_url, f"{subset}/{image_id}.jpg") if subset in SUBSETS else ""
-                         for image_id, subset in zip(images["ImageID"], images["Subset"])]
-        images["OriginalSize"] = None
-        images["OriginalMD5"] = None
-    return images[["ImageID", "Subset", "url", "OriginalSize", "OriginalMD5"]], dropped
+        return Image(image_id, subset, original_url if isinstance(original_url, str) else "", size, md5)
+    url = join_url(source.cvdf_url, f"{subset}/{image_id}.jpg") if subset in SUBSETS else ""
+    return Image(image_id, subset, url, None, None)
 
 
 def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path = paths.IMAGES_DIR,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True) -> pa.Table:
     """Run the stage and return the manifest (also written to ``images_dir/manifest.parquet``).
 
     Raises :class:`PipelineFailure` when every request of this run ended ``failed`` (the server is
     unreachable, say), after writing the manifest: a run that merely found some photos gone is a success.
     """
-    images, dropped = images_table(read_parquet(selected, "selection"), params.source)
+    images, dropped = images_table(read_table(selected, "selection"), params.source)
     if dropped:
         print(f"warning: skipped {dropped} image(s) whose ImageID is not 16 hex digits", file=sys.stderr)
     shards_dir = images_dir / "shards"
@@ -75,44 +78,48 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
         manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
-    if len(tried) and (tried["status"] == "failed").all():
-        raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried['reason'].iloc[0]}; "
+    if tried and all(record["status"] == "failed" for record in tried):
+        raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried[0]['reason']}; "
                               "is the server reachable?")
     return manifest
 
 
-def _run(plan: list[tuple[shards.Shard, list[dict[str, Any]], pd.DataFrame]], params: Params, images_dir: Path,
-         shards_dir: Path, progress: bool) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+
+def _run(plan: list[tuple[shards.Shard, list[Record], list[Image]]], params: Params, images_dir: Path,
+         shards_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
     """Fetch what each shard still needs, one shard after another, under one rate limit.
 
     Returns every shard's manifest part (also written) and the records of the images requested now.
     """
     limiter = RateLimiter(params.download.rate)
     counts: Counter[str] = Counter()
-    parts, tried = [], [shards.manifest_frame([])]
+    parts, tried = [], []
     with tqdm(total=sum(len(s.images) for s, _, _ in plan), initial=sum(len(done) for _, done, _ in plan),
               unit="img", desc="download", disable=None if progress else True, dynamic_ncols=True) as bar:
-        def on_record(record: dict[str, Any]) -> None:
+        def on_record(record: Record) -> None:
             counts[record["status"]] += 1
             bar.set_postfix_str(_brief(counts), refresh=False)
             bar.update()
 
         for shard, done, todo in plan:
             fresh = run_shard(todo, params.download, images_dir, shards.journal_path(shards_dir, shard.index),
-                              limiter=limiter, on_record=on_record) if len(todo) else shards.manifest_frame([])
-            part = shards.manifest_frame(done + fresh.to_dict("records"))
+                              limiter=limiter, on_record=on_record).to_pylist() if todo else []
+            part = shards.manifest_table(done + fresh)
             shards.write_part(shards_dir, shard.index, part)
             parts.append(part)
-            tried.append(fresh[fresh["attempts"] > 0])
-    return parts, pd.concat(tried, ignore_index=True)
+            tried += [record for record in fresh if record["attempts"] > 0]
+    return parts, tried
 
 
-def _split_done(shard: shards.Shard, known: dict[str, dict[str, Any]],
-                images_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """The shard's records a re-run keeps, and the rows it still has to fetch."""
-    done = [known[i] for i, url in zip(shard.images["ImageID"], shard.images["url"])
-            if shards.is_finished(known.get(i), url, images_dir)]
-    todo = shard.images[~shard.images["ImageID"].isin({r["ImageID"] for r in done})]
+def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path) -> tuple[list[Record], list[Image]]:
+    """The shard's records a re-run keeps, and the images it still has to fetch."""
+    done, todo = [], []
+    for image in shard.images:
+        record = known.get(image.ImageID)
+        if shards.is_finished(record, image.url, images_dir):
+            done.append(record)
+        else:
+            todo.append(image)
     return done, todo
 
 
@@ -120,15 +127,18 @@ def _brief(counts: Counter[str]) -> str:
     return " ".join(f"{status}={n}" for status, n in counts.most_common())
 
 
-def summary_table(manifest: pd.DataFrame) -> str:
+def summary_table(manifest: pa.Table) -> str:
     """Images and megabytes by status, largest first, with a total line."""
-    if manifest.empty:
+    if not len(manifest):
         return "no images selected"
-    table = manifest.groupby("status").agg(images=("ImageID", "size"), bytes=("bytes", "sum"))
-    table = table.sort_values(["images", "bytes"], ascending=False)
+    images: Counter[str] = Counter()
+    size: Counter[str] = Counter()
+    for status, nbytes in zip(manifest.column("status").to_pylist(), manifest.column("bytes").to_pylist()):
+        images[status] += 1
+        size[status] += nbytes
     total = len(manifest)
     lines = [f"{'status':<12}{'images':>9}{'share':>8}{'MB':>10}"]
-    for status, row in table.iterrows():
-        lines.append(f"{status:<12}{row['images']:>9}{row['images'] / total:>8.1%}{row['bytes'] / 1e6:>10.1f}")
-    lines.append(f"{'total':<12}{total:>9}{1:>8.1%}{table['bytes'].sum() / 1e6:>10.1f}")
+    for status in sorted(images, key=lambda s: (-images[s], -size[s], s)):
+        lines.append(f"{status:<12}{images[status]:>9}{images[status] / total:>8.1%}{size[status] / 1e6:>10.1f}")
+    lines.append(f"{'total':<12}{total:>9}{1:>8.1%}{sum(size.values()) / 1e6:>10.1f}")
     return "\n".join(lines)
