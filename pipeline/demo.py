@@ -111,7 +111,9 @@ def summary(workspace: Path) -> str:
         lines.append(f"  {label + ':':20s}{workspace / rel}")
     if package_info.exists():
         info = json.loads(package_info.read_text())
-        lines.append(f"  package {info.get('name')} @ {info.get('top_hash', '')[:12]} in {info.get('registry')}")
+        registry = workspace / info["registry"] if "://" not in info["registry"] else info["registry"]
+        lines.append(f"  package {info['name']} @ {info['top_hash'][:12]}; pull it with:")
+        lines.append(f"    python -m pipeline.pull {info['name']} --registry {registry} --dest DIR")
     return "\n".join(lines)
 
 
