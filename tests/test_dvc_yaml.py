@@ -1,0 +1,82 @@
+"""dvc.yaml tells the truth about the code: every stage's command runs a module whose own imports are all
+declared as deps (so `dvc repro` re-runs a stage when any code it runs changes), and every param a stage
+names exists in params.yaml."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import load_params
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = SPEC["stages"]
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _pipeline_imports(path: Path) -> set[str]:
+    """Names of ``pipeline`` modules imported by the file at ``path`` (anywhere in it, lazy imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("pipeline")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+    return found
+
+
+def code_files_run_by(module: str) -> set[str]:
+    """Repo-relative files of every ``pipeline`` module that ``python -m module`` can import."""
+    entry = f"{module}.__main__" if (REPO.joinpath(*module.split(".")) / "__main__.py").exists() else module
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is not None:
+            todo.extend(_pipeline_imports(path))
+    files = {str(_module_file(n).relative_to(REPO)) for n in seen if _module_file(n)}
+    return files - {"pipeline/__init__.py", "pipeline/mirror/__init__.py"}
+
+
+def _covered(file: str, deps: list[str]) -> bool:
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_imported_module_is_a_dep(stage: str) -> None:
+    spec = STAGES[stage]
+    module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+    missing = sorted(f for f in code_files_run_by(module) if not _covered(f, spec["deps"]))
+    assert not missing, f"stage {stage} runs code that dvc.yaml does not list as deps: {missing}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_named_param_exists(stage: str) -> None:
+    params = load_params(REPO / "params.yaml").to_dict()
+    for dotted in STAGES[stage].get("params", []):
+        node = params
+        for key in dotted.split("."):
+            assert key in node, f"stage {stage} names param {dotted}, which params.yaml does not have"
+            node = node[key]
+
+
+def test_the_checker_sees_a_missing_dep() -> None:
+    # the crop stage imports pipeline.imaging; without it in deps the check above must complain
+    files = code_files_run_by("pipeline.crop")
+    assert "pipeline/imaging.py" in files
+    assert not _covered("pipeline/imaging.py", [d for d in STAGES["crop"]["deps"] if d != "pipeline/imaging.py"])
