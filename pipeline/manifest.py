@@ -69,10 +69,11 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # half-built folders of a killed run (any pid) would otherwise stay forever: DVC runs one stage at a time
+    for leftover in [*path.parent.glob(f".{path.name}.*.new"), *path.parent.glob(f".{path.name}.*.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     new = path.with_name(f".{path.name}.{os.getpid()}.new")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
-    for leftover in (new, old):
-        shutil.rmtree(leftover, ignore_errors=True)
     new.mkdir()
     try:
         yield new
