@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -45,7 +44,7 @@ from pipeline import paths
 from pipeline.errors import PipelineFailure, UserError, run_cli
 from pipeline.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.manifest import read_parquet, replace_dir, write_parquet
-from pipeline.params import CropParams, load_params
+from pipeline.params import CropParams, load_params, usable_cores
 from pipeline.safe import is_image_id, join_inside, label_dirname
 
 #: download statuses whose body is on disk (``docs/architecture.md``: kept so later stages can show them)
@@ -171,12 +170,7 @@ def crop_chunk(tasks: Sequence[ImageTask], params: CropParams) -> list[ImageResu
 
 def worker_count(requested: int) -> int:
     """``requested`` processes, or every core this process may use when it is 0."""
-    if requested:
-        return requested
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    return requested or usable_cores()
 
 
 def run_tasks(tasks: Sequence[ImageTask], params: CropParams, workers: int) -> Iterator[ImageResult]:

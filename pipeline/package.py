@@ -49,7 +49,6 @@ MANIFESTS = {
     "manifests/clean.parquet": paths.CLEAN_MANIFEST,
 }
 METRICS = {f"metrics/{name}": paths.METRICS_DIR / name for name in ("train.json", "eval.json")}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp"}
 IMAGES_LICENSE = "CC BY 2.0"  # how Open Images lists its photos; each one needs its author credited
 ANNOTATIONS_LICENSE = "CC BY 4.0 (Google LLC)"
 # A spreadsheet runs a cell that starts with one of these as a formula; the text comes from Flickr.
@@ -75,7 +74,8 @@ def count_images(splits_dir: Path, labels: dict[str, str]) -> dict[str, dict[str
     """``{split: {display name: images}}`` from the files on disk: what the package really holds."""
     return {
         split: {
-            display: sum(1 for f in (splits_dir / split / dirname).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            display: sum(1 for f in (splits_dir / split / dirname).glob("*")
+                         if f.suffix.lower() in paths.IMAGE_SUFFIXES)
             for dirname, display in sorted(labels.items(), key=lambda item: item[1])
         }
         for split in paths.SPLIT_NAMES

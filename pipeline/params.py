@@ -7,6 +7,7 @@ ignored) and reject bad values, each with a one-line :class:`~pipeline.errors.Us
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,6 +184,15 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for package metadata and reports)."""
         return dataclasses.asdict(self)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: what the "auto" worker counts (``crop.workers: 0``, ``train.workers: -1``)
+    resolve to. The affinity mask, not the machine's count, so containers and ``taskset`` are respected."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:

@@ -4,6 +4,9 @@
 """
 from pathlib import Path
 
+#: files counted as images in class folders (crops are always .jpg; pulled or hand-made folders may differ)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
 DATA = Path("data")
 METADATA_DIR = DATA / "metadata"          # downloaded CSV/JSON + the Parquet cache
 METADATA_RAW = METADATA_DIR / "raw"       # <official path under source.base_url>, as downloaded

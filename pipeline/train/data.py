@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.errors import UserError
+from pipeline.params import usable_cores
+from pipeline.paths import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 #: name of the ``{label_dirname: display name}`` file in the splits folder
 LABELS_FILE = "labels.json"
 #: the training cache is this much larger than img_size, so random crops are cut from real detail
@@ -129,8 +129,7 @@ def loader_workers(requested: int) -> int:
     """DataLoader worker processes: ``requested``, or (-1) one per core this process may use, less one."""
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, cores - 1)
+    return max(0, usable_cores() - 1)
 
 
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
