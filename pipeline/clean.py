@@ -9,7 +9,8 @@ reject_reason       rule
 ``not_downloaded``  no photo (404, 410, bad URL, ...: the crop stage's reason says which)
 ``placeholder``     Flickr's "photo unavailable" picture: the download followed a redirect to it, or the file's
                     md5 is a known placeholder's, or the photo's perceptual hash is within
-                    ``clean.placeholder_distance`` bits of the placeholder's (catches re-encoded copies)
+                    ``clean.placeholder_distance`` bits of a reference's (catches re-encoded copies; the
+                    only reference shipped is the mirror's look-alike: see ``PLACEHOLDER_PHASHES``)
 ``changed``         the owner replaced the photo: md5 or size differ from OriginalMD5 / OriginalSize, so the
                     boxes were drawn on another picture
 ``corrupt``         the photo or the crop file does not fully decode (the crop stage's other refusals,
