@@ -6,7 +6,7 @@ Contenders, each run as its own process tree so its CPU can be counted:
   (a) the original project's way: one ``requests.get`` after another (on a subset: it is slow)
   (b) img2dataset 1.47 (``--output_format files --resize_mode no``), with and without
       ``--disable_all_reencoding True``, from its own venv (``--img2dataset``)
-  (c) ours: ``python -m pipeline.download`` with the rate limit off
+  (c) ours: ``python -m pipeline.download`` with the rate limit off, ``--processes`` shard processes
 
 For each: images/s, CPU seconds of the client's process tree (getrusage of waited-for children), CPU
 seconds of the mirror process, and CPU seconds used by everything else on the machine meanwhile (system
@@ -152,7 +152,8 @@ def contenders(args: argparse.Namespace, table: pd.DataFrame, info: dict, out: P
     selected = out / "selected.parquet"
     write_parquet(table, selected)
     params = yaml.safe_dump({"source": {"base_url": info["base_url"], "cvdf_url": info["cvdf_url"], "images": "flickr"},
-                             "download": {"rate": 0, "workers": args.workers, "shard_size": 1000}})
+                             "download": {"rate": 0, "workers": args.workers, "shard_size": 1000,
+                                          "processes": args.processes}})
 
     def ours(folder: Path) -> list[str]:
         (folder / "params.yaml").write_text(params)
@@ -160,7 +161,8 @@ def contenders(args: argparse.Namespace, table: pd.DataFrame, info: dict, out: P
         shutil.copy(selected, folder / "data" / "selected.parquet")
         return [sys.executable, "-m", "pipeline.download"]
 
-    found.append(Contender(f"(c) ours, python -m pipeline.download (workers {args.workers})", len(table), ours,
+    name = f"(c) ours, python -m pipeline.download (workers {args.workers}, processes {args.processes})"
+    found.append(Contender(name, len(table), ours,
                            _ours_ok, {**os.environ, "PYTHONPATH": str(REPO)}, in_folder=True))
     return found
 
@@ -172,7 +174,8 @@ def main() -> None:
                         help="images for (a); at ~18/s the full list would take minutes (0 = skip)")
     parser.add_argument("--size", default="1190x893", help="mirror image size; 1190x893 gives ~180 KB JPEGs")
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--workers", type=int, default=64, help="our download.workers")
+    parser.add_argument("--workers", type=int, default=64, help="our download.workers (per process)")
+    parser.add_argument("--processes", type=int, default=2, help="our download.processes (shards side by side)")
     parser.add_argument("--img2dataset", default="/work/venvs/img2dataset/bin/img2dataset",
                         help="img2dataset 1.47 executable in its own venv ('' = skip)")
     parser.add_argument("--img2dataset-processes", type=int, default=1, help="its default; 2 was slower here")

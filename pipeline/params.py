@@ -74,6 +74,9 @@ class DownloadParams:
     max_bytes: int = field(default=50_000_000, metadata=_check(min=1024))
     #: images per shard (a slice with its own manifest part)
     shard_size: int = field(default=1000, metadata=_check(min=1))
+    #: processes that run shards side by side, each with ``rate / processes`` (0 = one per usable core);
+    #: more than one only pays when the rate is high enough to keep one core busy
+    processes: int = field(default=1, metadata=_check(min=0))
 
 
 @dataclass(frozen=True)

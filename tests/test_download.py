@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.download import shards
@@ -160,6 +162,37 @@ def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_pa
     assert all((tmp_path / p).is_file() for p in merged["path"])
 
 
+def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
+    """Same rows, same order, same files; only the timing column may differ."""
+    write_selection(clean_mirror)
+    manifests = []
+    for processes in (1, 2):
+        shutil.rmtree(IMAGES, ignore_errors=True)
+        workspace.write_params({**clean_mirror.params_overrides(),
+                                "download": {**FAST, "shard_size": 7, "processes": processes}})
+        assert run_download() == 0
+        manifests.append(pq.read_table(IMAGES / "manifest.parquet").drop_columns(["seconds"]))
+    one, two = manifests
+    assert len(one) > 2 * 7 and (one.column("status").to_pylist() == ["ok"] * len(one))
+    assert one.equals(two), "the manifest depends on the number of processes"
+
+
+def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
+    from pipeline.download.stage import _fetch, images_table
+    from pipeline.params import load_params
+
+    params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0,
+                                                            "download.processes": 2})
+    images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
+                             params.source)
+    plan = shards.plan_shards(images, shard_size=5)
+    jobs = [(s.images, shards.journal_path(tmp_path, s.index)) for s in plan]
+    seen: list[str] = []
+    tables = _fetch(jobs, params.download, tmp_path, lambda record: seen.append(record["ImageID"]))
+    assert sorted(seen) == sorted(image.ImageID for image in images)
+    assert [t.column("ImageID").to_pylist() for t in tables] == [sorted(i.ImageID for i in s.images) for s in plan]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CVDF copies, limits, bad input
 
@@ -223,10 +256,13 @@ def test_missing_selection_or_column_is_bad_input(workspace, capsys):
 # kill -9 and resume, as a real subprocess
 
 
-def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace):
+@pytest.mark.parametrize("processes, workers", [(1, 4), (2, 2)])  # 4 requests in flight either way
+def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace, processes, workers):
+    """With processes, the lanes must die with the stage: one left running would fetch beside the re-run."""
     with Mirror(root=tmp_path / "mirror", labels=("Hamburger", "Sandwich"), images_per_label=40, size=(96, 72),
                 faults=False, seed=3, latency=0.1) as m:
-        workspace.write_params({**m.params_overrides(), "download": {**FAST, "workers": 4, "shard_size": 25}})
+        workspace.write_params({**m.params_overrides(),
+                                "download": {**FAST, "workers": workers, "shard_size": 25, "processes": processes}})
         table = write_selection(m)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,

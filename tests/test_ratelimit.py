@@ -93,12 +93,16 @@ def test_sixteen_workers_at_20_per_second_never_exceed_21_in_any_second(server):
     assert achieved >= 19.0, f"only {achieved:.2f} requests/s"
 
 
-def test_download_stage_holds_the_rate_at_the_mirror_across_shards(clean_mirror, workspace):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_download_stage_holds_the_rate_at_the_mirror_across_shards(clean_mirror, workspace, processes):
     """The real stage as a subprocess (so its GIL cannot delay the mirror's clock), 16 workers, 20/s,
-    shards of 10: a fresh event loop every 10 images must not let a burst through at the boundary."""
-    workspace.write_params({**clean_mirror.params_overrides(),
-                            "download": {"rate": 20.0, "workers": 16, "shard_size": 10}})
+    shards of 10: a fresh event loop every 10 images must not let a burst through at the boundary, nor
+    two processes at 10/s each (given one shard each, of equal size: a process that finishes early leaves
+    its half of the rate unused)."""
     images = write_selection(clean_mirror)
+    shard_size = 10 if processes == 1 else -(-len(images) // 2)
+    workspace.write_params({**clean_mirror.params_overrides(),
+                            "download": {"rate": 20.0, "workers": 16, "shard_size": shard_size, "processes": processes}})
     clean_mirror.clear_requests()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     done = subprocess.run([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,

@@ -26,13 +26,14 @@ class RateLimiter:
     #: Small enough that 21 consecutive gaps can never fit in one second at 20/s: 21 * 0.96 / 20 > 1.
     CATCH_UP = 0.04
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, start: float = 0.0) -> None:
         if rate < 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
         self.rate = rate
         self.interval = 1.0 / rate if rate else 0.0
         self._clock = clock
-        self._next = 0.0
+        #: no grant before ``start`` (a ``clock()`` time): processes sharing one rate take staggered slots
+        self._next = start
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

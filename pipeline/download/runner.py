@@ -1,10 +1,10 @@
 """Download one shard: ``run_shard(rows, settings, images_dir, journal) -> manifest part``.
 
 ``run_shard`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
-map it over shards: the stage maps it over shards one after another on this machine; Dask distributed
-(``client.map(run_shard, rows_per_shard, [settings] * n, [images_dir] * n, journal_per_shard)``) could
-spread them over machines that share a file system (``tests/test_download.py`` maps it with a process
-pool). The rate limit is per process, so give each of N processes ``rate / N``.
+map it over shards: the stage deals them to ``download.processes`` lanes (:func:`run_lane`, one after
+another in each); Dask distributed (``client.map(run_shard, rows_per_shard, [settings] * n, [images_dir] * n,
+journal_per_shard)``) could spread them over machines that share a file system (``tests/test_download.py``
+maps it with a process pool). The rate limit is per process, so give each of N processes ``rate / N``.
 
 Inside a shard, ``settings.workers`` coroutines share one aiohttp session and one rate limiter. Hashing
 and writing run in a thread so the event loop keeps other downloads moving meanwhile.
@@ -12,6 +12,10 @@ and writing run in a thread so the event loop keeps other downloads moving meanw
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,22 @@ def run_shard(rows: Sequence[Image], settings: DownloadParams, images_dir: Path,
 
         records = asyncio.run(_download(rows, settings, images_dir, limiter, finished))
     return manifest_table(records)
+
+
+def run_lane(jobs: Sequence[tuple[Sequence[Image], Path]], settings: DownloadParams, images_dir: Path,
+             limiter: RateLimiter, on_record: Callable[[Record], None] | None = None) -> list[pa.Table]:
+    """Run shards (``(rows, journal)`` each) one after another under one limiter: the work of one process."""
+    return [run_shard(rows, settings, images_dir, journal, limiter=limiter, on_record=on_record)
+            for rows, journal in jobs]
+
+
+def die_with_parent(parent: int) -> None:
+    """Process-pool initializer: end this process when ``parent`` dies, even by ``kill -9``. Otherwise a lane
+    would go on writing images and journals beside the re-run that the user starts next."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 async def _download(rows: Sequence[Image], settings: DownloadParams, images_dir: Path, limiter: RateLimiter,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -85,13 +86,40 @@ def _last_byte(path: Path) -> bytes:
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
     """The complete records in ``path`` (a line cut short by a kill is skipped)."""
-    records = []
     with open(path, "rb") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by a kill (bad JSON or a split UTF-8 character)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
+        return _records(fh)
+
+
+def _records(lines: Iterable[bytes]) -> list[dict[str, Any]]:
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill (bad JSON or a split UTF-8 character)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+class JournalTail:
+    """The records appended to some journals since this was made: how the stage follows shards that run in
+    other processes (for its progress bar) without any channel besides the journals they write anyway."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._offsets = {path: path.stat().st_size if path.exists() else 0 for path in paths}
+
+    def read(self) -> list[dict[str, Any]]:
+        """Records whose line is complete and was not returned before."""
+        new: list[dict[str, Any]] = []
+        for path, offset in self._offsets.items():
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+            except FileNotFoundError:  # its shard has not started yet
+                continue
+            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
+            self._offsets[path] = offset + end
+            new += _records(chunk[:end].splitlines())
+        return new
