@@ -10,10 +10,9 @@ input (an unknown label, a bad flag value), 1 when the work could not be done (s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +59,8 @@ def working_dir(folder: Path) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {folder}: cannot create it ({exc.strerror})") from None
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
+    with chdir(folder):
         yield
-    finally:
-        os.chdir(before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,10 +6,8 @@ whose groups, labels and rejections are known exactly.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import chdir
 from pathlib import Path
 
 import pandas as pd
@@ -102,12 +100,5 @@ def _write_photo(root: Path, image: str, reason: str) -> str:
     return f"{image}.jpg"
 
 
-@contextmanager
-def inside(root: Path) -> Iterator[None]:
-    """Run a block with ``root`` as the working directory (stages read and write relative to it)."""
-    before = os.getcwd()
-    os.chdir(root)
-    try:
-        yield
-    finally:
-        os.chdir(before)
+#: run a block with a folder as the working directory (stages read and write relative to it)
+inside = chdir
