@@ -10,7 +10,7 @@ Methods, all cutting the same boxes at the same JPEG quality:
 - ``naive``: for every box, open the photo again, decode, crop, turn, save; one process, one at a time.
 - ``floor``: decode every photo once and nothing else (``Image.open(path).load()``), one process.
 - ``floor xN``: the same decode-only work spread over the same N-process pool the crop stage uses.
-- ``ours xN``: :func:`pipeline.crop.crop_all` with ``crop.workers = N`` (plan, pool, manifest, everything).
+- ``ours xN``: :func:`pipeline.stages.crop.crop_all` with ``crop.workers = N`` (plan, pool, manifest, everything).
 
 Each method runs ``--rounds`` times, interleaved; the table shows the best and the median run. Every run that
 writes (naive, ours) writes into a **fresh folder of its own** (``runs/<method>-<round>``), after an
@@ -48,11 +48,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import crop, paths  # noqa: E402
-from pipeline.imaging import image_phash, load_image, rotation_degrees, to_rgb, upright  # noqa: E402
-from pipeline.manifest import write_parquet  # noqa: E402
+from pipeline.core import paths
+from pipeline.core.imaging import (  # noqa: E402
+    image_phash,
+    load_image,
+    rotation_degrees,
+    to_rgb,
+    upright,
+)
+from pipeline.core.io import write_parquet  # noqa: E402
+from pipeline.core.params import CropParams  # noqa: E402
 from pipeline.mirror import drawing  # noqa: E402
-from pipeline.params import CropParams  # noqa: E402
+from pipeline.stages import crop  # noqa: E402
 
 SIZE = (1024, 768)
 MIDS = {"Hamburger": "/m/0cdn1", "Sandwich": "/m/0l515"}
@@ -129,7 +136,7 @@ def floor(files: list[Path], workers: int) -> None:
 
 
 def ours(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, workers: int, out: Path) -> int:
-    manifest = crop.crop_all(boxes, downloads, CropParams(workers=workers),
+    manifest = crop.crop_all(boxes, downloads, CropParams(), workers,
                              images_dir=root / paths.IMAGES_DIR, crops_dir=out)
     return int((manifest["status"] == "ok").sum())
 

@@ -6,7 +6,7 @@ Contenders, each run as its own process tree so its CPU can be counted:
   (a) the original project's way: one ``requests.get`` after another (on a subset: it is slow)
   (b) img2dataset 1.47 (``--output_format files --resize_mode no``), with and without
       ``--disable_all_reencoding True``, from its own venv (``--img2dataset``)
-  (c) ours: ``python -m pipeline.download`` with the rate limit off, ``--processes`` shard processes
+  (c) ours: ``python -m pipeline.stages.download`` with the rate limit off, ``--processes`` shard processes
 
 For each: images/s, CPU seconds of the client's process tree (getrusage of waited-for children), CPU
 seconds of the mirror process, and CPU seconds used by everything else on the machine meanwhile (system
@@ -34,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.manifest import write_parquet  # noqa: E402
-from pipeline.sources import layout  # noqa: E402
+from pipeline.core.io import write_parquet  # noqa: E402
+from pipeline.core.sources import layout  # noqa: E402
 
 
 @dataclass
@@ -159,9 +159,9 @@ def contenders(args: argparse.Namespace, table: pd.DataFrame, info: dict, out: P
         (folder / "params.yaml").write_text(params)
         (folder / "data").mkdir()
         shutil.copy(selected, folder / "data" / "selected.parquet")
-        return [sys.executable, "-m", "pipeline.download"]
+        return [sys.executable, "-m", "pipeline.stages.download"]
 
-    name = f"(c) ours, python -m pipeline.download (workers {args.workers}, processes {args.processes})"
+    name = f"(c) ours, python -m pipeline.stages.download (workers {args.workers}, processes {args.processes})"
     found.append(Contender(name, len(table), ours,
                            _ours_ok, {**os.environ, "PYTHONPATH": str(REPO)}, in_folder=True))
     return found

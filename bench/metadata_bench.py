@@ -7,8 +7,8 @@ box CSV of 14,610,229 rows / 2.3 GB and an image table of 1,743,042 rows / 635 M
 - ``pandas``: (a) the naive way: ``pandas.read_csv`` of both files, ``isin``, merge
 - ``polars``: (b) ``polars.scan_csv`` of both, lazy filter + join
 - ``duckdb``: (c) duckdb SQL over the CSVs
-- ``convert``: (d) ``python -m pipeline.metadata``: our one-time conversion to the Parquet cache
-- ``select``: (e) ``python -m pipeline.select``: our selection from that cache
+- ``convert``: (d) ``python -m pipeline.stages.metadata.stage``: our one-time conversion to the Parquet cache
+- ``select``: (e) ``python -m pipeline.stages.select``: our selection from that cache
 
 All contenders compute the same answer (the boxes of Hamburger, Sandwich and Submarine sandwich, the
 subclass our select includes, without group-of or depiction boxes, joined to their image rows) and
@@ -83,9 +83,9 @@ LABELS = {"read": "read bytes", "pandas": "(a) pandas", "polars": "(b) polars", 
 
 def command(name: str) -> list[str]:
     if name == "convert":
-        return [sys.executable, "-m", "pipeline.metadata"]
+        return [sys.executable, "-m", "pipeline.stages.metadata.stage"]
     if name == "select":
-        return [sys.executable, "-m", "pipeline.select"]
+        return [sys.executable, "-m", "pipeline.stages.select"]
     return [sys.executable, "-c", PROGRAMS[name]]
 
 

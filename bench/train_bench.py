@@ -5,7 +5,7 @@ bf16 autocast and channels_last on CUDA; fp32 on a CPU) is fed by:
 
 1. ``imagefolder``: the usual torchvision ImageFolder + PIL transforms (RandomResizedCrop, flip, ToTensor,
    Normalize) through a DataLoader with ``--workers`` processes;
-2. ``cached``: this pipeline's default (``pipeline.train.data``): every JPEG decoded once into a uint8
+2. ``cached``: this pipeline's default (``pipeline.core.learn.data``): every JPEG decoded once into a uint8
    tensor on the device, random resized crop + flip done batched on the device;
 3. ``streamed``: this pipeline's fallback for datasets over the cache budget: uint8 tensors decoded by
    DataLoader workers every epoch, the same device-side augmentation;
@@ -42,9 +42,22 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
-    from pipeline.train.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches, read_classes, read_split
-    from pipeline.train.loop import one_cycle, pick_device, to_device, train_step
-    from pipeline.train.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
+    from pipeline.core.learn.data import (
+        TRAIN_CACHE_RATIO,
+        Normalize,
+        augment,
+        make_batches,
+        read_classes,
+        read_split,
+    )
+    from pipeline.core.learn.device import pick_device, to_device
+    from pipeline.core.learn.models import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        build_model,
+        set_body_trainable,
+    )
+    from pipeline.stages.train.loop import one_cycle, train_step
 except ModuleNotFoundError as exc:  # the GPU machine's bare python3 may lack tqdm: carry the venv's copy
     sys.exit(f"{exc}: run with PYTHONPATH=.venv/lib/python3.11/site-packages and that folder's tqdm/ carried along")
 

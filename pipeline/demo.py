@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from pipeline import paths
-from pipeline.errors import PipelineFailure, UserError, run_cli
-from pipeline.params import load_params
+from pipeline.core import paths
+from pipeline.core.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.params import load_params
 
 if TYPE_CHECKING:
     from pipeline.mirror import Mirror
@@ -37,15 +37,15 @@ DEMO_PARAMS: dict = {
     "labels": ["Hamburger", "Sandwich"],
     "source": {"version": "v6", "subsets": ["train", "validation", "test"], "images": "flickr"},
     "select": {"min_box_area": 0.01, "limit_per_label": 0, "seed": 0},
-    "download": {"rate": 50.0, "workers": 16, "retries": 3, "backoff": 0.2, "max_backoff": 2.0,
-                 "read_timeout": 5.0, "shard_size": 50},
+    "download": {"rate": 50.0},
     "crop": {"min_side": 24, "max_side": 256},
-    "clean": {"min_side": 24},
     "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0, "min_per_label": 5},
     "train": {"arch": "mobilenet_v2", "weights": "imagenet", "freeze_epochs": 1, "epochs": 2,
               "img_size": 96, "batch_size": 32, "lr": 0.003},
     "evaluate": {"worst": 12},
     "package": {"name": "openimages/demo-hamburger-sandwich", "registry": ""},
+    "runtime": {"connections": 16, "retries": 3, "backoff": 0.2, "max_backoff": 2.0, "read_timeout": 5.0,
+                "shard_size": 50},
 }
 
 

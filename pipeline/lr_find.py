@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.errors import UserError, run_cli
-from pipeline.params import load_params
-from pipeline.train.data import augment
-from pipeline.train.loop import BETAS, EPS, train_step
-from pipeline.train.models import set_body_trainable
-from pipeline.train.outputs import save_figure
-from pipeline.train.stage import Setup, prepare
+from pipeline.core import paths
+from pipeline.core.errors import UserError, run_cli
+from pipeline.core.io import save_figure
+from pipeline.core.learn.data import augment
+from pipeline.core.learn.models import set_body_trainable
+from pipeline.core.params import load_params
+from pipeline.core.progress import Progress
+from pipeline.stages.train.loop import BETAS, EPS, train_step
+from pipeline.stages.train.stage import Setup, prepare
 
 LR_FIND_PLOT = paths.REPORTS_DIR / "lr_find.png"
 SMOOTHING = 0.98  # fastai's exponential moving average of the loss
@@ -47,7 +47,9 @@ def lr_sweep(setup: Setup, start: float, end: float, iters: int) -> tuple[list[f
     lrs: list[float] = []
     losses: list[float] = []
     average, best = 0.0, math.inf
-    for step, (images, targets) in zip(tqdm(range(iters), desc="lr_find", unit="batch"), stream):
+    bar = Progress(iters, "lr_find", "batch")
+    for step, (images, targets) in zip(range(iters), stream):
+        bar.update()
         lr = scheduler.get_last_lr()[0]
         inputs = setup.normalize(augment(images, p.img_size, generator))
         loss = train_step(model, inputs, targets, optimizer, scheduler, device).item()
@@ -58,6 +60,7 @@ def lr_sweep(setup: Setup, start: float, end: float, iters: int) -> tuple[list[f
         best = min(best, smoothed)
         lrs.append(lr)
         losses.append(smoothed)
+    bar.close()
     return lrs, losses
 
 
@@ -125,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.start < args.end or args.iters < 2:
         raise UserError("lr_find needs 0 < --start < --end and --iters >= 2")
-    setup = prepare(load_params().train, paths.SPLITS_DIR)
+    params = load_params()
+    setup = prepare(params.train, params.runtime, paths.SPLITS_DIR)
     lrs, losses = lr_sweep(setup, args.start, args.end, args.iters)
     suggestions = suggest(lrs, losses)
     save_figure(sweep_figure(lrs, losses, suggestions), args.out)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import paths
-from pipeline.errors import UserError, run_cli
-from pipeline.train.data import Normalize, decode
-from pipeline.train.loop import infer, pick_device, to_device
-from pipeline.train.models import load_checkpoint
+from pipeline.core import paths
+from pipeline.core.errors import UserError, run_cli
+from pipeline.core.learn.data import Normalize, decode
+from pipeline.core.learn.device import infer, pick_device, to_device
+from pipeline.core.learn.models import load_checkpoint
 
 BATCH = 32
 

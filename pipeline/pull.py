@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.errors import run_cli
-from pipeline.registry import Registry, Version, check_hash, check_name, install, versions
+from pipeline.core.errors import run_cli
+from pipeline.core.registry import (
+    Registry,
+    Version,
+    check_hash,
+    check_name,
+    install,
+    versions,
+)
 
 
 def format_versions(found: Sequence[Version]) -> list[str]:

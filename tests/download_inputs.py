@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.manifest import write_parquet
+from pipeline.core.io import write_parquet
+from pipeline.core.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.sources import layout
 
 
 def write_selection(m: Mirror, boxes_per_image: int = 2, where: Path = Path("data/selected.parquet")) -> pd.DataFrame:

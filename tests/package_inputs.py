@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from pipeline.manifest import write_parquet
-from pipeline.safe import label_dirname
+from pipeline.core.io import write_parquet
+from pipeline.core.safe import label_dirname
 
 LABELS = ("Hamburger", "Submarine sandwich")
 #: crops per label in each split
@@ -70,7 +70,7 @@ def photo_credits(i: int) -> dict[str, str]:
 
 
 def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75) -> None:
-    """Everything ``python -m pipeline.package`` reads, under ``root`` (params.yaml included)."""
+    """Everything ``python -m pipeline.stages.package`` reads, under ``root`` (params.yaml included)."""
     (root / "params.yaml").write_text(yaml.safe_dump({"labels": list(LABELS), "package": package}))
     splits_dir = root / "data/splits"
     split_rows, selected, images, clean = [], [], [], []

@@ -1,4 +1,4 @@
-"""pipeline.clean on the mirror's photos: every rejection has its reason, real photos (grey ones too) stay."""
+"""pipeline.stages.clean on the mirror's photos: every rejection has its reason, real photos (grey ones too) stay."""
 from __future__ import annotations
 
 import io
@@ -8,25 +8,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from crop_inputs import write_inputs
 from PIL import Image
 
-from pipeline import clean, crop, paths
-from pipeline.download.verify import PLACEHOLDER_MD5S
-from pipeline.errors import run_cli
-from pipeline.imaging import image_phash, load_image, to_rgb
-from pipeline.manifest import write_parquet
+from pipeline.core import paths
+from pipeline.core.errors import run_cli
+from pipeline.core.imaging import image_phash, load_image, to_rgb
+from pipeline.core.io import write_parquet
+from pipeline.core.params import CleanParams, CropParams
 from pipeline.mirror import Mirror, drawing
-from pipeline.params import CleanParams, CropParams
-from crop_inputs import write_inputs
+from pipeline.stages import clean, crop
+from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 
 MAX_PIXELS = 10**8
+CROP = CropParams(min_side=16, max_pixels=MAX_PIXELS)
 
 
 def run_crop_and_clean(root: Path, boxes: pd.DataFrame, downloads: pd.DataFrame,
                        params: CleanParams = CleanParams()) -> pd.DataFrame:
-    crops = crop.crop_all(boxes, downloads, CropParams(workers=1, min_side=16),
+    crops = crop.crop_all(boxes, downloads, CropParams(min_side=16), 1,
                           images_dir=root / paths.IMAGES_DIR, crops_dir=root / paths.CROPS_DIR)
-    return clean.clean(crops, downloads, params, MAX_PIXELS, crops_dir=root / paths.CROPS_DIR)
+    return clean.clean(crops, downloads, params, CROP, crops_dir=root / paths.CROPS_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def prepared(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """The mirror's photos downloaded (as download would keep them) and cropped: (root, crops, downloads)."""
     root = tmp_path_factory.mktemp("clean")
     boxes, downloads = write_inputs(mirror, root)
-    crops = crop.crop_all(boxes, downloads, CropParams(workers=2, min_side=16),
+    crops = crop.crop_all(boxes, downloads, CropParams(min_side=16), 2,
                           images_dir=root / paths.IMAGES_DIR, crops_dir=root / paths.CROPS_DIR)
     return root, crops, downloads
 
@@ -42,7 +44,7 @@ def prepared(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 @pytest.fixture(scope="module")
 def verdicts(mirror: Mirror, prepared: tuple[Path, pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
     root, crops, downloads = prepared
-    manifest = clean.clean(crops, downloads, CleanParams(), MAX_PIXELS, crops_dir=root / paths.CROPS_DIR)
+    manifest = clean.clean(crops, downloads, CleanParams(), CROP, crops_dir=root / paths.CROPS_DIR)
     truth = mirror.truth[["ImageID", "fault", "expected_reject", "duplicate_of"]]
     return manifest.merge(truth, on="ImageID", how="left")
 
@@ -113,7 +115,7 @@ def test_picture_match_and_known_md5_catch_placeholders_served_as_ok(
 
 def test_placeholder_reference_hash_is_the_drawings() -> None:
     drawn = image_phash(to_rgb(load_image(drawing.placeholder_png(), MAX_PIXELS)))
-    assert clean.PLACEHOLDER_PHASHES == (drawn,)
+    assert PLACEHOLDER_PHASHES == (drawn,)
 
 
 def test_a_crop_file_that_does_not_decode_is_corrupt(
@@ -122,19 +124,20 @@ def test_a_crop_file_that_does_not_decode_is_corrupt(
     shutil.copytree(root / paths.CROPS_DIR, tmp_path / "crops")
     victim = crops[crops["status"] == "ok"].iloc[0]
     (tmp_path / "crops" / victim["crop_path"]).write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
-    manifest = clean.clean(crops, downloads, CleanParams(), MAX_PIXELS, crops_dir=tmp_path / "crops")
+    manifest = clean.clean(crops, downloads, CleanParams(), CROP, crops_dir=tmp_path / "crops")
     row = manifest[(manifest["ImageID"] == victim["ImageID"]) & (manifest["BoxIndex"] == victim["BoxIndex"])].iloc[0]
     assert row["reject_reason"] == "corrupt" and row["detail"].startswith("crop file")
     assert (manifest.loc[manifest["ImageID"] != victim["ImageID"], "reject_reason"] != "corrupt").sum() > 0
 
 
-def test_clean_min_side_and_near_duplicates_off(prepared: tuple[Path, pd.DataFrame, pd.DataFrame],
+def test_min_side_and_near_duplicates_off(prepared: tuple[Path, pd.DataFrame, pd.DataFrame],
                                                  verdicts: pd.DataFrame) -> None:
     root, crops, downloads = prepared
-    strict = clean.clean(crops, downloads, CleanParams(min_side=120, near_duplicate_distance=-1), MAX_PIXELS,
+    strict = clean.clean(crops, downloads, CleanParams(near_duplicate_distance=-1),
+                         CropParams(min_side=120, max_pixels=MAX_PIXELS),
                          crops_dir=root / paths.CROPS_DIR)
     small = strict[strict["reject_reason"] == "too_small"]
-    assert len(small) and small["detail"].str.contains("clean.min_side=120").all()
+    assert len(small) and small["detail"].str.contains("crop.min_side=120").all()
     assert (small[["width", "height"]].min(axis=1) < 120).all()
     near = strict.merge(verdicts[["ImageID", "BoxIndex", "fault"]], on=["ImageID", "BoxIndex"])
     assert "near_duplicate" not in set(near["reject_reason"])
@@ -145,7 +148,7 @@ def test_verdicts_do_not_depend_on_row_order(prepared: tuple[Path, pd.DataFrame,
                                              verdicts: pd.DataFrame) -> None:
     root, crops, downloads = prepared
     shuffled = crops.sample(frac=1.0, random_state=1)
-    again = clean.clean(shuffled, downloads, CleanParams(), MAX_PIXELS, crops_dir=root / paths.CROPS_DIR)
+    again = clean.clean(shuffled, downloads, CleanParams(), CROP, crops_dir=root / paths.CROPS_DIR)
     key = ["ImageID", "BoxIndex"]
     first = verdicts[list(again.columns)].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(again.sort_values(key).reset_index(drop=True), first)

@@ -1,4 +1,4 @@
-"""pipeline.crop on the mirror's photos: boxes land on their objects, upright, in the right colours."""
+"""pipeline.stages.crop on the mirror's photos: boxes land on their objects, upright, in the right colours."""
 from __future__ import annotations
 
 import math
@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from crop_inputs import mirror_records, write_inputs
 from PIL import Image
 
-from pipeline import crop, paths
-from pipeline.errors import UserError, run_cli
+from pipeline.core import paths
+from pipeline.core.errors import UserError, run_cli
+from pipeline.core.params import CropParams
 from pipeline.mirror import Mirror, drawing
-from pipeline.params import CropParams
-from crop_inputs import mirror_records, write_inputs
+from pipeline.stages import crop
 
 
 def marker_corner(image: Image.Image) -> str:
@@ -32,7 +33,7 @@ def cropped(mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """The mirror's photos cropped once by a pool of two workers: (root, manifest joined with the truth)."""
     root = tmp_path_factory.mktemp("crop")
     boxes, downloads = write_inputs(mirror, root)
-    manifest = crop.crop_all(boxes, downloads, CropParams(workers=2, min_side=16),
+    manifest = crop.crop_all(boxes, downloads, CropParams(min_side=16), 2,
                              images_dir=root / paths.IMAGES_DIR, crops_dir=root / paths.CROPS_DIR)
     return root, manifest.merge(mirror.truth[["ImageID", "fault"]], on="ImageID", how="left")
 
@@ -111,7 +112,7 @@ def test_one_worker_and_a_pool_write_the_same_bytes(mirror: Mirror, cropped: tup
                                                     tmp_path: Path) -> None:
     root, pooled = cropped
     boxes, downloads = write_inputs(mirror, tmp_path)
-    alone = crop.crop_all(boxes, downloads, CropParams(workers=1, min_side=16),
+    alone = crop.crop_all(boxes, downloads, CropParams(min_side=16), 1,
                           images_dir=tmp_path / paths.IMAGES_DIR, crops_dir=tmp_path / paths.CROPS_DIR)
     pd.testing.assert_frame_equal(alone, pooled[alone.columns])
     for rel in alone.loc[alone["status"] == "ok", "crop_path"]:
@@ -123,7 +124,7 @@ def test_params_skip_shrink_pad_and_refuse(mirror: Mirror, tmp_path: Path) -> No
     crops_dir = tmp_path / paths.CROPS_DIR
 
     def run(**params: object) -> pd.DataFrame:
-        return crop.crop_all(boxes, downloads, CropParams(workers=1, **params),
+        return crop.crop_all(boxes, downloads, CropParams(**params), 1,
                              images_dir=tmp_path / paths.IMAGES_DIR, crops_dir=crops_dir)
 
     plain = run(min_side=16)
@@ -147,7 +148,7 @@ def test_params_skip_shrink_pad_and_refuse(mirror: Mirror, tmp_path: Path) -> No
 
 def test_no_boxes_and_broken_inputs(mirror: Mirror, tmp_path: Path) -> None:
     boxes, downloads = write_inputs(mirror, tmp_path)
-    empty = crop.crop_all(boxes.iloc[:0], downloads, CropParams(workers=2), images_dir=tmp_path / paths.IMAGES_DIR,
+    empty = crop.crop_all(boxes.iloc[:0], downloads, CropParams(), 2, images_dir=tmp_path / paths.IMAGES_DIR,
                           crops_dir=tmp_path / paths.CROPS_DIR)
     assert list(empty.columns) == crop.COLUMNS and empty.empty
     assert (tmp_path / paths.CROPS_MANIFEST).exists()
@@ -187,7 +188,7 @@ def test_cli_help_and_missing_inputs(workspace: object, capsys: pytest.CaptureFi
 
 def test_cli_crops_with_params_yaml(mirror: Mirror, workspace: object, capsys: pytest.CaptureFixture[str]) -> None:
     write_inputs(mirror, Path.cwd())
-    Path("params.yaml").write_text("crop:\n  min_side: 16\n  workers: 1\n")
-    assert run_cli(crop.main, ["--workers", "2"]) == 0
+    Path("params.yaml").write_text("crop:\n  min_side: 16\nruntime:\n  crop_processes: 1\n")
+    assert run_cli(crop.main, ["--processes", "2"]) == 0
     manifest = pd.read_parquet(paths.CROPS_MANIFEST)
     assert f"{(manifest['status'] == 'ok').sum()} crops written" in capsys.readouterr().out

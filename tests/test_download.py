@@ -22,21 +22,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline.download import shards
-from pipeline.download.__main__ import main as download_main
-from pipeline.download.client import backoff_delay, parse_retry_after
-from pipeline.download.verify import PLACEHOLDER_MD5S, md5_hex_from_base64, sniff_extension, verify
-from pipeline.errors import run_cli
-from pipeline.manifest import read_parquet, write_parquet
-from pipeline.mirror import Mirror
-
 from download_inputs import write_selection
+
+from pipeline.core.errors import run_cli
+from pipeline.core.io import read_parquet, write_parquet
+from pipeline.mirror import Mirror
+from pipeline.stages.download import shards
+from pipeline.stages.download.__main__ import main as download_main
+from pipeline.core.http import backoff_delay, parse_retry_after
+from pipeline.core.placeholder import PLACEHOLDER_MD5S
+from pipeline.core.status import KEPT_ON_DISK
+from pipeline.stages.download.verify import (
+    md5_hex_from_base64,
+    sniff_extension,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = Path("data/images")
-FAST = {"rate": 0, "workers": 8, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
-        "shard_size": 16}
+FAST_RUNTIME = {"connections": 8, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
+                "shard_size": 16}
+
+
+def fast(download: dict | None = None, **runtime: object) -> dict:
+    """params.yaml sections for a quick download from the mirror: no rate limit, short waits."""
+    return {"download": {"rate": 0, **(download or {})}, "runtime": {**FAST_RUNTIME, **runtime}}
 
 
 def run_download() -> int:
@@ -56,7 +66,7 @@ def requested_paths(m: Mirror) -> Counter[str]:
 
 
 def test_every_fault_ends_in_its_expected_status(mirror, workspace):
-    workspace.write_params({**mirror.params_overrides(), "download": FAST})
+    workspace.write_params({**mirror.params_overrides(), **fast()})
     table = write_selection(mirror).set_index("ImageID")
     mirror.reset_faults()
     mirror.clear_requests()
@@ -74,7 +84,7 @@ def test_every_fault_ends_in_its_expected_status(mirror, workspace):
     seen = requested_paths(mirror)
     for image_id, row in truth.iterrows():
         rec, path = got.loc[image_id], urlsplit(row["OriginalURL"]).path
-        kept = rec["status"] in shards.KEPT
+        kept = rec["status"] in KEPT_ON_DISK
         assert bool(rec["path"]) == kept
         if kept:  # the body on disk, named from the ImageID, extension from the bytes, md5 as recorded
             assert files_of(image_id) == [IMAGES / rec["path"]]
@@ -121,7 +131,7 @@ def test_every_fault_ends_in_its_expected_status(mirror, workspace):
 
 
 def test_rerun_fetches_failed_and_deleted_images_again(clean_mirror, workspace):
-    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    workspace.write_params({**clean_mirror.params_overrides(), **fast()})
     write_selection(clean_mirror, boxes_per_image=1)
     assert run_download() == 0
     manifest = read_parquet(IMAGES / "manifest.parquet")
@@ -143,19 +153,20 @@ def test_rerun_fetches_failed_and_deleted_images_again(clean_mirror, workspace):
 
 def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_path):
     """What Dask distributed would do with it: ship (rows, settings) to other processes, get parts back."""
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.download.runner import run_shard
-    from pipeline.download.stage import images_table
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.stages.download.runner import ShardSettings, run_shard
+    from pipeline.stages.download.stage import images_table
 
     params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
     images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
                              params.source)
     plan = shards.plan_shards(images, shard_size=len(images) // 2 + 1)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(run_shard, [s.images for s in plan], [params.download] * 2, [tmp_path] * 2,
+        settings = ShardSettings.from_params(params)
+        parts = list(pool.map(run_shard, [s.images for s in plan], [settings] * 2, [tmp_path] * 2,
                               [shards.journal_path(tmp_path, s.index) for s in plan]))
     merged = pa.concat_tables(parts).to_pandas()
     assert sorted(merged["ImageID"]) == sorted(image.ImageID for image in images) and (merged["status"] == "ok").all()
@@ -169,7 +180,7 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
     for processes in (1, 2):
         shutil.rmtree(IMAGES, ignore_errors=True)
         workspace.write_params({**clean_mirror.params_overrides(),
-                                "download": {**FAST, "shard_size": 7, "processes": processes}})
+                                **fast(shard_size=7, download_processes=processes)})
         assert run_download() == 0
         manifests.append(pq.read_table(IMAGES / "manifest.parquet").drop_columns(["seconds"]))
     one, two = manifests
@@ -178,17 +189,17 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
 
 
 def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
-    from pipeline.download.stage import _fetch, images_table
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.stages.download.runner import ShardSettings
+    from pipeline.stages.download.stage import _fetch, images_table
 
-    params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0,
-                                                            "download.processes": 2})
+    params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
     images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
                              params.source)
     plan = shards.plan_shards(images, shard_size=5)
     jobs = [(s.images, shards.journal_path(tmp_path, s.index)) for s in plan]
     seen: list[str] = []
-    tables = _fetch(jobs, params.download, tmp_path, lambda record: seen.append(record["ImageID"]))
+    tables = _fetch(jobs, ShardSettings.from_params(params), 2, tmp_path, lambda record: seen.append(record["ImageID"]))
     assert sorted(seen) == sorted(image.ImageID for image in images)
     assert [t.column("ImageID").to_pylist() for t in tables] == [sorted(i.ImageID for i in s.images) for s in plan]
 
@@ -198,7 +209,7 @@ def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, 
 
 
 def test_cvdf_source_fetches_the_resized_copies(clean_mirror, workspace):
-    workspace.write_params({**clean_mirror.params_overrides(), "source": {"images": "cvdf"}, "download": FAST})
+    workspace.write_params({**clean_mirror.params_overrides(), "source": {"images": "cvdf"}, **fast()})
     write_selection(clean_mirror)
     clean_mirror.clear_requests()
     assert run_download() == 0
@@ -214,7 +225,7 @@ def test_cvdf_source_fetches_the_resized_copies(clean_mirror, workspace):
 
 
 def test_bodies_over_max_bytes_are_refused_and_not_kept(clean_mirror, workspace):
-    workspace.write_params({**clean_mirror.params_overrides(), "download": {**FAST, "max_bytes": 1024}})
+    workspace.write_params({**clean_mirror.params_overrides(), **fast({"max_bytes": 1024})})
     write_selection(clean_mirror)
     assert run_download() == 0
     manifest = read_parquet(IMAGES / "manifest.parquet")
@@ -223,7 +234,7 @@ def test_bodies_over_max_bytes_are_refused_and_not_kept(clean_mirror, workspace)
 
 
 def test_unreachable_server_is_a_failure_not_a_success(clean_mirror, workspace, capsys):
-    workspace.write_params({**clean_mirror.params_overrides(), "download": {**FAST, "retries": 1}})
+    workspace.write_params({**clean_mirror.params_overrides(), **fast(retries=1)})
     images = write_selection(clean_mirror, boxes_per_image=1).head(4)
     dead = "http://127.0.0.1:9"  # the discard port: connection refused
     images["OriginalURL"] = [dead + urlsplit(u).path for u in images["OriginalURL"][:3]] + ["ftp://x/y.jpg"]
@@ -234,7 +245,7 @@ def test_unreachable_server_is_a_failure_not_a_success(clean_mirror, workspace, 
 
 
 def test_bad_image_ids_never_name_a_file(clean_mirror, workspace, capsys):
-    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    workspace.write_params({**clean_mirror.params_overrides(), **fast()})
     images = write_selection(clean_mirror, boxes_per_image=1).head(2).copy()
     images.loc[images.index[0], "ImageID"] = "../../escape"
     write_parquet(images, "data/selected.parquet")
@@ -262,10 +273,10 @@ def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace, pro
     with Mirror(root=tmp_path / "mirror", labels=("Hamburger", "Sandwich"), images_per_label=40, size=(96, 72),
                 faults=False, seed=3, latency=0.1) as m:
         workspace.write_params({**m.params_overrides(),
-                                "download": {**FAST, "workers": workers, "shard_size": 25, "processes": processes}})
+                                **fast(connections=workers, shard_size=25, download_processes=processes)})
         table = write_selection(m)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.download"], cwd=workspace.path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while len(shards.load_records(IMAGES / "shards")) < 35 and time.monotonic() < deadline:
@@ -284,7 +295,7 @@ def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace, pro
             assert hashlib.md5(file.read_bytes()).hexdigest() == want_md5[file.stem]
 
         m.clear_requests()
-        assert subprocess.run([sys.executable, "-m", "pipeline.download"], cwd=workspace.path, env=env,
+        assert subprocess.run([sys.executable, "-m", "pipeline.stages.download"], cwd=workspace.path, env=env,
                               capture_output=True).returncode == 0
 
         url_path = {i: urlsplit(u).path for i, u in zip(table["ImageID"], table["OriginalURL"])}
@@ -322,7 +333,7 @@ def test_verify_judges_bodies():
 
 def test_known_placeholder_hash_is_a_placeholder_wherever_it_came_from(monkeypatch):
     body = b"\x89PNG\r\n\x1a\n" + b"unavailable"
-    monkeypatch.setattr("pipeline.download.verify.PLACEHOLDER_MD5S", PLACEHOLDER_MD5S | {hashlib.md5(body).hexdigest()})
+    monkeypatch.setattr("pipeline.stages.download.verify.PLACEHOLDER_MD5S", PLACEHOLDER_MD5S | {hashlib.md5(body).hexdigest()})
     verdict = verify(body, "http://h/x_o.jpg", None, None)
     assert (verdict.status, verdict.ext, verdict.keep) == ("placeholder", "png", True)
     assert "880a7a58e05d3e83797f27573bb6d35c" in PLACEHOLDER_MD5S  # the real Flickr placeholder
@@ -356,7 +367,7 @@ def test_retry_after_and_backoff():
 
 
 def test_a_journal_line_cut_by_a_kill_is_skipped_and_the_next_starts_clean(tmp_path):
-    from pipeline.download.writer import Journal, read_journal
+    from pipeline.stages.download.writer import Journal, read_journal
     path = tmp_path / "part-00000.jsonl"
     path.write_bytes(b'{"ImageID":"a"}\n{"ImageID":"b","sta')
     with Journal(path) as log:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import load_params
+from pipeline.core.params import load_params
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -76,7 +76,43 @@ def test_every_named_param_exists(stage: str) -> None:
 
 
 def test_the_checker_sees_a_missing_dep() -> None:
-    # the crop stage imports pipeline.imaging; without it in deps the check above must complain
-    files = code_files_run_by("pipeline.crop")
-    assert "pipeline/imaging.py" in files
-    assert not _covered("pipeline/imaging.py", [d for d in STAGES["crop"]["deps"] if d != "pipeline/imaging.py"])
+    # the crop stage imports pipeline.core.imaging; without pipeline/core in deps the check above must complain
+    files = code_files_run_by("pipeline.stages.crop")
+    assert "pipeline/core/imaging.py" in files
+    assert not _covered("pipeline/core/imaging.py", [d for d in STAGES["crop"]["deps"] if d != "pipeline/core"])
+
+
+def _stage_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["pipeline", "stages"] else None
+
+
+def _imports_of(folder: str) -> dict[str, set[str]]:
+    """``{repo-relative file: pipeline modules it imports}`` for every file under ``folder``."""
+    return {str(path.relative_to(REPO)): _pipeline_imports(path) for path in sorted((REPO / folder).rglob("*.py"))}
+
+
+def test_a_stage_never_imports_another_stage() -> None:
+    crossing = {}
+    for file, imported in _imports_of("pipeline/stages").items():
+        own = Path(file).relative_to("pipeline/stages").parts[0].removesuffix(".py")
+        others = sorted(m for m in imported if _stage_of(m) not in (None, own))
+        if others:
+            crossing[file] = others
+    assert not crossing, f"stages import other stages (move what they share to pipeline/core): {crossing}"
+
+
+@pytest.mark.parametrize("folder", ["pipeline/core", "pipeline/mirror"])
+def test_the_core_and_the_mirror_import_no_stage_or_command(folder: str) -> None:
+    allowed = ("pipeline.core",) if folder == "pipeline/core" else ("pipeline.core", "pipeline.mirror")
+    wrong = {file: sorted(m for m in imported if not m.startswith(allowed) and m != "pipeline")
+             for file, imported in _imports_of(folder).items()}
+    assert not {f: m for f, m in wrong.items() if m}, wrong
+
+
+def test_the_layout_check_sees_a_crossing(tmp_path: Path) -> None:
+    # a stage importing another must be caught by the AST scan the checks above rely on
+    bad = tmp_path / "x.py"
+    bad.write_text("from pipeline.stages.download.verify import verify\nfrom pipeline.core import paths\n")
+    imported = _pipeline_imports(bad)
+    assert _stage_of("pipeline.stages.download.verify") == "download" and "pipeline.stages.download.verify" in imported

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from trainkit import LABELS, make_splits, one_thread, trained  # noqa: F401
 
-from pipeline import evaluate
-from pipeline.errors import run_cli
-from pipeline.train.data import Classes, read_split
+from pipeline.core.errors import run_cli
+from pipeline.core.learn.data import Classes, read_split
+from pipeline.stages import evaluate
 
 
 @pytest.fixture(scope="module")

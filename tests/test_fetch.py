@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import run_cli
+from pipeline.core.errors import run_cli
+from pipeline.core.io import read_parquet
 from pipeline.fetch import main as fetch_main
-from pipeline.manifest import read_parquet
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = {"retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0}
+FAST = {"runtime": {"retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0}}
 
 
 def fetch(*argv: str) -> int:
@@ -21,9 +21,9 @@ def fetch(*argv: str) -> int:
 
 
 def test_fetch_two_labels_from_flickr_with_faults(mirror, workspace, capsys):
-    workspace.write_params({**mirror.params_overrides(), "download": FAST})
+    workspace.write_params({**mirror.params_overrides(), **FAST})
     mirror.reset_faults()
-    assert fetch("hamburger", "Sandwich", "--rate", "0", "--workers", "8", "--out", "burgers") == 0
+    assert fetch("hamburger", "Sandwich", "--rate", "0", "--connections", "8", "--out", "burgers") == 0
 
     out = workspace.path / "burgers"
     selected = read_parquet(out / "data/selected.parquet")
@@ -41,7 +41,7 @@ def test_fetch_two_labels_from_flickr_with_faults(mirror, workspace, capsys):
 
 
 def test_flags_override_params(clean_mirror, workspace):
-    workspace.write_params({**clean_mirror.params_overrides(), "download": FAST})
+    workspace.write_params({**clean_mirror.params_overrides(), **FAST})
     assert fetch("Hamburger", "--source", "cvdf", "--limit", "3", "--rate", "50", "--version", "v5",
                  "--out", "small") == 0
     selected = read_parquet("small/data/selected.parquet")
@@ -62,14 +62,14 @@ def test_unknown_label_is_bad_input_before_any_download(clean_mirror, workspace,
 
 def test_bad_flag_values_are_bad_input(workspace, capsys):
     assert fetch("Hamburger", "--rate", "-1") == 2
-    assert "download.rate" in capsys.readouterr().err
-    assert fetch("Hamburger", "--workers", "0") == 2
+    assert "--rate: must be at least 0" in capsys.readouterr().err
+    assert fetch("Hamburger", "--connections", "0") == 2
     assert not Path("data").exists()
 
 
 def test_unreachable_image_server_is_a_failure(clean_mirror, workspace, capsys):
     workspace.write_params({**clean_mirror.params_overrides(), "source.cvdf_url": "http://127.0.0.1:9",
-                            "download": {**FAST, "retries": 0}})
+                            "runtime": {**FAST["runtime"], "retries": 0}})
     assert fetch("Hamburger", "--source", "cvdf", "--limit", "2", "--rate", "0") == 1
     assert "failed" in capsys.readouterr().err
 
@@ -78,7 +78,7 @@ def test_help_as_a_real_command():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "pipeline.fetch", "--help"], capture_output=True, text=True, env=env)
     assert done.returncode == 0
-    for flag in ("--version", "--source", "--limit", "--rate", "--workers", "--out"):
+    for flag in ("--version", "--source", "--base-url", "--cvdf-url", "--limit", "--rate", "--connections", "--out"):
         assert flag in done.stdout
 
 

@@ -1,4 +1,4 @@
-"""pipeline.imaging: the pixel cap holds before decoding, broken files are named, every mode becomes RGB."""
+"""pipeline.core.imaging: the pixel cap holds before decoding, broken files are named, every mode becomes RGB."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imaging import (
+from pipeline.core.imaging import (
     BadRotation,
     ImageProblem,
     TooLarge,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import read_classes
-from pipeline.errors import UserError
-from pipeline.labels import ClassList, Hierarchy, assign
+from pipeline.core.errors import UserError
+from pipeline.core.labels import ClassList, Hierarchy, assign
+from pipeline.stages.metadata.convert import read_classes
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 HAMBURGER, SANDWICH, SUBMARINE, HOT_DOG = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/01b9xk"

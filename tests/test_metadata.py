@@ -14,11 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from pipeline import convert, metadata
-from pipeline.errors import PipelineFailure
+from pipeline.core import metadata_cache
+from pipeline.core.errors import PipelineFailure
+from pipeline.core.paths import (
+    BOXES_DIR,
+    CLASSES_TABLE,
+    HIERARCHY_JSON,
+    IMAGES_TABLE,
+    METADATA_RAW,
+)
+from pipeline.core.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
-from pipeline.sources import layout
+from pipeline.stages.metadata import convert
+from pipeline.stages.metadata import stage as metadata
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 
@@ -73,10 +81,10 @@ def test_real_box_rows_convert_with_their_values(tmp_path: Path, name: str) -> N
     assert (got.Subset == "train").all()
     for column in ["ImageID", "Source", "LabelName"]:
         assert got[column].tolist() == want[column].tolist()
-    for column in convert.COORDS + ["Confidence"]:
+    for column in metadata_cache.COORDS + ["Confidence"]:
         assert got[column].dtype == "float32"
         assert got[column].tolist() == pytest.approx(want[column].tolist(), abs=1e-6)
-    for column in convert.FLAGS:
+    for column in metadata_cache.FLAGS:
         assert got[column].dtype == "int8" and got[column].tolist() == want[column].tolist()
 
 
@@ -90,7 +98,7 @@ def test_partitions_are_one_folder_per_uri_encoded_mid(tmp_path: Path) -> None:
     mids = set(expected_boxes("train-annotations-bbox.2018_04.sample.csv").LabelName) | {"/m/09j5n", "/m/0gxl3"}
     assert folders == {"LabelName=" + mid.replace("/", "%2F") for mid in mids}
     assert "LabelName=%2Fm%2F01g317" in folders
-    assert convert.partition_dir(tmp_path / "boxes", "/m/09j5n").name == "LabelName=%2Fm%2F09j5n"
+    assert metadata_cache.partition_dir(tmp_path / "boxes", "/m/09j5n").name == "LabelName=%2Fm%2F09j5n"
 
 
 def test_many_small_flushes_give_the_same_rows_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +107,7 @@ def test_many_small_flushes_give_the_same_rows_in_order(tmp_path: Path, monkeypa
     many = convert_sample(tmp_path / "many", "train-annotations-bbox.2018_04.sample.csv", "misc-real-bbox-rows.csv",
                           flush_rows=2)
     pd.testing.assert_frame_equal(one, many)
-    part = convert.partition_dir(tmp_path / "many" / "boxes", "/m/01g317") / convert.PART_FILE
+    part = metadata_cache.partition_dir(tmp_path / "many" / "boxes", "/m/01g317") / metadata_cache.PART_FILE
     assert pq.ParquetFile(part).num_row_groups > 1
     assert (many.groupby(["LabelName", "Subset"]).BoxIndex.apply(lambda s: s.is_monotonic_increasing)).all()
 
@@ -126,7 +134,7 @@ def test_the_image_tables_convert_without_thumbnails_and_with_nan_for_empty_rota
                                     "validation": SAMPLES / "validation-images-with-rotation.sample.csv"},
                                    tmp_path / "images.parquet")
     table = pq.read_table(tmp_path / "images.parquet")
-    assert stats.rows == 3 and table.schema == convert.IMAGE_SCHEMA
+    assert stats.rows == 3 and table.schema == metadata_cache.IMAGE_SCHEMA
     rows = {r["ImageID"]: r for r in table.to_pylist()}
     first = rows["4fa8054781a4c382"]
     assert first["Subset"] == "train" and first["OriginalMD5"] == "KFukvivpCM5QXl5SqKe41g=="
@@ -213,7 +221,7 @@ def test_a_second_run_fetches_and_converts_nothing(mirror: Mirror, workspace, ca
 def test_an_unknown_label_stops_before_the_big_downloads(mirror: Mirror, workspace) -> None:
     workspace.write_params({**mirror.params_overrides(), "labels": ["Hamburgr", "Sandwich"]})
     mirror.clear_requests()
-    result = subprocess.run([sys.executable, "-m", "pipeline.metadata"], cwd=workspace.path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.metadata"], cwd=workspace.path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: unknown label 'Hamburgr' — did you mean 'Hamburger'?"]

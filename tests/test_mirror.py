@@ -17,12 +17,12 @@ import pytest
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.params import load_params
+from pipeline.core.sources import LAYOUTS
 from pipeline.mirror import Mirror
 from pipeline.mirror.dataset import FAULTS
 from pipeline.mirror.drawing import MARKER_RGB
-from pipeline.params import load_params
-from pipeline.sources import LAYOUTS
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 BOX_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",

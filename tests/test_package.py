@@ -1,4 +1,4 @@
-"""``python -m pipeline.package`` into the local registry: contents, metadata, attribution, README, the
+"""``python -m pipeline.stages.package`` into the local registry: contents, metadata, attribution, README, the
 same top hash for the same inputs, and one-line errors. (Pushing to S3 and pulling: test_pull.py.)"""
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ from urllib.request import url2pathname
 import pandas as pd
 import pytest
 import yaml
-
-from package_inputs import (LABELS, PER_SPLIT, crops, expected_sources, image_id, one_line_error, photo_credits, run,
-                            write_inputs)
-from pipeline.manifest import write_parquet
+from package_inputs import (
+    LABELS,
+    PER_SPLIT,
+    crops,
+    expected_sources,
+    image_id,
+    one_line_error,
+    photo_credits,
+    run,
+    write_inputs,
+)
 from s3server import isolated_env
+
+from pipeline.core.io import write_parquet
 
 NAME = "tests/local-ds"
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +38,7 @@ def counts() -> dict[str, dict[str, int]]:
 
 
 def build(ws: Path, env: dict[str, str]) -> dict:
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((ws / "data/package.json").read_text())
 
@@ -126,15 +135,15 @@ def test_attribution_and_readme(ws: Path, env: dict[str, str], tmp_path: Path) -
 
 def test_missing_input_and_bad_registry_are_one_line_errors(ws: Path, env: dict[str, str]) -> None:
     (ws / "data/selected.parquet").unlink()
-    error = one_line_error(run(ws, env, "pipeline.package"))
+    error = one_line_error(run(ws, env, "pipeline.stages.package"))
     assert "data/selected.parquet" in error
 
     write_inputs(ws, {"name": NAME, "registry": "s3://bucket/some/path"})
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 2 and "s3://bucket" in one_line_error(result)
 
     write_inputs(ws, {"name": "no-owner", "registry": ""})
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 2 and "package.name" in one_line_error(result)
     assert not (ws / "data/package.json").exists()
 
@@ -142,9 +151,9 @@ def test_missing_input_and_bad_registry_are_one_line_errors(ws: Path, env: dict[
 def test_inputs_that_do_not_match_are_refused(ws: Path, env: dict[str, str]) -> None:
     selected = pd.read_parquet(ws / "data/selected.parquet")
     write_parquet(selected[selected.ImageID != image_id(3)], ws / "data/selected.parquet")
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 2 and image_id(3) in one_line_error(result)
 
     write_parquet(selected.drop(columns=["Author"]), ws / "data/selected.parquet")
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 2 and "Author" in one_line_error(result)

@@ -5,9 +5,9 @@ import torch
 from trainkit import one_thread, trained  # noqa: F401
 
 from pipeline import predict
-from pipeline.errors import run_cli
-from pipeline.train.data import Normalize, decode
-from pipeline.train.loop import infer
+from pipeline.core.errors import run_cli
+from pipeline.core.learn.data import Normalize, decode
+from pipeline.core.learn.device import infer
 
 
 def test_predicts_what_the_model_predicted_before_it_was_saved(trained, capsys):
@@ -47,4 +47,4 @@ def test_a_missing_or_foreign_model_file_is_one_line_and_exit_2(trained, tmp_pat
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     assert run_cli(predict.main, [image, "--model", str(tmp_path / "other.pt")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a model.pt written by pipeline.train" in err
+    assert err.count("\n") == 1 and "not a model.pt written by the train stage" in err

@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from package_inputs import crops, expected_sources, one_line_error, run, write_inputs
-from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
+from s3server import (  # noqa: F401
+    ACCESS_KEY,
+    SECRET_KEY,
+    CutProxy,
+    S3Server,
+    aws_env,
+    free_port,
+    s3_server,
+)
 
 NAME = "tests/s3-ds"
 HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC  (latest |       )(.*)$")
@@ -35,7 +42,7 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 def push(ws: Path, env: dict[str, str]) -> str:
-    result = run(ws, env, "pipeline.package")
+    result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((ws / "data/package.json").read_text())["top_hash"]
 
@@ -140,7 +147,7 @@ def test_wrong_credentials_are_refused_without_showing_them(pushed: dict, s3_ser
     s3_server.require_auth(True)
     try:
         pulled = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list")
-        packaged = run(pushed["ws"], env, "pipeline.package")
+        packaged = run(pushed["ws"], env, "pipeline.stages.package")
     finally:
         s3_server.require_auth(False)
     for result in (pulled, packaged):
@@ -158,7 +165,7 @@ def test_server_dying_mid_push_registers_nothing(pushed: dict, s3_server: S3Serv
     (ws / "data/splits/train/Hamburger/big.jpg").write_bytes(os.urandom(2_000_000))
     proxy = CutProxy(s3_server.port, cut_after=500_000)
     try:
-        result = run(ws, {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}, "pipeline.package")
+        result = run(ws, {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}, "pipeline.stages.package")
     finally:
         proxy.close()
     assert proxy.sent >= 500_000 and result.returncode == 1, result.stderr[-3000:]

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clean_inputs import inside, row, synthetic_rows, write_inputs
 from PIL import Image
 
-from clean_inputs import inside, row, synthetic_rows, write_inputs
-from pipeline import paths, report, split
-from pipeline.errors import run_cli
+from pipeline import report as report_command
+from pipeline.core import paths
+from pipeline.core.errors import run_cli
+from pipeline.stages.split import report
+from pipeline.stages.split import stage as split
 
 EVIL = "<script>alert('x')</script>"
 LABELS = ("Hamburger", "Sandwich", EVIL)
@@ -129,15 +132,15 @@ def test_report_alone_is_deterministic_and_rebuilt(done):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (out / "stale.png").write_bytes(b"old")
     with inside(done):
-        assert run_cli(report.main, []) == 0
+        assert run_cli(report_command.main, []) == 0
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after == before
 
 
 def test_report_without_splits_says_what_to_run(tmp_path, capsys):
     with inside(tmp_path):
-        assert run_cli(report.main, []) == 2
-    assert "python -m pipeline.split" in capsys.readouterr().err
+        assert run_cli(report_command.main, []) == 2
+    assert "python -m pipeline.stages.split" in capsys.readouterr().err
 
 
 def test_thumbnail_of_an_undecodable_file(tmp_path):

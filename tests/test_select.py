@@ -11,11 +11,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import metadata, select
+from pipeline.core.params import load_params
+from pipeline.core.paths import METADATA_RAW, SELECTED
+from pipeline.core.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.params import load_params
-from pipeline.paths import METADATA_RAW, SELECTED
-from pipeline.sources import layout
+from pipeline.stages import select
+from pipeline.stages.metadata import stage as metadata
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 HAMBURGER, SANDWICH, SUBMARINE, HOT_DOG = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/01b9xk"
@@ -77,7 +78,8 @@ def cache(workspace, capsys) -> Path:
     (raw / lay.images["train"]).write_text(
         IMAGE_HEADER + "".join(image(n, "train", "" if n == 8 else "90.0" if n == 1 else "0.0") for n in train_images))
     (raw / lay.images["validation"]).write_text(IMAGE_HEADER + "".join(image(n, "validation") for n, _, _ in VALIDATION_BOXES))
-    metadata.run("v6", "http://127.0.0.1:9/unused", ["train", "validation"], ["Hamburger"])
+    metadata.run(load_params(overrides={"source.base_url": "http://127.0.0.1:9/unused",
+                                        "source.subsets": ["train", "validation"], "labels": ["Hamburger"]}))
     capsys.readouterr()
     return workspace.path
 
@@ -183,7 +185,7 @@ def test_the_count_table_is_printed(cache: Path, workspace, capsys) -> None:
 
 
 def test_an_unknown_label_exits_2_with_did_you_mean_and_no_traceback(cache: Path, workspace) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.select", "--labels", "Hamburgr", "Sandwich"],
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.select", "--labels", "Hamburgr", "Sandwich"],
                             cwd=workspace.path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: unknown label 'Hamburgr' — did you mean 'Hamburger'?"]
@@ -191,11 +193,11 @@ def test_an_unknown_label_exits_2_with_did_you_mean_and_no_traceback(cache: Path
 
 
 def test_without_a_cache_select_says_which_stage_to_run(workspace) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.select"], cwd=workspace.path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.select"], cwd=workspace.path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: data/metadata/classes.parquet not found: run "
-                                          "`python -m pipeline.metadata` first"]
+                                          "`python -m pipeline.stages.metadata` first"]
 
 
 @pytest.mark.parametrize("version", ["v4", "v6", "v7"])

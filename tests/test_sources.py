@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.sources import LAYOUTS, SUBSETS, VERSIONS, join_url, layout
 from pipeline.mirror import Mirror
-from pipeline.sources import LAYOUTS, SUBSETS, VERSIONS, join_url, layout
 
 
 def test_every_version_has_a_layout() -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from clean_inputs import inside, row, synthetic_rows, write_inputs
-from pipeline import paths, split
-from pipeline.errors import run_cli
+
+from pipeline.core import paths
+from pipeline.core.errors import run_cli
+from pipeline.stages.split import stage as split
 
 LABELS = ("Hamburger", "Sandwich", "Hot dog")
 
@@ -172,9 +173,9 @@ def test_too_few_examples_exit_2_one_line(tmp_path):
     rows = synthetic_rows(40, ("Hamburger",)) + [row(900, 0, "Sandwich"), row(901, 0, "Sandwich"),
                                                   row(902, 0, "Sandwich", "corrupt")]
     write_inputs(tmp_path, rows, split={"min_per_label": 5})
-    result = subprocess.run([sys.executable, "-m", "pipeline.split"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.split"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(Path(split.__file__).parent.parent)})
+                            env={**os.environ, "PYTHONPATH": str(Path(split.__file__).parents[3])})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     message = result.stderr.strip()

@@ -11,17 +11,34 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from trainkit import TINY_TRAIN, make_splits, one_thread, refuse_download, trained, write_params  # noqa: F401
+from pipeline.stages.train import __main__ as train_main
+from pipeline.core.learn import models
+from trainkit import (  # noqa: F401
+    TINY_RUNTIME,
+    TINY_TRAIN,
+    make_splits,
+    one_thread,
+    refuse_download,
+    trained,
+    write_params,
+)
 
 from pipeline import lr_find
-from pipeline.errors import UserError, run_cli
-from pipeline.params import TrainParams
-from pipeline.train import __main__ as train_main
-from pipeline.train import models
-from pipeline.train.data import (CachedBatches, Normalize, StreamedBatches, augment, decode, make_batches, read_classes,
-                                 read_split)
-from pipeline.train.loop import Recipe, fine_tune, infer
-from pipeline.train.stage import CURVE_COLUMNS, Setup, prepare, train
+from pipeline.core.errors import UserError, run_cli
+from pipeline.core.learn.data import (
+    CachedBatches,
+    Normalize,
+    StreamedBatches,
+    augment,
+    decode,
+    make_batches,
+    read_classes,
+    read_split,
+)
+from pipeline.core.learn.device import infer
+from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.stages.train.loop import Recipe, fine_tune
+from pipeline.stages.train.stage import CURVE_COLUMNS, Setup, prepare, train
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -89,7 +106,8 @@ def test_saved_model_reloads_with_weights_only_and_predicts_the_same(trained):
 def test_a_cpu_run_repeats_exactly(tmp_path):
     root = make_splits(tmp_path / "splits", {"train": 10, "val": 4})
     p = TrainParams(**{**TINY_TRAIN, "epochs": 1, "freeze_epochs": 0, "batch_size": 8})
-    first, second = train(p, root), train(p, root)
+    runtime = RuntimeParams(**TINY_RUNTIME)
+    first, second = train(p, runtime, root), train(p, runtime, root)
     assert first.history[0].train_loss == second.history[0].train_loss
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -97,7 +115,7 @@ def test_a_cpu_run_repeats_exactly(tmp_path):
 
 def test_fine_tune_only_trains_the_head_and_batchnorm_while_frozen(tmp_path):
     root = make_splits(tmp_path / "splits", {"train": 8, "val": 2})
-    setup = prepare(TrainParams(**{**TINY_TRAIN, "batch_size": 4}), root)  # 4 steps: one-cycle needs a few
+    setup = prepare(TrainParams(**{**TINY_TRAIN, "batch_size": 4}), RuntimeParams(**TINY_RUNTIME), root)  # 4 steps: one-cycle needs a few
     conv_before = setup.model.conv1.weight.detach().clone()
     bn_before = setup.model.bn1.weight.detach().clone()
     head_before = setup.model.fc.weight.detach().clone()
@@ -228,7 +246,7 @@ def test_lr_find_suggests_a_rate_from_the_valley(tmp_path, monkeypatch, capsys):
 
 def test_setup_batches_use_the_larger_cache_for_training(tmp_path):
     root = make_splits(tmp_path / "splits", {"train": 4, "val": 2})
-    setup: Setup = prepare(TrainParams(**TINY_TRAIN), root)
+    setup: Setup = prepare(TrainParams(**TINY_TRAIN), RuntimeParams(**TINY_RUNTIME), root)
     train_images, _ = next(iter(setup.batches("train")))
     val_images, _ = next(iter(setup.batches("val")))
     assert train_images.shape[-1] == round(32 * 8 / 7) and val_images.shape[-1] == 32

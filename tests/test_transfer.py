@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.errors import PipelineFailure, UserError
+from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.sources import join_url, layout
 from pipeline.mirror import Mirror
-from pipeline.sources import join_url, layout
-from pipeline.transfer import TransferPolicy, fetch
+from pipeline.core.http import HttpPolicy
+from pipeline.stages.metadata.transfer import fetch
 
-FAST = TransferPolicy(backoff=0.0, max_backoff=0.01, retries=3, progress=False)
+FAST = HttpPolicy(backoff=0.0, max_backoff=2.0, retries=3, max_bytes=16 << 30)  # Retry-After: 1 is honoured
 BOXES = layout("v6").boxes["train"]
 
 
@@ -47,7 +48,7 @@ def test_a_download_cut_half_way_resumes_where_it_stopped(fresh: Mirror, tmp_pat
     fresh.clear_requests()
     fresh.configure(metadata_truncate_once=True)
     dest = tmp_path / "boxes.csv"
-    result = fetch(join_url(fresh.base_url, BOXES), dest, FAST)
+    result = fetch(join_url(fresh.base_url, BOXES), dest, FAST, progress=False)
     assert dest.read_bytes() == full
     assert (result.bytes, result.attempts, result.resumed_from) == (len(full), 2, 0)
     assert statuses(fresh, BOXES) == [200, 206]
@@ -71,7 +72,7 @@ def test_a_partial_file_from_an_earlier_run_is_resumed_with_if_range(fresh: Mirr
     url = join_url(fresh.base_url, BOXES)
     dest = _leave_partial(tmp_path, url, full[:1000], etag)
     fresh.clear_requests()
-    result = fetch(url, dest, FAST)
+    result = fetch(url, dest, FAST, progress=False)
     assert dest.read_bytes() == full
     assert result.resumed_from == 1000
     assert statuses(fresh, BOXES) == [206]
@@ -83,7 +84,7 @@ def test_a_partial_file_of_an_older_version_is_replaced_not_spliced(fresh: Mirro
     url = join_url(fresh.base_url, BOXES)
     dest = _leave_partial(tmp_path, url, b"X" * 1000, '"an-old-etag"')
     fresh.clear_requests()
-    fetch(url, dest, FAST)
+    fetch(url, dest, FAST, progress=False)
     assert dest.read_bytes() == full
     assert statuses(fresh, BOXES) == [200]  # If-Range did not match: the server sent the whole new file
 
@@ -92,7 +93,7 @@ def test_a_partial_file_of_another_url_is_thrown_away(fresh: Mirror, tmp_path: P
     full = served(fresh, BOXES).content
     dest = _leave_partial(tmp_path, "http://elsewhere.example/boxes.csv", full[:1000], "")
     fresh.clear_requests()
-    fetch(join_url(fresh.base_url, BOXES), dest, FAST)
+    fetch(join_url(fresh.base_url, BOXES), dest, FAST, progress=False)
     assert dest.read_bytes() == full
     assert statuses(fresh, BOXES) == [200]
 
@@ -104,7 +105,7 @@ def test_a_complete_partial_file_is_not_fetched_again(fresh: Mirror, tmp_path: P
     meta = dest.with_name("boxes.csv.part.json")
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "total": len(response.content)}))
     fresh.clear_requests()
-    result = fetch(url, dest, FAST)
+    result = fetch(url, dest, FAST, progress=False)
     assert dest.read_bytes() == response.content and result.bytes == len(response.content)
     assert statuses(fresh, BOXES) == [416]
 
@@ -113,7 +114,7 @@ def test_a_complete_partial_file_is_not_fetched_again(fresh: Mirror, tmp_path: P
                                              ("truncated", [200, 206])])
 def test_transient_failures_are_retried(fresh: Mirror, tmp_path: Path, fault: str, expected: list[int]) -> None:
     url = original(fresh, fault)
-    result = fetch(url, tmp_path / "photo", FAST)
+    result = fetch(url, tmp_path / "photo", FAST, progress=False)
     assert statuses(fresh, url.split("/flickr/")[1]) == expected
     assert result.attempts == len(expected)
     assert (tmp_path / "photo").read_bytes() == requests.get(url, timeout=10).content
@@ -122,16 +123,16 @@ def test_transient_failures_are_retried(fresh: Mirror, tmp_path: Path, fault: st
 def test_a_missing_file_fails_at_once_with_one_line(fresh: Mirror, tmp_path: Path) -> None:
     url = join_url(fresh.base_url, "v9/no-such-file.csv")
     with pytest.raises(PipelineFailure, match=r"v9/no-such-file.csv: HTTP 404") as info:
-        fetch(url, tmp_path / "x.csv", FAST)
+        fetch(url, tmp_path / "x.csv", FAST, progress=False)
     assert "\n" not in str(info.value)
     assert len(statuses(fresh, "v9/no-such-file.csv")) == 1
     assert not list(tmp_path.iterdir())
 
 
 def test_a_file_over_the_size_cap_is_refused(fresh: Mirror, tmp_path: Path) -> None:
-    policy = TransferPolicy(max_bytes=100, progress=False)
+    policy = HttpPolicy(max_bytes=100)
     with pytest.raises(PipelineFailure, match="100-byte cap"):
-        fetch(join_url(fresh.base_url, BOXES), tmp_path / "boxes.csv", policy)
+        fetch(join_url(fresh.base_url, BOXES), tmp_path / "boxes.csv", policy, progress=False)
     assert not (tmp_path / "boxes.csv").exists()
 
 
@@ -139,10 +140,10 @@ def test_an_unreachable_server_gives_up_after_the_retries(tmp_path: Path) -> Non
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(PipelineFailure, match="giving up after 4 attempts"):
-        fetch(f"http://127.0.0.1:{port}/x.csv", tmp_path / "x.csv", FAST)
+    with pytest.raises(PipelineFailure, match="gave up after 4 attempts"):
+        fetch(f"http://127.0.0.1:{port}/x.csv", tmp_path / "x.csv", FAST, progress=False)
 
 
 def test_only_http_urls_are_fetched(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="must be an http"):
-        fetch("file:///etc/passwd", tmp_path / "x", FAST)
+        fetch("file:///etc/passwd", tmp_path / "x", FAST, progress=False)

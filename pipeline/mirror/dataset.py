@@ -26,7 +26,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.mirror import drawing
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -19,8 +19,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from pipeline.mirror.dataset import FAULTS, FIXTURES, UPRIGHT, ImageRecord, BoxRecord, display_names
-from pipeline.sources import LAYOUTS
+from pipeline.core.sources import LAYOUTS
+from pipeline.mirror.dataset import (
+    FAULTS,
+    FIXTURES,
+    UPRIGHT,
+    BoxRecord,
+    ImageRecord,
+    display_names,
+)
 
 BOX_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
                "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]

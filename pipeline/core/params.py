@@ -1,0 +1,357 @@
+"""``params.yaml``: one section per stage, typed and validated strictly by pydantic, plus ``runtime``.
+
+Two kinds of settings (docs/architecture.md):
+
+- **tracked**, one section per stage (``source select download crop clean split train evaluate package``):
+  what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset package records
+  them, so changing one re-runs the stages that read it;
+- **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
+  retries). No stage tracks it and no package records it: changing it re-runs nothing.
+
+DVC's convention is that every stage reads ``params.yaml`` from the working directory. The whole file is
+validated on every read: an unknown key (``select.limt_per_label``), a key given twice, a value of the wrong
+type, NaN or infinity, a URL that is not http(s): each is one :class:`~pipeline.core.errors.UserError`
+naming the key, or the command-line flag when the value came from one. An empty value (``registry:``)
+means the default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from pipeline.core.errors import UserError
+from pipeline.core.safe import check_http_url, check_package_name
+
+PARAMS_FILE = "params.yaml"
+#: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
+TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "split", "train", "evaluate")
+
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def _one_or_many(value: Any) -> Any:
+    """``labels: Hamburger`` is a list of one."""
+    return [value] if isinstance(value, str) else value
+
+
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Section(BaseModel):
+    """Strict: no type coercion (``"5"`` is not 5, ``1`` is not true), no unknown keys, no NaN/infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class SourceParams(Section):
+    """Where Open Images lives and which part of it to use."""
+
+    version: Literal["v4", "v5", "v6", "v7"] = "v6"
+    base_url: HttpUrl = "https://storage.googleapis.com/openimages"
+    subsets: list[Literal["train", "validation", "test"]] = Field(["train", "validation", "test"], min_length=1)
+    #: ``flickr``: full-size originals at OriginalURL; ``cvdf``: resized copies at cvdf_url/<subset>/<ImageID>.jpg
+    images: Literal["flickr", "cvdf"] = "flickr"
+    cvdf_url: HttpUrl = "https://open-images-dataset.s3.amazonaws.com"
+
+
+class MetadataParams(Section):
+    """Limits on the metadata files (they come from the internet)."""
+
+    #: a metadata file larger than this is refused, whatever its server says (the V6 box file is 2.3 GB)
+    max_bytes: int = Field(16 << 30, ge=1 << 20)
+
+
+class SelectParams(Section):
+    """Which boxes of the chosen labels to keep."""
+
+    include_subclasses: bool = True
+    #: drop boxes whose flag is 1; a flag of -1 (unknown) or 0 is kept
+    exclude_group_of: bool = True
+    exclude_depiction: bool = True
+    exclude_occluded: bool = False
+    exclude_truncated: bool = False
+    #: minimum box area as a fraction of the image (0..1)
+    min_box_area: float = Field(0.0, ge=0.0, le=1.0)
+    #: at most this many boxes per label, drawn with ``seed`` (0 = no limit)
+    limit_per_label: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class DownloadParams(Section):
+    """What the download promises the image server, and what it accepts from it."""
+
+    #: requests per second for all workers together (0 = no limit): the politeness promised to Flickr
+    rate: float = Field(1.0, ge=0.0)
+    #: responses larger than this are recorded ``too_large`` (bytes)
+    max_bytes: int = Field(50_000_000, ge=1024)
+
+
+class CropParams(Section):
+    """How to cut boxes out of images."""
+
+    #: extra margin around each box, as a fraction of the box's width/height
+    padding: float = Field(0.0, ge=0.0, le=1.0)
+    #: crops whose shorter side is under this many pixels are dropped (by crop, and again by clean)
+    min_side: int = Field(32, ge=1)
+    #: crops whose longer side exceeds this are shrunk to it (0 = keep full size)
+    max_side: int = Field(0, ge=0)
+    #: images with more pixels than this are refused before decoding (decompression-bomb guard)
+    max_pixels: int = Field(100_000_000, ge=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+
+class CleanParams(Section):
+    """What counts as unusable or redundant."""
+
+    #: two photos whose 256-bit perceptual hashes differ in at most this many bits are near duplicates (-1 = off)
+    near_duplicate_distance: int = Field(16, ge=-1, le=256)
+    #: a photo this close (bits of 256) to Flickr's "photo unavailable" picture is a placeholder (-1 = off)
+    placeholder_distance: int = Field(24, ge=-1, le=256)
+
+
+class SplitParams(Section):
+    """Train/val/test fractions, grouped and stratified."""
+
+    train: float = Field(0.7, ge=0.0, le=1.0)
+    val: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.15, ge=0.0, le=1.0)
+    seed: int = 0
+    #: a label with fewer clean crops than this stops the split with a clear message
+    min_per_label: int = Field(10, ge=1)
+
+
+class TrainParams(Section):
+    """Fine-tuning recipe (fastai's fine_tune in plain PyTorch)."""
+
+    arch: Literal["mobilenet_v2", "resnet18", "resnet50"] = "mobilenet_v2"
+    #: ``imagenet`` (torchvision's weights, found offline when installed locally), ``none``, or a file path
+    weights: str = Field("imagenet", min_length=1)
+    #: epochs with the backbone frozen (head only), then ``epochs`` with all layers unfrozen
+    freeze_epochs: int = Field(1, ge=0)
+    epochs: int = Field(3, ge=0)
+    img_size: int = Field(224, ge=16, le=1024)
+    batch_size: int = Field(64, ge=1)
+    #: peak learning rate of the head; earlier layer groups get smaller ones (discriminative rates)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    seed: int = 0
+
+
+class EvaluateParams(Section):
+    """How to judge the model on the test split."""
+
+    #: how many of the most confident mistakes to show in the grid
+    worst: int = Field(16, ge=0)
+
+
+class PackageParams(Section):
+    """Where and under which name to publish the dataset."""
+
+    name: Annotated[str, AfterValidator(check_package_name)] = "openimages/hamburger-sandwich"
+    #: ``s3://bucket`` to push; empty to build into a local registry only
+    registry: str = ""
+    message: str = "openimages-pipeline dataset"
+
+
+class RuntimeParams(Section):
+    """How fast and how patient: machine and network settings that never change what comes out."""
+
+    #: download processes on this machine, sharing one rate (0 = one per usable core)
+    download_processes: int = Field(1, ge=0, le=256)
+    #: concurrent downloads per process
+    connections: int = Field(16, ge=1, le=1024)
+    #: images per download shard (the unit of progress a killed run keeps)
+    shard_size: int = Field(1000, ge=1)
+    #: crop processes (0 = one per usable core)
+    crop_processes: int = Field(0, ge=0, le=256)
+    #: DataLoader workers decoding images for train and evaluate (-1 = one per usable core, less one)
+    loader_workers: int = Field(-1, ge=-1, le=256)
+    #: auto (CUDA when present), cpu, cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: MiB for the decoded-image cache on the training device (-1 = half its free memory, 0 = stream from disk)
+    cache_mb: int = Field(-1, ge=-1)
+    eval_batch_size: int = Field(64, ge=1)
+    connect_timeout: Seconds = 10.0
+    #: longest silence from a server before the attempt is cut
+    read_timeout: Seconds = 30.0
+    #: a body slower than this many bytes/s over ``stall_window`` seconds is cut (a server that drips)
+    min_speed: float = Field(1024.0, ge=0.0)
+    stall_window: Seconds = 30.0
+    #: longest one image may take, all attempts and waits included
+    image_deadline: Seconds = 600.0
+    #: longest one metadata file may take, all attempts and waits included (2.3 GB at 1 MB/s is 40 minutes)
+    metadata_deadline: Seconds = 6 * 3600.0
+    #: attempts after the first, for transient failures (timeouts, resets, 429, 5xx)
+    retries: int = Field(5, ge=0, le=100)
+    #: first backoff delay in seconds, doubled per retry (with jitter), capped by ``max_backoff``
+    backoff: float = Field(1.0, ge=0.0)
+    max_backoff: float = Field(60.0, ge=0.0)
+
+
+class Params(Section):
+    """The whole ``params.yaml``."""
+
+    labels: Annotated[list[Label], BeforeValidator(_one_or_many), Field(min_length=1)] = ["Hamburger", "Sandwich"]
+    source: SourceParams = SourceParams()
+    metadata: MetadataParams = MetadataParams()
+    select: SelectParams = SelectParams()
+    download: DownloadParams = DownloadParams()
+    crop: CropParams = CropParams()
+    clean: CleanParams = CleanParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    package: PackageParams = PackageParams()
+    runtime: RuntimeParams = RuntimeParams()
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> Params:
+        total = self.split.train + self.split.val + self.split.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.train + split.val + split.test must be 1.0, got {total:g}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for package metadata and reports)."""
+        return self.model_dump(mode="json")
+
+    def tracked(self) -> dict[str, Any]:
+        """The sections that shape a dataset (what a package records): never ``runtime`` or ``package``."""
+        plain = self.to_dict()
+        return {section: plain[section] for section in TRACKED_SECTIONS}
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None,
+                flags: dict[str, str] | None = None) -> Params:
+    """Read and validate ``params.yaml`` (a missing file means all defaults).
+
+    ``overrides`` maps dotted keys (``"download.rate"``) to values, for command-line flags; ``flags`` names
+    the flag each came from (``{"download.rate": "--rate"}``), so an error names what the user typed.
+    """
+    path = Path(path)
+    raw = _read(path)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}  # a missing or empty section (``download:``) takes the flag
+            node = node[key]
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        given = {key: flag for key, flag in (flags or {}).items() if key in (overrides or {})}
+        raise UserError(_describe(exc, path, given)) from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return _drop_empty(raw)
+
+
+def _drop_empty(node: dict[Any, Any]) -> dict[Any, Any]:
+    """An empty value (``registry:``, ``download:``) means "the default": leave the key out."""
+    return {key: _drop_empty(value) if isinstance(value, dict) else value
+            for key, value in node.items() if value is not None}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the safe loader's own error says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe(exc: ValidationError, path: Path, flags: dict[str, str]) -> str:
+    """The first problem as one line: ``params.yaml: select.limit_per_label must be at least 0, got -1``."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int) or error["type"] == "invalid_key"]
+    indices = "".join(f"[{part}]" for part in error["loc"] if isinstance(part, int) and error["type"] != "invalid_key")
+    key = ".".join(loc) + indices
+    dotted = ".".join(loc)
+    where = f"{flags[dotted]}:" if dotted in flags else f"{path.name}: {key}" if key else f"{path.name}:"
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in ("extra_forbidden", "invalid_key"):
+        section = _section_model(error["loc"][:-1])
+        known = ", ".join(section.model_fields) if section else ""
+        return f"{path.name}: unknown key '{key}'" + (f" (known in this section: {known})" if known else "")
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        return f"{flags.get(dotted, path.name)}: {message}" if not key else f"{where} {message}"
+    return f"{where} {_MESSAGES.get(kind, lambda c: error['msg'].lower())(ctx)}, got {_shown(value)}"
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_MESSAGES: dict[str, Any] = {
+    "greater_than_equal": lambda c: f"must be at least {c['ge']}",
+    "greater_than": lambda c: f"must be more than {c['gt']}",
+    "less_than_equal": lambda c: f"must be at most {c['le']}",
+    "less_than": lambda c: f"must be less than {c['lt']}",
+    "int_type": lambda c: "must be a whole number",
+    "float_type": lambda c: "must be a number",
+    "finite_number": lambda c: "must be a finite number (not NaN or infinity)",
+    "bool_type": lambda c: "must be true or false",
+    "string_type": lambda c: "must be text",
+    "list_type": lambda c: "must be a list",
+    "model_type": lambda c: "must be a mapping",
+    "dict_type": lambda c: "must be a mapping",
+    "literal_error": lambda c: f"must be one of {c['expected']}",
+    "too_short": lambda c: f"must have at least {c['min_length']} item(s)",
+    "too_long": lambda c: f"must have at most {c['max_length']} item(s)",
+    "string_too_short": lambda c: f"must have at least {c['min_length']} character(s)",
+    "string_too_long": lambda c: f"must have at most {c['max_length']} characters",
+}

@@ -1,0 +1,110 @@
+"""Guards for values that come from the internet or from a user: file names, IDs, URLs and secrets.
+
+Open Images metadata is downloaded, so nothing in it may choose a path on disk or a URL scheme; and a URL
+a user typed may carry a password (``http://user:pass@host/``) or a token in its query, which must never
+reach a log line, a manifest or a published package (:func:`public_url`).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pipeline.core.errors import UserError
+
+_IMAGE_ID = re.compile(r"^[0-9a-f]{16}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+#: quilt3's own rule for package names (quilt3.util.PACKAGE_NAME_FORMAT), with a length we can print
+_PACKAGE_NAME = re.compile(r"^[\w-]{1,64}/[\w-]{1,64}$", re.ASCII)
+#: query parameters that carry a credential (S3 presigned URLs, OAuth, API keys)
+_SECRET_QUERY = re.compile(r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|token|access_token|"
+                           r"api[_-]?key|key|password|passwd|secret|auth)$")
+
+
+def is_image_id(value: object) -> bool:
+    """Open Images ImageIDs are 16 lower-case hex digits."""
+    return isinstance(value, str) and bool(_IMAGE_ID.match(value))
+
+
+def label_dirname(label: str) -> str:
+    """A folder name for a label that is safe on Linux, macOS and Windows.
+
+    ``"Submarine sandwich"`` -> ``"Submarine_sandwich"``; ``"Hot dog/Frank"`` -> ``"Hot_dog_Frank"``.
+    """
+    text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    text = _UNSAFE.sub("_", text).replace(" ", "_").strip("._ ")
+    text = re.sub(r"_+", "_", text)[:100]
+    if not text or text.upper() in _WINDOWS_RESERVED:
+        text = f"label_{text or 'unnamed'}"
+    return text
+
+
+def is_http_url(url: object) -> bool:
+    """Only plain http(s) URLs with a host (and, if given, a valid port) are ever fetched."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def check_http_url(url: str) -> str:
+    """``url`` when :func:`is_http_url`, else ``ValueError`` (for params validation)."""
+    if not is_http_url(url):
+        raise ValueError(f"must be an http(s) URL with a host and a valid port, got {public_url(url)!r}")
+    return url
+
+
+def require_http_url(url: str, what: str = "URL") -> str:
+    if not is_http_url(url):
+        raise UserError(f"{what} must be an http(s) URL, got {public_url(url)!r}")
+    return url
+
+
+def check_package_name(name: str) -> str:
+    if not _PACKAGE_NAME.match(name):
+        raise ValueError(f"must look like owner/dataset (letters, digits, _ and -, 64 at most each), "
+                         f"got {name[:80]!r}")
+    return name
+
+
+def public_url(url: object) -> str:
+    """``url`` with any ``user:password@`` and any credential in its query replaced by ``***``.
+
+    Every URL that is printed, logged, recorded in a manifest or published goes through this; the request
+    itself keeps what it needs. Text that does not parse as a URL is returned with anything before an ``@``
+    in its authority blanked, so even a malformed URL cannot leak a password.
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"(//)[^/@]*@", r"\1***@", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_QUERY.match(key) for key, _ in pairs):
+            query = urlencode([(key, "***" if _SECRET_QUERY.match(key) else value) for key, value in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def join_inside(base: Path, relative: object) -> Path | None:
+    """``base / relative`` when ``relative`` is a plain relative path that stays inside ``base``, else None.
+
+    Manifests carry file paths relative to a stage's folder; a doctored manifest must not make a later
+    stage read, link or show a file elsewhere on the machine (``../../etc/passwd``, ``/home/...``).
+    """
+    if not isinstance(relative, str) or not relative:
+        return None
+    rel = PurePosixPath(relative.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or PureWindowsPath(relative).drive:
+        return None
+    return Path(base, *rel.parts)

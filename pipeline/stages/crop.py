@@ -1,0 +1,311 @@
+"""``python -m pipeline.stages.crop``: cut every selected box out of its downloaded photo, upright, as a JPEG.
+
+Orientation convention (Open Images' note on rotated images, tests/fixtures/openimages-samples/SOURCES.md):
+
+1. Boxes are cut from the **stored pixel matrix**, exactly as the file decodes. EXIF orientation is never
+   applied: Open Images recovered its ``Rotation`` column from that EXIF tag and drew the boxes on the stored
+   pixels, so honouring the tag as well would turn a crop twice (or cut the wrong region).
+2. Each crop is then turned **counter-clockwise by Rotation** (0, 90, 180, 270), "the degrees that the image
+   and boxes should be rotated" to be upright. An empty Rotation (NaN: the photo had already left Flickr when
+   it was recovered) is taken as 0. Crops are written without EXIF, so no viewer turns them again.
+
+Box geometry: normalised ``XMin XMax YMin YMax`` (0..1) are widened by ``crop.padding`` times the box's own
+width and height, clamped to the picture and rounded to whole pixels. A crop whose shorter side is under
+``crop.min_side`` pixels is skipped (``too_small``); one whose longer side is over ``crop.max_side`` is shrunk.
+Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.imaging`).
+
+Speed: each photo is read and decoded **once** for all of its boxes (a photo often holds several), by a pool
+of worker processes (``runtime.crop_processes``, 0 = every core) fed chunks of photos. JPEGs are written with 4:2:0
+chroma subsampling (libjpeg's usual choice for photos; the cheapest to encode). While a photo is decoded we
+also take its perceptual hash, which the clean stage compares with Flickr's placeholder picture.
+
+Output (``docs/architecture.md``): ``data/crops/<label_dirname>/<ImageID>_<BoxIndex>.jpg`` and
+``data/crops/manifest.parquet`` with one row per selected box. The folder is built aside and swapped in whole
+(:func:`pipeline.core.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
+holds a crop from an earlier run's boxes or params.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+from PIL import Image
+
+from pipeline.core import paths
+from pipeline.core.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.imaging import (
+    ImageProblem,
+    image_phash,
+    load_image,
+    rotation_degrees,
+    to_rgb,
+    upright,
+)
+from pipeline.core.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.machine import die_with_parent, processes
+from pipeline.core.params import CropParams, load_params
+from pipeline.core.progress import Progress
+from pipeline.core.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.status import KEPT_ON_DISK, Crop
+
+BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
+COLUMNS = ["ImageID", "Subset", "BoxIndex", "Label", "LabelName", "download_status", "crop_path",
+           "width", "height", "status", "reason", "image_phash"]
+JPEG_SUBSAMPLING = "4:2:0"
+#: photos per task sent to a worker: large enough to hide the hand-over, small enough to balance the cores
+MAX_CHUNK = 32
+
+
+class BoxTask(NamedTuple):
+    """One box to cut: normalised coordinates and the absolute output path."""
+
+    xmin: float
+    xmax: float
+    ymin: float
+    ymax: float
+    out: str
+
+
+class ImageTask(NamedTuple):
+    """One photo and all of its boxes (decoded once for all of them)."""
+
+    path: str
+    rotation: float | None
+    boxes: tuple[BoxTask, ...]
+
+
+class BoxResult(NamedTuple):
+    """What became of one box: the manifest's status, reason and crop size."""
+
+    status: str
+    reason: str
+    width: int
+    height: int
+
+
+class ImageResult(NamedTuple):
+    """The photo's perceptual hash ('' when it did not decode) and its boxes' results, in task order."""
+
+    phash: str
+    boxes: list[BoxResult]
+
+
+def pixel_box(size: tuple[int, int], xmin: float, xmax: float, ymin: float, ymax: float,
+              padding: float = 0.0) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` pixels of a normalised box, padded and clamped to the picture.
+
+    Bad metadata (swapped or out-of-range coordinates) cannot make an invalid crop; NaN gives an empty box.
+    """
+    width, height = size
+    left, right = _span(xmin, xmax, width, padding)
+    top, bottom = _span(ymin, ymax, height, padding)
+    return left, top, right, bottom
+
+
+def _span(low: float, high: float, extent: int, padding: float) -> tuple[int, int]:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0, 0
+    low, high = sorted((low, high))
+    pad = (high - low) * padding
+    low, high = (min(max(v, 0.0), 1.0) for v in (low - pad, high + pad))
+    return round(low * extent), round(high * extent)
+
+
+def crop_image(task: ImageTask, params: CropParams) -> ImageResult:
+    """Read and decode one photo, then cut, turn, shrink and save each of its boxes."""
+    try:
+        degrees = rotation_degrees(task.rotation)
+        data = _read(task.path)
+        image = to_rgb(load_image(data, params.max_pixels))
+    except ImageProblem as exc:
+        return ImageResult("", [BoxResult(exc.status, str(exc), 0, 0)] * len(task.boxes))
+    return ImageResult(image_phash(image), [_cut(image, box, degrees, params) for box in task.boxes])
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageProblem(f"cannot read {Path(path).name}: {exc.strerror}") from None
+
+
+def _cut(image: Image.Image, box: BoxTask, degrees: int, params: CropParams) -> BoxResult:
+    left, top, right, bottom = pixel_box(image.size, box.xmin, box.xmax, box.ymin, box.ymax, params.padding)
+    width, height = right - left, bottom - top
+    if min(width, height) < params.min_side:
+        reason = f"crop is {width}x{height} px, shorter side under crop.min_side={params.min_side}"
+        return BoxResult(Crop.TOO_SMALL, reason, width, height)
+    crop = upright(image.crop((left, top, right, bottom)), degrees)
+    if params.max_side and max(crop.size) > params.max_side:
+        crop = shrink(crop, params.max_side)
+    # Written straight to its name: the whole folder is built aside and swapped in at the end (replace_dir),
+    # so a crash never leaves a half-written crop in data/crops; a temp file + rename per crop would only add
+    # a file-system operation per crop.
+    try:
+        Path(box.out).write_bytes(encode_jpeg(crop, params.jpeg_quality))
+    except OSError as exc:  # disk full, permissions: the run cannot succeed, unlike a bad photo
+        raise PipelineFailure(f"cannot write {box.out}: {exc.strerror}") from None
+    return BoxResult(Crop.OK, "", *crop.size)
+
+
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """Scale down so the longer side is ``max_side`` (Lanczos after a fast integer pre-reduction)."""
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """RGB JPEG bytes, 4:2:0, without EXIF (so no viewer turns the upright crop again)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
+    return buffer.getvalue()
+
+
+def crop_chunk(tasks: Sequence[ImageTask], params: CropParams) -> list[ImageResult]:
+    """A worker's unit of work (module level so the process pool can pickle it)."""
+    return [crop_image(task, params) for task in tasks]
+
+
+def run_tasks(tasks: Sequence[ImageTask], params: CropParams, workers: int) -> Iterator[ImageResult]:
+    """Results in task order, from a process pool fed chunks of photos (in-process for one worker)."""
+    chunk = max(1, min(MAX_CHUNK, math.ceil(len(tasks) / (workers * 8))))
+    chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
+    work = partial(crop_chunk, params=params)
+    with Progress(len(tasks), "crop", "img") as bar:
+        if workers == 1 or len(chunks) <= 1:
+            results: Iterator[list[ImageResult]] = map(work, chunks)
+            for part in results:
+                bar.update(len(part))
+                yield from part
+            return
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
+                for part in pool.map(work, chunks):
+                    bar.update(len(part))
+                    yield from part
+        except BrokenProcessPool:
+            raise PipelineFailure("a crop worker died (out of memory? try fewer crop.workers or a lower "
+                                  "crop.max_pixels)") from None
+
+
+def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.DataFrame:
+    """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo.
+
+    Adds the private column ``source`` (absolute photo path, '' when none).
+    """
+    missing = [c for c in BOX_COLUMNS if c not in boxes.columns]
+    if missing:
+        raise UserError(f"{paths.SELECTED} lacks column(s) {', '.join(missing)}: re-run the select stage")
+    bad = boxes.loc[~boxes["ImageID"].map(is_image_id), "ImageID"]
+    if len(bad):
+        raise UserError(f"{paths.SELECTED}: {bad.iloc[0]!r} is not an Open Images ImageID (16 hex digits)")
+    lacking = [c for c in ("ImageID", "status", "path") if c not in downloads.columns]
+    if lacking:
+        raise UserError(f"{paths.IMAGES_MANIFEST} lacks column(s) {', '.join(lacking)}: re-run the download stage")
+    got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
+    rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
+    status = rows["ImageID"].map(got["status"]).fillna("")
+    reason = rows["ImageID"].map(got["reason"]) if "reason" in got else pd.Series("", index=rows.index)
+    source = rows["ImageID"].map(got["path"].map(lambda rel: _existing(images_dir, rel))).fillna("")
+    kept = status.isin(KEPT_ON_DISK)
+    rows = rows.assign(
+        download_status=status,
+        crop_path="", width=0, height=0, status=Crop.NOT_DOWNLOADED, image_phash="",
+        source=source.where(kept, ""),
+        reason=[_not_downloaded_reason(s, r, src) for s, r, src in zip(status, reason.fillna(""), source)],
+    )
+    rows.loc[rows["source"] != "", ["status", "reason"]] = ["", ""]
+    return rows
+
+
+def _existing(images_dir: Path, relative: object) -> str:
+    """The photo's absolute path (workers need no cwd) when the manifest's path is inside and exists."""
+    path = join_inside(images_dir, relative)
+    return str(path.absolute()) if path is not None and path.is_file() else ""
+
+
+def _not_downloaded_reason(status: str, reason: str, source: str) -> str:
+    if not status:
+        return "not in the download manifest"
+    if status in KEPT_ON_DISK and not source:
+        return f"{status}, but the file is missing from {paths.IMAGES_DIR}"
+    return f"{status}: {reason}" if reason else status
+
+
+def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, workers: int = 1,
+             images_dir: Path = paths.IMAGES_DIR, crops_dir: Path = paths.CROPS_DIR) -> pd.DataFrame:
+    """Cut every box with a photo into ``crops_dir`` (rebuilt) and write its manifest; return the manifest."""
+    rows = plan(boxes, downloads, images_dir)
+    rows["crop_path"] = [
+        f"{label_dirname(label)}/{image}_{index}.jpg" if src else ""
+        for label, image, index, src in zip(rows["Label"], rows["ImageID"], rows["BoxIndex"], rows["source"])
+    ]
+    with replace_dir(crops_dir) as new:
+        todo = rows[rows["source"] != ""]
+        for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
+            (new / folder).mkdir()
+        results = list(run_tasks(build_tasks(todo, new), params, workers))
+        done = [box for result in results for box in result.boxes]  # in the order of todo's rows
+        for column, values in zip(("status", "reason", "width", "height"), zip(*done)):
+            rows.loc[todo.index, column] = list(values)
+        rows.loc[todo.index, "image_phash"] = [result.phash for result in results for _ in result.boxes]
+        rows.loc[rows["status"] != Crop.OK, "crop_path"] = ""
+        manifest = rows[COLUMNS].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
+        write_parquet(manifest, new / paths.CROPS_MANIFEST.name)
+    return manifest
+
+
+def build_tasks(todo: pd.DataFrame, out_dir: Path) -> list[ImageTask]:
+    """One task per photo, its boxes in row order, from rows sorted by ImageID.
+
+    Plain lists, not a pandas groupby: per-group DataFrames cost milliseconds each, which for thousands of
+    photos would keep the workers waiting longer than the cropping itself.
+    """
+    images = todo["ImageID"].tolist()
+    starts = [i for i in range(len(images)) if i == 0 or images[i] != images[i - 1]]
+    columns = [todo[c].tolist() for c in ("XMin", "XMax", "YMin", "YMax", "crop_path")]
+    sources, rotations = todo["source"].tolist(), todo["Rotation"].tolist()
+    tasks = []
+    for start, end in zip(starts, starts[1:] + [len(images)]):
+        boxes = tuple(BoxTask(float(x0), float(x1), float(y0), float(y1), str(out_dir / rel))
+                      for x0, x1, y0, y1, rel in zip(*(column[start:end] for column in columns)))
+        rotation = rotations[start]
+        tasks.append(ImageTask(sources[start], None if pd.isna(rotation) else float(rotation), boxes))
+    return tasks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.crop",
+        description="Cut each selected box out of its downloaded photo (upright by the Rotation column) "
+                    f"into {paths.CROPS_DIR}/<label>/<ImageID>_<BoxIndex>.jpg, with {paths.CROPS_MANIFEST}. "
+                    "Settings: the crop section of params.yaml.",
+    )
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="worker processes (overrides runtime.crop_processes; 0 = one per usable core)")
+    args = parser.parse_args(argv)
+    flags = {"runtime.crop_processes": "--processes"}
+    params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
+                         flags=flags)
+    boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
+    downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+    manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes))
+    counts = manifest["status"].value_counts()
+    print(f"{counts.get('ok', 0)} crops written to {paths.CROPS_DIR}; "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if s != "ok"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

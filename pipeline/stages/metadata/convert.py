@@ -1,0 +1,280 @@
+"""Open Images CSVs -> the Parquet cache, streamed so memory stays bounded.
+
+The V6 train box file is 2.3 GB / 14.6 M rows: reading it whole (what pandas does) takes 7 GB. We read it
+with ``pyarrow.csv.open_csv`` in blocks, with explicit column types (``Is*`` flags are ``1/0/-1``: int8;
+coordinates float32; the ``XClick*`` columns are not kept), and write:
+
+- ``boxes/``: one Parquet file per LabelName (hive layout ``LabelName=<URI-encoded MID>/part-0.parquet``,
+  readable with ``pyarrow.dataset(..., partitioning="hive")``), so selecting two labels reads two small
+  files. Rows are buffered up to :data:`FLUSH_ROWS`; a flush groups them by label (one stable sort of
+  the label codes, one ``take``) and appends one row group to each label's file. That bounds memory and
+  keeps row groups few. Measured on the full V6 file here: ``pyarrow.dataset.write_dataset`` took 21 s and
+  2.4 GB with ``min_rows_per_group=65536``, and 587 s and 5 GB with its default tiny row groups; this
+  writer takes 12-14 s and 0.9 GB.
+- ``images.parquet``: the image tables of all subsets, ``Thumbnail300KURL`` dropped; ``Rotation`` empty
+  (the photo had left Flickr) or absent (the V3-era 11-column table) becomes NaN.
+- ``classes.parquet``: the class list, whose header row ``LabelName,DisplayName`` some versions have and
+  some do not; we look at the first line to tell.
+
+Rows that do not have the header's column count are skipped and counted (the caller reports them), so
+one damaged line in a 14.6 M-row download does not cost the whole conversion.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.core.errors import PipelineFailure
+from pipeline.core.io import atomic_path, replace_dir
+from pipeline.core.metadata_cache import (
+    BOX_SCHEMA,
+    CLASS_SCHEMA,
+    CODES,
+    COORDS,
+    F32,
+    FLAGS,
+    I8,
+    IMAGE_COLUMNS,
+    IMAGE_SCHEMA,
+    PART_FILE,
+    PARTITION,
+    STR,
+    partition_dir,
+)
+
+#: columns kept from the box CSVs (13-column V4/V5 and 21-column V6 files alike), with their types
+BOX_CSV_TYPES: dict[str, pa.DataType] = {
+    "ImageID": STR, "Source": CODES, "LabelName": STR, "Confidence": F32,
+    **{c: F32 for c in COORDS}, **{f: I8 for f in FLAGS},
+}
+#: what the box reader yields: the file's columns plus the partition key
+_BUFFER_SCHEMA = BOX_SCHEMA.append(pa.field(PARTITION, STR))
+#: rows buffered before a flush: ~50 bytes each in Arrow, so ~100 MB, plus the same again while sorting
+FLUSH_ROWS = 2_000_000
+#: CSV block size: large enough for the parser threads, small enough to keep memory flat
+BLOCK_SIZE = 4 << 20
+#: lz4: zstd made the cache 1.6x smaller (360 vs 560 MB) for ~20 % more conversion CPU here
+COMPRESSION = "lz4"
+
+
+@dataclass
+class ConvertStats:
+    """What a conversion read: rows written and malformed rows skipped (with the first one, for the log)."""
+
+    rows: int = 0
+    skipped: int = 0
+    first_skipped: str = ""
+    labels: int = 0
+
+    def skip(self, row: pacsv.InvalidRow) -> str:
+        self.skipped += 1
+        if not self.first_skipped:
+            self.first_skipped = f"{row.actual_columns} of {row.expected_columns} columns: {row.text[:120]!r}"
+        return "skip"
+
+
+@dataclass
+class _Source:
+    subset: str
+    path: Path
+    stats: ConvertStats = field(default_factory=ConvertStats)
+
+
+def header(path: Path) -> list[str]:
+    """The column names on the first line of a CSV (a UTF-8 byte-order mark is ignored)."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        first = fh.readline(1 << 16)
+    return next(csv.reader(io.StringIO(first)), [])
+
+
+def _open_csv(path: Path, types: dict[str, pa.DataType], stats: ConvertStats) -> pacsv.CSVStreamingReader:
+    columns = header(path)
+    missing = [c for c in types if c not in columns]
+    if missing:
+        raise PipelineFailure(f"{path}: no column {', '.join(missing)} in its header ({','.join(columns)[:200]})")
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8"),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=stats.skip),
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
+    )
+
+
+def read_classes(path: Path) -> pa.Table:
+    """``LabelName, DisplayName`` of every class; the file may or may not start with that header."""
+    has_header = [c.strip().lower() for c in header(path)] == ["labelname", "displayname"]
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=CLASS_SCHEMA.names, skip_rows=int(has_header), encoding="utf8"),
+        convert_options=pacsv.ConvertOptions(column_types={c: STR for c in CLASS_SCHEMA.names}),
+    )
+    return table.cast(CLASS_SCHEMA)
+
+
+def read_hierarchy(path: Path) -> dict:
+    """The class hierarchy JSON (root ``{"LabelName": ..., "Subcategory": [...]}``), checked for shape."""
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PipelineFailure(f"{path}: not a readable JSON hierarchy ({exc})") from None
+    if not isinstance(tree, dict) or not isinstance(tree.get("LabelName"), str):
+        raise PipelineFailure(f"{path}: the hierarchy's root has no LabelName")
+    return tree
+
+
+def _with_defaults(batch: pa.RecordBatch, floats: Iterable[str], flags: Iterable[str]) -> dict[str, pa.Array]:
+    """Columns of ``batch`` with empty numbers made explicit: NaN for floats, -1 (unknown) for flags."""
+    columns = {name: batch.column(name) for name in batch.schema.names}
+    for names, value in ((floats, np.float32("nan")), (flags, np.int8(-1))):
+        for name in names:
+            if columns[name].null_count:
+                columns[name] = pc.fill_null(columns[name], value)
+    return columns
+
+
+def _constant(value: str, n: int) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value]))
+
+
+def _image_batches(sources: list[_Source]) -> Iterator[pa.RecordBatch]:
+    for source in sources:
+        types = dict(IMAGE_COLUMNS)
+        if "Rotation" not in header(source.path):
+            del types["Rotation"]  # the V3-era table predates the column
+        for batch in _open_csv(source.path, types, source.stats):
+            n = batch.num_rows
+            columns = _with_defaults(batch, [c for c in ["Rotation"] if c in types], [])
+            columns.setdefault("Rotation", pa.array(np.full(n, np.nan, dtype=np.float32)))
+            columns["Subset"] = pa.repeat(pa.scalar(source.subset), n)
+            source.stats.rows += n
+            yield pa.RecordBatch.from_arrays([columns[name] for name in IMAGE_SCHEMA.names], schema=IMAGE_SCHEMA)
+
+
+def convert_images(sources: dict[str, Path], out: Path) -> ConvertStats:
+    """Stream every subset's image table into one ``images.parquet`` (written to a temp file, then renamed)."""
+    items = [_Source(subset, path) for subset, path in sources.items()]
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression=COMPRESSION,
+                                                   use_dictionary=["Subset", "License"]) as writer:
+        for batch in _image_batches(items):
+            writer.write_batch(batch, row_group_size=1 << 16)
+    return _total(items)
+
+
+def _box_batches(sources: list[_Source]) -> Iterator[pa.RecordBatch]:
+    """Box CSV blocks as batches of ``BOX_SCHEMA`` + LabelName, numbered per subset file (BoxIndex)."""
+    for source in sources:
+        for batch in _open_csv(source.path, BOX_CSV_TYPES, source.stats):
+            n, start = batch.num_rows, source.stats.rows
+            columns = _with_defaults(batch, ["Confidence", *COORDS], FLAGS)
+            columns["Subset"] = _constant(source.subset, n)
+            columns["BoxIndex"] = pa.arange(start, start + n)
+            source.stats.rows += n
+            yield pa.RecordBatch.from_arrays(
+                [columns[name] for name in [*BOX_SCHEMA.names, PARTITION]], schema=_BUFFER_SCHEMA
+            )
+
+
+class _PartitionWriter:
+    """Appends rows to one Parquet file per LabelName, a row group per label per flush.
+
+    A flush (sort + write) runs on a background thread while the next rows are parsed, so both cores work;
+    at most one flush is in flight, so memory holds two buffers at most and row order is kept.
+    """
+
+    def __init__(self, out_dir: Path, flush_rows: int) -> None:
+        self.out_dir, self.flush_rows = out_dir, flush_rows
+        self.buffer: list[pa.RecordBatch] = []
+        self.buffered = 0
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boxes-writer")
+        self.pending: Future[None] | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.buffer.append(batch)
+        self.buffered += batch.num_rows
+        if self.buffered >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batches, self.buffer, self.buffered = self.buffer, [], 0
+        self._wait()
+        self.pending = self.pool.submit(self._write, batches)
+
+    def _wait(self) -> None:
+        """Wait for the flush in flight; its error, if any, is raised here."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def _write(self, batches: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(batches, schema=_BUFFER_SCHEMA)
+        labels = pc.dictionary_encode(table.column(PARTITION)).combine_chunks()
+        codes = labels.indices.to_numpy()
+        order = np.argsort(codes.astype(np.int16 if len(labels.dictionary) < 2**15 else np.int32), kind="stable")
+        grouped = table.drop_columns([PARTITION]).take(order).combine_chunks()
+        counts = np.bincount(codes, minlength=len(labels.dictionary))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for code, label in enumerate(labels.dictionary.to_pylist()):
+            self._writer(label).write_table(grouped.slice(starts[code], counts[code]), row_group_size=1 << 30)
+
+    def _writer(self, label: str) -> pq.ParquetWriter:
+        writer = self.writers.get(label)
+        if writer is None:
+            if not label or len(label) > 200:
+                raise PipelineFailure(f"box file has an unusable LabelName {label[:50]!r}")
+            folder = partition_dir(self.out_dir, label)
+            folder.mkdir(parents=True)
+            writer = self.writers[label] = pq.ParquetWriter(
+                folder / PART_FILE, BOX_SCHEMA, compression=COMPRESSION, use_dictionary=["Subset", "Source"],
+                store_schema=False, write_statistics=False,
+            )
+        return writer
+
+    def close(self) -> None:
+        """Wait for the last flush and close every file (call :meth:`flush` first to write the rest)."""
+        try:
+            self._wait()
+        finally:
+            self.pool.shutdown()
+            for writer in self.writers.values():
+                writer.close()
+
+
+def convert_boxes(sources: dict[str, Path], out_dir: Path, flush_rows: int = FLUSH_ROWS) -> ConvertStats:
+    """Stream every subset's box CSV into the hive-partitioned ``out_dir`` (built aside, then swapped in)."""
+    items = [_Source(subset, path) for subset, path in sources.items()]
+    with replace_dir(out_dir) as tmp:
+        writer = _PartitionWriter(tmp, flush_rows)
+        try:
+            for batch in _box_batches(items):
+                writer.add(batch)
+            writer.flush()
+        finally:
+            writer.close()
+    stats = _total(items)
+    stats.labels = len(writer.writers)
+    return stats
+
+
+def _total(items: list[_Source]) -> ConvertStats:
+    total = ConvertStats()
+    for item in items:
+        total.rows += item.stats.rows
+        total.skipped += item.stats.skipped
+        total.first_skipped = total.first_skipped or (
+            f"{item.path.name}: {item.stats.first_skipped}" if item.stats.first_skipped else ""
+        )
+    return total

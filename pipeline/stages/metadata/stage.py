@@ -1,0 +1,169 @@
+"""``python -m pipeline.stages.metadata``: fetch one Open Images version's metadata, convert it once to Parquet.
+
+1. The class list and the hierarchy (small) come first, so ``labels`` in params.yaml is checked against
+   the real class names before gigabytes are fetched: a typo ends the run with exit code 2 and a
+   "did you mean" line.
+2. The image table and box file of each subset in ``source.subsets`` follow: only files not yet in
+   ``data/metadata/raw/<official path>`` are fetched; a broken earlier download is resumed
+   (:mod:`pipeline.stages.metadata.transfer`); nothing is asked of the server when every file is there.
+3. Each Parquet output is rebuilt only when the raw files it came from changed: ``cache.json`` records
+   their sizes and mtimes (and the converter's format), so a re-run converts nothing.
+
+Prints what it did, one line per file and per output.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.core.http import HttpPolicy
+from pipeline.core.io import atomic_path, write_parquet
+from pipeline.core.labels import ClassList
+from pipeline.core.params import Params, load_params
+from pipeline.core.paths import (
+    BOXES_DIR,
+    CLASSES_TABLE,
+    HIERARCHY_JSON,
+    IMAGES_TABLE,
+    METADATA_RAW,
+    METADATA_STAMP,
+)
+from pipeline.core.safe import public_url
+from pipeline.core.sources import Layout, join_url, layout
+from pipeline.stages.metadata import convert
+from pipeline.stages.metadata.transfer import fetch, new_session
+
+#: bump when the Parquet layout changes, so existing caches are converted again
+FORMAT = 1
+#: the class list and hierarchy are kilobytes; anything near this is not them
+SMALL_FILE_CAP = 64 << 20
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+class Downloader:
+    """Fetches official paths under ``base_url`` into ``raw``, skipping files that are already complete."""
+
+    def __init__(self, base_url: str, raw: Path, policy: HttpPolicy) -> None:
+        self.base_url, self.raw, self.policy = base_url, raw, policy
+        self.session = new_session()
+
+    def get(self, rel: str, cap: int | None = None) -> Path:
+        dest = self.raw / rel
+        if dest.exists():
+            print(f"  present     {rel} ({_size(dest.stat().st_size)})")
+            return dest
+        policy = self.policy if cap is None else dataclasses.replace(self.policy, max_bytes=min(cap, self.policy.max_bytes))
+        result = fetch(join_url(self.base_url, rel), dest, policy, self.session)
+        resumed = f", resumed at {_size(result.resumed_from)}" if result.resumed_from else ""
+        retried = f", {result.attempts} attempts" if result.attempts > 1 else ""
+        print(f"  downloaded  {rel} ({_size(result.bytes)}{resumed}{retried})")
+        return dest
+
+
+class Stamps:
+    """``cache.json``: for each Parquet output, the format and the (path, size, mtime) of its raw inputs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @staticmethod
+    def signature(inputs: Sequence[Path]) -> dict:
+        files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs]
+        return {"format": FORMAT, "inputs": files}
+
+    def fresh(self, out: Path, inputs: Sequence[Path]) -> bool:
+        return out.exists() and self.entries.get(out.name) == self.signature(inputs)
+
+    def record(self, out: Path, inputs: Sequence[Path]) -> None:
+        self.entries[out.name] = self.signature(inputs)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+
+
+def refresh(stamps: Stamps, out: Path, inputs: Sequence[Path], build: Callable[[], str]) -> None:
+    """Run ``build`` (which returns a summary) unless ``out`` is newer than / matches its inputs."""
+    if stamps.fresh(out, inputs):
+        print(f"  up to date  {out.name}")
+        return
+    started = time.perf_counter()
+    summary = build()
+    stamps.record(out, inputs)
+    print(f"  converted   {out.name}: {summary} in {time.perf_counter() - started:.1f} s")
+
+
+def _warn_skipped(stats: convert.ConvertStats) -> str:
+    if not stats.skipped:
+        return ""
+    return f"; skipped {stats.skipped:,} malformed row(s), first: {stats.first_skipped}"
+
+
+def _write_hierarchy(raw: Path) -> str:
+    convert.read_hierarchy(raw)  # refuse anything that is not the hierarchy before it becomes an output
+    with atomic_path(HIERARCHY_JSON) as tmp:
+        tmp.write_bytes(raw.read_bytes())
+    return f"{_size(raw.stat().st_size)} verbatim"
+
+
+def _write_classes(raw: Path) -> str:
+    table = convert.read_classes(raw)
+    write_parquet(table, CLASSES_TABLE)
+    return f"{table.num_rows} classes"
+
+
+def _write_images(raws: dict[str, Path]) -> str:
+    stats = convert.convert_images(raws, IMAGES_TABLE)
+    return f"{stats.rows:,} images{_warn_skipped(stats)}"
+
+
+def _write_boxes(raws: dict[str, Path]) -> str:
+    stats = convert.convert_boxes(raws, BOXES_DIR)
+    return f"{stats.rows:,} boxes in {stats.labels} label partitions{_warn_skipped(stats)}"
+
+
+def run(params: Params) -> None:
+    """Fetch what is missing, convert what changed, and check ``params.labels`` on the way."""
+    source = params.source
+    version, base_url, subsets, labels = source.version, source.base_url, source.subsets, params.labels
+    lay: Layout = layout(version)
+    print(f"metadata {version} from {public_url(base_url)} (subsets: {', '.join(subsets)})")
+    downloader = Downloader(base_url, METADATA_RAW, HttpPolicy.for_metadata(params))
+    stamps = Stamps(METADATA_STAMP)
+    classes_raw = downloader.get(lay.classes, cap=SMALL_FILE_CAP)
+    hierarchy_raw = downloader.get(lay.hierarchy, cap=SMALL_FILE_CAP)
+    refresh(stamps, CLASSES_TABLE, [classes_raw], lambda: _write_classes(classes_raw))
+    refresh(stamps, HIERARCHY_JSON, [hierarchy_raw], lambda: _write_hierarchy(hierarchy_raw))
+    classes = ClassList.load(CLASSES_TABLE)
+    mids = classes.resolve_all(labels)  # before the big downloads: a typo costs nothing
+
+    images = {subset: downloader.get(lay.images[subset]) for subset in subsets}
+    boxes = {subset: downloader.get(lay.boxes[subset]) for subset in subsets}
+    refresh(stamps, IMAGES_TABLE, list(images.values()), lambda: _write_images(images))
+    refresh(stamps, BOXES_DIR, list(boxes.values()), lambda: _write_boxes(boxes))
+    print("labels: " + ", ".join(f"{classes.names[m]} ({m})" for m in mids))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.metadata",
+        description="Download the Open Images metadata of source.version (params.yaml) into data/metadata/raw, "
+        "resuming broken transfers, and convert it once to Parquet (data/metadata/boxes, images.parquet, "
+        "classes.parquet, hierarchy.json).",
+    )
+    parser.parse_args(argv)
+    run(load_params())
+    return 0

@@ -1,0 +1,206 @@
+"""``python -m pipeline.stages.split``: leak-free, stratified train/val/test class folders from the clean crops.
+
+Why grouped: one photo can hold boxes of both labels, and near-duplicate photos (re-uploads, bursts)
+look alike; when one copy trains and the other tests, the test score measures memory, not skill. So all
+crops of one ImageID, and all crops tied together through a near-duplicate group (``dup_group``), land in
+one split. The groups are connected components of those ties, rejected rows included: a near duplicate that
+clean dropped still ties the other crops of its photo to the copy that was kept.
+
+Why greedy: stratifying whole groups exactly is a bin-packing problem. Shuffling the groups with the
+seed, placing big groups first and giving each one to the split whose quota for the group's labels is
+furthest from met stays within about one group of the fractions, and is the same on every run.
+
+Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
+as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
+``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.groups import connected_groups
+from pipeline.core.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.params import SplitParams, load_params
+from pipeline.core.progress import track
+from pipeline.core.safe import is_image_id, join_inside, label_dirname
+from pipeline.stages.split import report
+
+SPLITS = paths.SPLIT_NAMES
+INPUT_COLUMNS = ("ImageID", "BoxIndex", "Label", "crop_path", "keep", "dup_group")
+OUTPUT_COLUMNS = ["ImageID", "BoxIndex", "Label", "split", "path", "group"]
+
+
+def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The clean manifest with the columns split relies on, ``dup_group`` as text ('' = none).
+
+    Refuses what would make a wrong or unsafe layout: missing columns, bad ImageIDs on kept rows (they
+    become file names) and two labels that share a folder name (ImageFolder would merge them).
+    """
+    missing = [c for c in INPUT_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise UserError(
+            f"{paths.CLEAN_MANIFEST} lacks column(s) {', '.join(missing)}: re-run the clean stage (dvc repro clean)"
+        )
+    manifest = manifest.assign(
+        keep=manifest["keep"].fillna(False).astype(bool),
+        dup_group=manifest["dup_group"].fillna("").astype(str),
+        BoxIndex=manifest["BoxIndex"].astype("int64"),
+    )
+    bad = manifest.loc[manifest["keep"] & ~manifest["ImageID"].map(is_image_id), "ImageID"]
+    if len(bad):
+        raise UserError(f"{paths.CLEAN_MANIFEST}: {bad.iloc[0]!r} is not an Open Images ImageID (16 hex digits)")
+    folders: dict[str, str] = {}
+    for label in sorted(manifest["Label"].unique()):
+        other = folders.setdefault(label_dirname(label), label)
+        if other != label:
+            raise UserError(f"labels {other!r} and {label!r} share the folder name {label_dirname(label)!r}: drop one")
+    return manifest
+
+
+def group_ids(manifest: pd.DataFrame) -> pd.Series:
+    """For each row, the name of its leakage group: the smallest ImageID among the photos tied to it.
+
+    Two rows are tied when they share an ImageID or a non-empty ``dup_group``: nodes are the ImageIDs and
+    the duplicate groups, each row an edge between its two, and a leakage group a connected component.
+    """
+    images, image_node = np.unique(manifest["ImageID"].astype(str).to_numpy(), return_inverse=True)
+    dup = manifest["dup_group"].to_numpy()
+    tied = dup != ""
+    dups, dup_node = np.unique(dup[tied].astype(str), return_inverse=True)
+    component = connected_groups(len(images) + len(dups), image_node[tied], len(images) + dup_node)
+    roots = pd.Series(component[image_node], index=manifest.index)
+    return manifest.groupby(roots)["ImageID"].transform("min").rename("group")
+
+
+def greedy_assign(counts: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
+    """The split index for each group, given ``counts`` (groups x labels: crops) and one fraction per split.
+
+    Each group goes to the open split (fraction > 0) with the largest remaining quota for the group's
+    labels, each label's shortfall measured relative to its size so a rare label weighs as much as a
+    common one. Ties go to the earlier split (train).
+    """
+    totals = counts.sum(axis=0)
+    targets = fractions[:, None] * totals[None, :]
+    placed = np.zeros_like(targets, dtype=float)
+    scale = 1.0 / np.maximum(totals, 1)
+    closed = fractions <= 0
+    order = np.random.default_rng(seed).permutation(len(counts))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    choice = np.empty(len(counts), dtype=np.int64)
+    for g in order:
+        shortfall = ((targets - placed) * scale) @ counts[g]
+        shortfall[closed] = -np.inf
+        choice[g] = int(np.argmax(shortfall))
+        placed[choice[g]] += counts[g]
+    return choice
+
+
+def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
+    """One row per kept crop: ``ImageID BoxIndex Label split path group`` plus ``crop_path`` (the source).
+
+    Rows are sorted by split, label, ImageID and BoxIndex, so equal inputs give equal bytes.
+    """
+    manifest = check_manifest(manifest)
+    manifest = manifest.assign(group=group_ids(manifest))
+    kept = manifest[manifest["keep"]]
+    labels = sorted(manifest["Label"].unique())
+    _require_min_per_label(kept, labels, params.min_per_label)
+    counts = pd.crosstab(kept["group"], kept["Label"]).reindex(columns=labels, fill_value=0)
+    fractions = np.array([params.train, params.val, params.test])
+    choice = greedy_assign(counts.to_numpy(), fractions, params.seed)
+    table = kept.assign(split=kept["group"].map(pd.Series(np.array(SPLITS)[choice], index=counts.index)))
+    _require_every_split(table, labels, fractions)
+    table = table.assign(
+        path=table["split"] + "/" + table["Label"].map(label_dirname) + "/"
+        + table["ImageID"] + "_" + table["BoxIndex"].astype(str) + ".jpg",
+        split_order=table["split"].map(SPLITS.index),
+    )
+    table = table.sort_values(["split_order", "Label", "ImageID", "BoxIndex"], kind="stable")
+    return table[[*OUTPUT_COLUMNS, "crop_path"]].reset_index(drop=True)
+
+
+def _require_min_per_label(kept: pd.DataFrame, labels: list[str], minimum: int) -> None:
+    counts = kept["Label"].value_counts()
+    short = [(label, int(counts.get(label, 0))) for label in labels if counts.get(label, 0) < minimum]
+    if short:
+        named = ", ".join(f"{label!r} has {n}" for label, n in short)
+        raise UserError(
+            f"too few clean crops to split: {named} (split.min_per_label is {minimum}); add images for it "
+            f"(select.limit_per_label, source.subsets) or lower split.min_per_label in params.yaml"
+        )
+
+
+def _require_every_split(table: pd.DataFrame, labels: list[str], fractions: np.ndarray) -> None:
+    """Each label needs at least one crop in every split that has a fraction, or training/evaluation breaks."""
+    present = set(zip(table["Label"], table["split"]))
+    for label in labels:
+        for split, fraction in zip(SPLITS, fractions):
+            if fraction > 0 and (label, split) not in present:
+                rows = table[table["Label"] == label]
+                raise UserError(
+                    f"label {label!r} got no crops in the {split} split: its {len(rows)} clean crops come from "
+                    f"only {rows['group'].nunique()} photo group(s) (a photo and its near duplicates stay together); "
+                    f"add images for it, or set split.{split} to 0 and the other fractions to sum to 1"
+                )
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link ``src`` at ``dst`` (no extra disk, instant); copy where the file system refuses.
+
+    Links fail across devices (EXDEV) and on file systems without them (FAT, some network shares).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def write_splits(table: pd.DataFrame) -> None:
+    """Rebuild ``data/splits`` from ``table`` (see :func:`assign_splits`): class folders, manifest, labels."""
+    sources = []
+    for crop_path in table["crop_path"]:
+        src = join_inside(paths.CROPS_DIR, crop_path)
+        if src is None or not src.is_file():
+            raise UserError(
+                f"crop {crop_path!r} listed in {paths.CLEAN_MANIFEST} is not in {paths.CROPS_DIR}: "
+                "re-run the crop and clean stages (dvc repro clean)"
+            )
+        sources.append(src)
+    labels = {label_dirname(label): label for label in sorted(table["Label"].unique())}
+    with replace_dir(paths.SPLITS_DIR) as new:
+        for src, rel in track(list(zip(sources, table["path"])), "split", "crop", leave=False):
+            link_or_copy(src, new / rel)
+        write_parquet(table[OUTPUT_COLUMNS], new / paths.SPLITS_MANIFEST.name)
+        (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.split",
+        description="Split the clean crops into leak-free, stratified train/val/test class folders "
+        f"({paths.SPLITS_DIR}) and write the dataset report ({paths.DATASET_REPORT}/index.html). "
+        "Settings: the split section of params.yaml.",
+    )
+    parser.parse_args(argv)
+    params = load_params()
+    manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
+    table = assign_splits(manifest, params.split)
+    write_splits(table)
+    sizes = table["split"].value_counts()
+    print(
+        f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
+        f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}"
+    )
+    print(f"report: {report.build_report()}")
+    return 0

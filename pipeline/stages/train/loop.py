@@ -1,0 +1,142 @@
+"""fastai's ``fine_tune`` recipe in plain PyTorch: freeze, fit the head, unfreeze, discriminative one-cycle.
+
+``fine_tune(epochs, base_lr, freeze_epochs)`` in fastai is: with the body frozen, one-cycle the head for
+``freeze_epochs`` (peak ``base_lr``, warm-up nearly the whole cycle); then unfreeze and one-cycle everything
+for ``epochs`` at half that peak, spread geometrically over the layer groups from 1/100 of it (earliest
+layers) to all of it (head). The optimizer is AdamW with fastai's betas and no weight decay on
+BatchNorm and bias terms; one-cycle also cycles Adam's beta1 between 0.95 and 0.85.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.learn.data import Batches, Normalize, augment
+from pipeline.core.learn.device import autocast, predict_logits
+from pipeline.core.learn.models import layer_groups, set_body_trainable
+from pipeline.core.progress import Progress
+
+#: after unfreezing, the earliest layer group learns at 1/LR_MULT of the head's rate
+LR_MULT = 100
+BETAS = (0.9, 0.99)  # fastai's Adam defaults
+EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The numbers of the schedule (``train`` in params.yaml)."""
+
+    lr: float
+    weight_decay: float
+    freeze_epochs: int
+    epochs: int
+    img_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One row of ``plots/train_curves.csv``."""
+
+    epoch: int
+    phase: str  # frozen (head only) or unfrozen
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float  # training part of the epoch only
+    images_per_s: float
+
+
+def one_cycle(model: nn.Module, lrs: list[float], steps: int, weight_decay: float, pct_start: float,
+              div: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW over the trainable parameters, peak ``lrs[i]`` for layer group i, and its one-cycle schedule."""
+    groups = []
+    for modules, lr in zip(layer_groups(model), lrs, strict=True):
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        weights = [p for p in params if p.ndim > 1]  # BatchNorm and bias terms (1-d) get no weight decay
+        others = [p for p in params if p.ndim <= 1]
+        for chosen, decay in ((weights, weight_decay), (others, 0.0)):
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": decay})
+    optimizer = torch.optim.AdamW(groups, betas=BETAS, eps=EPS)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=pct_start, div_factor=div,
+        final_div_factor=1e5, base_momentum=0.85, max_momentum=0.95,
+    )
+    return optimizer, scheduler
+
+
+def train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> torch.Tensor:
+    """One optimisation step; returns the loss as a device tensor (reading it would sync the GPU)."""
+    with autocast(device):
+        loss = F.cross_entropy(model(inputs), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+def geometric(low: float, high: float, n: int) -> list[float]:
+    """``n`` rates from ``low`` to ``high`` evenly spaced on a log scale (fastai's ``even_mults``)."""
+    return [low * (high / low) ** (i / (n - 1)) for i in range(n)] if n > 1 else [high]
+
+
+def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, recipe: Recipe,
+              device: torch.device, normalize: Normalize) -> list[EpochStats]:
+    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch."""
+    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    n_groups = len(layer_groups(model))
+    phases = [  # name, epochs, peak rate per layer group, warm-up share, initial divisor (fastai's values)
+        ("frozen", recipe.freeze_epochs, [recipe.lr / 10] * (n_groups - 1) + [recipe.lr], 0.99, 25.0),
+        ("unfrozen", recipe.epochs, geometric(recipe.lr / 2 / LR_MULT, recipe.lr / 2, n_groups), 0.3, 5.0),
+    ]
+    total = recipe.freeze_epochs + recipe.epochs
+    history: list[EpochStats] = []
+    for phase, epochs, lrs, pct_start, div in phases:
+        if not epochs:
+            continue
+        set_body_trainable(model, phase == "unfrozen")
+        optimizer, scheduler = one_cycle(model, lrs, epochs * len(train_batches), recipe.weight_decay, pct_start, div)
+        for _ in range(epochs):
+            desc = f"epoch {len(history) + 1}/{total} ({phase})"
+            loss, seconds, images = train_epoch(model, train_batches, optimizer, scheduler, device, normalize,
+                                                generator, recipe.img_size, desc)
+            val_loss, val_accuracy = validate(model, val_batches, device, normalize)
+            stats = EpochStats(len(history) + 1, phase, loss, val_loss, val_accuracy, seconds, images / seconds)
+            print(f"{desc}: train_loss {loss:.4f}  val_loss {val_loss:.4f}  "
+                  f"val_accuracy {val_accuracy:.3f}  ({stats.images_per_s:.0f} img/s)", flush=True)
+            history.append(stats)
+    return history
+
+
+def train_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, normalize: Normalize,
+                generator: torch.Generator, size: int, desc: str) -> tuple[float, float, int]:
+    """One pass over the augmented training batches: (mean loss, seconds, images seen)."""
+    model.train()
+    total = torch.zeros((), device=device)
+    count = 0
+    start = time.perf_counter()
+    with Progress(len(batches), desc, "batch", leave=False) as bar:
+        for step, (images, targets) in enumerate(batches, 1):
+            loss = train_step(model, normalize(augment(images, size, generator)), targets, optimizer, scheduler, device)
+            total += loss * len(targets)
+            count += len(targets)
+            if step % 20 == 0:  # reading the loss syncs the GPU: only now and then
+                bar.note(f"loss={total.item() / count:.4f}")
+            bar.update()
+    mean = total.item() / count
+    return mean, time.perf_counter() - start, count
+
+
+def validate(model: nn.Module, batches: Batches, device: torch.device,
+             normalize: Normalize) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) on un-augmented batches."""
+    logits, targets = predict_logits(model, batches, device, normalize)
+    return F.cross_entropy(logits, targets).item(), (logits.argmax(1) == targets).float().mean().item()

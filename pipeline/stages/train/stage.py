@@ -1,0 +1,144 @@
+"""The train stage's work: set up from params, fine-tune, and write the stage's files.
+
+``python -m pipeline.train`` runs it; ``python -m pipeline.lr_find`` shares its set-up so the rate it
+suggests is found on exactly the model and batches training will use.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.io import replace_dir, save_figure, write_csv, write_json
+from pipeline.core.learn.data import (
+    TRAIN_CACHE_RATIO,
+    Batches,
+    CachedBatches,
+    Classes,
+    Normalize,
+    make_batches,
+    read_classes,
+    read_split,
+)
+from pipeline.core.learn.device import pick_device, seed_everything, to_device
+from pipeline.core.learn.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelInfo,
+    build_model,
+    save_checkpoint,
+)
+from pipeline.core.machine import loader_workers
+from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.stages.train.loop import EpochStats, Recipe, fine_tune
+
+TRAIN_METRICS = paths.METRICS_DIR / "train.json"
+TRAIN_CURVES = paths.PLOTS_DIR / "train_curves.csv"
+TRAIN_REPORT = paths.REPORTS_DIR / "train"
+#: the columns dvc.yaml's train stage plots (x: epoch, y: the losses and accuracy), then extras
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "phase", "seconds", "images_per_s")
+
+
+@dataclass
+class Setup:
+    """A freshly built model on its device, and how to feed it."""
+
+    params: TrainParams
+    runtime: RuntimeParams
+    splits_dir: Path
+    device: torch.device
+    classes: Classes
+    model: nn.Module
+    normalize: Normalize
+
+    def batches(self, split: str) -> Batches:
+        """``train``: shuffled, cached larger for random crops; any other split: in order, at img_size."""
+        p, r, training = self.params, self.runtime, split == "train"
+        size = round(p.img_size * TRAIN_CACHE_RATIO) if training else p.img_size
+        return make_batches(read_split(self.splits_dir, split, self.classes), size, p.batch_size, shuffle=training,
+                            device=self.device, workers=loader_workers(r.loader_workers), cache_mb=r.cache_mb,
+                            seed=p.seed)
+
+
+def prepare(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Setup:
+    """Seed, read the classes and build ``p.arch`` with ``p.weights`` on ``runtime.device``."""
+    device = pick_device(runtime.device)
+    seed_everything(p.seed)
+    classes = read_classes(splits_dir)
+    model = to_device(build_model(p.arch, len(classes.dirnames), p.weights), device)
+    return Setup(p, runtime, splits_dir, device, classes, model, Normalize(IMAGENET_MEAN, IMAGENET_STD, device))
+
+
+@dataclass
+class Trained:
+    """A fine-tuned model (on the CPU) and what the run measured."""
+
+    model: nn.Module
+    info: ModelInfo
+    history: list[EpochStats]
+    metrics: dict
+
+
+def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Trained:
+    """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe; nothing is written."""
+    if p.freeze_epochs + p.epochs == 0:
+        raise UserError("params.yaml: train.freeze_epochs + train.epochs must be at least 1")
+    setup = prepare(p, runtime, splits_dir)
+    started = time.perf_counter()
+    train_batches, val_batches = setup.batches("train"), setup.batches("val")
+    recipe = Recipe(p.lr, p.weight_decay, p.freeze_epochs, p.epochs, p.img_size, p.seed)
+    history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize)
+    classes, last = setup.classes, history[-1]
+    info = ModelInfo(p.arch, classes.labels, classes.dirnames, p.img_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    metrics = {
+        "arch": p.arch,
+        "weights": p.weights,
+        "device": setup.device.type,
+        "data": "cached" if isinstance(train_batches, CachedBatches) else "streamed",
+        "train_images": train_batches.num_images,
+        "val_images": val_batches.num_images,
+        "epochs": len(history),
+        "train_loss": last.train_loss,
+        "val_loss": last.val_loss,
+        "val_accuracy": last.val_accuracy,
+        "train_images_per_s": round(sum(h.images_per_s for h in history) / len(history), 1),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Trained(setup.model.cpu(), info, history, metrics)
+
+
+def write_outputs(result: Trained, p: TrainParams) -> None:
+    """The stage's files: model, metrics, per-epoch curves (CSV for dvc plots, PNG for people)."""
+    save_checkpoint(paths.MODEL, result.model, result.info, extra={"train": p.model_dump(mode="json")})
+    write_json(TRAIN_METRICS, result.metrics)
+    write_csv(TRAIN_CURVES, CURVE_COLUMNS, [[getattr(h, c) for c in CURVE_COLUMNS] for h in result.history])
+    with replace_dir(TRAIN_REPORT) as folder:
+        save_figure(curves_figure(result.history), folder / "curves.png")
+
+
+def curves_figure(history: list[EpochStats]) -> Figure:
+    """Losses and validation accuracy per epoch, with the unfreeze point marked."""
+    figure = Figure(figsize=(9, 3.5))
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    epochs = [h.epoch for h in history]
+    loss_ax.plot(epochs, [h.train_loss for h in history], "o-", label="train")
+    loss_ax.plot(epochs, [h.val_loss for h in history], "o-", label="val")
+    acc_ax.plot(epochs, [h.val_accuracy for h in history], "o-", color="tab:green")
+    frozen = [h.epoch for h in history if h.phase == "frozen"]
+    for ax, title in ((loss_ax, "cross-entropy loss"), (acc_ax, "val accuracy")):
+        if frozen and len(frozen) < len(history):
+            ax.axvline(max(frozen) + 0.5, color="grey", linestyle=":", label="unfreeze")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    loss_ax.legend()
+    acc_ax.set_ylim(0, 1.02)
+    return figure
