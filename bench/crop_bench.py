@@ -49,13 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core import paths
-from pipeline.core.imaging import (  # noqa: E402
-    image_phash,
-    load_image,
-    rotation_degrees,
-    to_rgb,
-    upright,
-)
+from pipeline.core.imaging import image_phash, load_image, rotation_degrees, to_rgb, upright  # noqa: E402
 from pipeline.core.io import write_parquet  # noqa: E402
 from pipeline.core.params import CropParams  # noqa: E402
 from pipeline.mirror import drawing  # noqa: E402

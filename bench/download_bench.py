@@ -152,8 +152,9 @@ def contenders(args: argparse.Namespace, table: pd.DataFrame, info: dict, out: P
     selected = out / "selected.parquet"
     write_parquet(table, selected)
     params = yaml.safe_dump({"source": {"base_url": info["base_url"], "cvdf_url": info["cvdf_url"], "images": "flickr"},
-                             "download": {"rate": 0, "workers": args.workers, "shard_size": 1000,
-                                          "processes": args.processes}})
+                             "download": {"rate": 0},
+                             "runtime": {"connections": args.workers, "shard_size": 1000,
+                                         "download_processes": args.processes}})
 
     def ours(folder: Path) -> list[str]:
         (folder / "params.yaml").write_text(params)
@@ -174,14 +175,17 @@ def main() -> None:
                         help="images for (a); at ~18/s the full list would take minutes (0 = skip)")
     parser.add_argument("--size", default="1190x893", help="mirror image size; 1190x893 gives ~180 KB JPEGs")
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--workers", type=int, default=64, help="our download.workers (per process)")
-    parser.add_argument("--processes", type=int, default=2, help="our download.processes (shards side by side)")
-    parser.add_argument("--img2dataset", default="/work/venvs/img2dataset/bin/img2dataset",
-                        help="img2dataset 1.47 executable in its own venv ('' = skip)")
+    parser.add_argument("--workers", type=int, default=64, help="our runtime.connections (per process)")
+    parser.add_argument("--processes", type=int, default=2, help="our runtime.download_processes (sharing one rate)")
+    parser.add_argument("--img2dataset", default=shutil.which("img2dataset") or "",
+                        help="an img2dataset 1.47 executable, best in its own venv: python -m venv .i2d && "
+                             ".i2d/bin/pip install img2dataset==1.47.0, then --img2dataset .i2d/bin/img2dataset "
+                             "(default: the one on PATH; '' = skip)")
     parser.add_argument("--img2dataset-processes", type=int, default=1, help="its default; 2 was slower here")
     parser.add_argument("--img2dataset-threads", type=int, default=256, help="its default")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all contenders, interleaved")
-    parser.add_argument("--cache", default="/tmp/oip-bench", help="where the mirror's images are kept between runs")
+    parser.add_argument("--cache", default=str(REPO / "bench" / "out" / "mirror-cache"),
+                        help="where the mirror's images are kept between runs")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "download"))
     args = parser.parse_args()
 

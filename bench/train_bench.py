@@ -42,21 +42,9 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
-    from pipeline.core.learn.data import (
-        TRAIN_CACHE_RATIO,
-        Normalize,
-        augment,
-        make_batches,
-        read_classes,
-        read_split,
-    )
+    from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches, read_classes, read_split
     from pipeline.core.learn.device import pick_device, to_device
-    from pipeline.core.learn.models import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        build_model,
-        set_body_trainable,
-    )
+    from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
     from pipeline.stages.train.loop import one_cycle, train_step
 except ModuleNotFoundError as exc:  # the GPU machine's bare python3 may lack tqdm: carry the venv's copy
     sys.exit(f"{exc}: run with PYTHONPATH=.venv/lib/python3.11/site-packages and that folder's tqdm/ carried along")

@@ -14,14 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.core.errors import run_cli
-from pipeline.core.registry import (
-    Registry,
-    Version,
-    check_hash,
-    check_name,
-    install,
-    versions,
-)
+from pipeline.core.registry import Registry, Version, check_hash, check_name, install, versions
 
 
 def format_versions(found: Sequence[Version]) -> list[str]:

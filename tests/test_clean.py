@@ -16,9 +16,9 @@ from pipeline.core.errors import run_cli
 from pipeline.core.imaging import image_phash, load_image, to_rgb
 from pipeline.core.io import write_parquet
 from pipeline.core.params import CleanParams, CropParams
+from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.mirror import Mirror, drawing
 from pipeline.stages import clean, crop
-from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 
 MAX_PIXELS = 10**8
 CROP = CropParams(min_side=16, max_pixels=MAX_PIXELS)

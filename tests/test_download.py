@@ -26,17 +26,12 @@ from download_inputs import write_selection
 
 from pipeline.core.errors import run_cli
 from pipeline.core.io import read_parquet, write_parquet
+from pipeline.core.placeholder import PLACEHOLDER_MD5S
+from pipeline.core.status import KEPT_ON_DISK
 from pipeline.mirror import Mirror
 from pipeline.stages.download import shards
 from pipeline.stages.download.__main__ import main as download_main
-from pipeline.core.http import backoff_delay, parse_retry_after
-from pipeline.core.placeholder import PLACEHOLDER_MD5S
-from pipeline.core.status import KEPT_ON_DISK
-from pipeline.stages.download.verify import (
-    md5_hex_from_base64,
-    sniff_extension,
-    verify,
-)
+from pipeline.stages.download.verify import md5_hex_from_base64, sniff_extension, verify
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = Path("data/images")
@@ -353,17 +348,6 @@ def test_open_images_md5_is_base64_of_the_digest():
     hex_md5 = md5_hex_from_base64(row["OriginalMD5"])
     assert len(hex_md5) == 32 and base64.b64encode(bytes.fromhex(hex_md5)).decode() == row["OriginalMD5"]
     assert md5_hex_from_base64("not base64!") is None and md5_hex_from_base64(float("nan")) is None
-
-
-def test_retry_after_and_backoff():
-    assert parse_retry_after("1") == 1.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-    import random
-    rng = random.Random(0)
-    first = [backoff_delay(1, 1.0, 60.0, rng) for _ in range(200)]
-    assert 0.5 <= min(first) and max(first) <= 1.0 and len(set(first)) > 100  # jittered
-    assert all(30.0 <= backoff_delay(20, 1.0, 60.0, rng) <= 60.0 for _ in range(50))  # capped
 
 
 def test_a_journal_line_cut_by_a_kill_is_skipped_and_the_next_starts_clean(tmp_path):

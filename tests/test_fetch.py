@@ -87,3 +87,32 @@ def test_missing_labels_or_bad_choice_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         fetch(*argv)
     assert exc.value.code == 2
+
+
+def test_fetch_in_an_empty_folder_with_flags_only(clean_mirror, tmp_path):
+    """No params.yaml anywhere: the built-in defaults, with the mirror's URLs given as flags, as a real command."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.fetch", "Hamburger", "--source", "cvdf", "--limit", "3", "--rate", "0",
+         "--base-url", clean_mirror.base_url, "--cvdf-url", clean_mirror.cvdf_url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "params.yaml").exists()
+    manifest = read_parquet(tmp_path / "data/images/manifest.parquet")
+    assert len(manifest) == 3 and (manifest["status"] == "ok").all()
+    assert manifest["url"].str.startswith(clean_mirror.cvdf_url + "/").all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "-1"], "--limit: must be at least 0, got -1"),
+    (["--rate", "nan"], "--rate: must be a finite number"),
+    (["--base-url", "ftp://example.org/oi"], "--base-url: must be an http(s) URL"),
+    (["--base-url", "http://[::1"], "--base-url: must be an http(s) URL"),
+    (["--connections", "0"], "--connections: must be at least 1"),
+])
+def test_errors_name_the_flag_the_user_typed(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert fetch("Hamburger", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "data").exists()

@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.imaging import (
-    BadRotation,
-    ImageProblem,
-    TooLarge,
-    hamming,
-    image_phash,
-    load_image,
-    rotation_degrees,
-    to_rgb,
-    upright,
-)
+from pipeline.core.imaging import (BadRotation, ImageProblem, TooLarge, hamming, image_phash, load_image,
+                                   rotation_degrees, to_rgb, upright)
 
 PATCHES = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (20, 60, 235), "white": (255, 255, 255)}
 

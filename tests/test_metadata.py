@@ -16,13 +16,7 @@ import requests
 
 from pipeline.core import metadata_cache
 from pipeline.core.errors import PipelineFailure
-from pipeline.core.paths import (
-    BOXES_DIR,
-    CLASSES_TABLE,
-    HIERARCHY_JSON,
-    IMAGES_TABLE,
-    METADATA_RAW,
-)
+from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
 from pipeline.core.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata import convert

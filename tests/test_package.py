@@ -12,17 +12,8 @@ from urllib.request import url2pathname
 import pandas as pd
 import pytest
 import yaml
-from package_inputs import (
-    LABELS,
-    PER_SPLIT,
-    crops,
-    expected_sources,
-    image_id,
-    one_line_error,
-    photo_credits,
-    run,
-    write_inputs,
-)
+from package_inputs import (LABELS, PER_SPLIT, crops, expected_sources, image_id, one_line_error, photo_credits, run,
+                            write_inputs)
 from s3server import isolated_env
 
 from pipeline.core.io import write_parquet

@@ -12,15 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from package_inputs import crops, expected_sources, one_line_error, run, write_inputs
-from s3server import (  # noqa: F401
-    ACCESS_KEY,
-    SECRET_KEY,
-    CutProxy,
-    S3Server,
-    aws_env,
-    free_port,
-    s3_server,
-)
+from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
 
 NAME = "tests/s3-ds"
 HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC  (latest |       )(.*)$")

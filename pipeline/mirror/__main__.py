@@ -26,17 +26,33 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.mirror",
+        description="Serve a small, deterministic Open Images (metadata of v4..v7 in the real formats, Flickr-like "
+                    "originals with injected faults, CVDF-like resized copies) on 127.0.0.1 until killed. Prints "
+                    "its URLs, then one JSON line with the same; writes ROOT/mirror.json and ROOT/truth.parquet.",
+        epilog="Point the pipeline at it with source.base_url and source.cvdf_url in params.yaml, or with "
+               "python -m pipeline.fetch ... --base-url URL --cvdf-url URL.",
+    )
+    parser.add_argument("--root", required=True, metavar="DIR",
+                        help="folder for the generated images (re-used when the arguments match)")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free port)")
+    parser.add_argument("--labels", nargs="+", default=["Hamburger", "Sandwich"], metavar="LABEL",
+                        help="display names or MIDs to draw (default: Hamburger Sandwich)")
+    parser.add_argument("--images-per-label", type=int, default=12, metavar="N",
+                        help="photos drawn per label (default 12)")
+    parser.add_argument("--size", type=_size, default=(320, 240), metavar="WxH",
+                        help="size of the originals (default 320x240)")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="S",
+                        help="seconds added to every request (default 0)")
+    parser.add_argument("--no-faults", action="store_true", help="serve only clean images (no 404s, placeholders...)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawings and faults (default 0)")
+    return parser
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.mirror", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="folder for the generated images (re-used when the arguments match)")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
-    parser.add_argument("--labels", nargs="+", default=["Hamburger", "Sandwich"], help="display names or MIDs")
-    parser.add_argument("--images-per-label", type=int, default=12)
-    parser.add_argument("--size", type=_size, default=(320, 240), help="original size WIDTHxHEIGHT (default 320x240)")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
-    parser.add_argument("--no-faults", action="store_true", help="serve only clean images")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,14 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.sources import LAYOUTS
-from pipeline.mirror.dataset import (
-    FAULTS,
-    FIXTURES,
-    UPRIGHT,
-    BoxRecord,
-    ImageRecord,
-    display_names,
-)
+from pipeline.mirror.dataset import FAULTS, FIXTURES, UPRIGHT, BoxRecord, ImageRecord, display_names
 
 BOX_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
                "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]

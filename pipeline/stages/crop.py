@@ -42,14 +42,7 @@ from PIL import Image
 
 from pipeline.core import paths
 from pipeline.core.errors import PipelineFailure, UserError, run_cli
-from pipeline.core.imaging import (
-    ImageProblem,
-    image_phash,
-    load_image,
-    rotation_degrees,
-    to_rgb,
-    upright,
-)
+from pipeline.core.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.io import read_parquet, replace_dir, write_parquet
 from pipeline.core.machine import die_with_parent, processes
 from pipeline.core.params import CropParams, load_params

@@ -44,13 +44,7 @@ from pipeline.core.io import write_parquet
 from pipeline.core.labels import ClassList, Hierarchy, assign
 from pipeline.core.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
 from pipeline.core.params import SelectParams, load_params
-from pipeline.core.paths import (
-    BOXES_DIR,
-    CLASSES_TABLE,
-    HIERARCHY_JSON,
-    IMAGES_TABLE,
-    SELECTED,
-)
+from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
 IMAGE_COLUMNS = ["OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title",
                  "OriginalSize", "OriginalMD5", "Rotation"]

@@ -18,10 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(source.images, source.cvdf_url, download.*). Safe to interrupt: a re-run fetches only "
                     "what is missing.",
     ).parse_args(argv)
-    from pipeline.stages.download.stage import (  # late: --help stays fast
-        download,
-        summary_table,
-    )
+    from pipeline.stages.download.stage import download, summary_table  # late: --help stays fast
 
     manifest = download(load_params())
     print(summary_table(manifest))

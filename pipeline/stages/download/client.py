@@ -15,18 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from pipeline.core.http import (
-    FINAL_STATUSES,
-    MAX_REDIRECTS,
-    USER_AGENT,
-    Attempts,
-    GiveUp,
-    HttpPolicy,
-    ProgressGuard,
-    TooSlow,
-    is_retryable,
-    parse_retry_after,
-)
+from pipeline.core.http import (FINAL_STATUSES, MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard,
+                                TooSlow, is_retryable, parse_retry_after)
 from pipeline.core.safe import is_http_url
 from pipeline.core.status import Download
 from pipeline.stages.download.ratelimit import RateLimiter

@@ -26,13 +26,7 @@ from pipeline.core.safe import is_image_id
 from pipeline.core.sources import SUBSETS, join_url
 from pipeline.stages.download import shards
 from pipeline.stages.download.ratelimit import RateLimiter, SharedBoard
-from pipeline.stages.download.runner import (
-    Record,
-    ShardSettings,
-    init_worker,
-    run_shard,
-    run_shard_in_worker,
-)
+from pipeline.stages.download.runner import Record, ShardSettings, init_worker, run_shard, run_shard_in_worker
 from pipeline.stages.download.shards import Image
 from pipeline.stages.download.writer import JournalTail
 

@@ -24,14 +24,7 @@ from pipeline.core.http import HttpPolicy
 from pipeline.core.io import atomic_path, write_parquet
 from pipeline.core.labels import ClassList
 from pipeline.core.params import Params, load_params
-from pipeline.core.paths import (
-    BOXES_DIR,
-    CLASSES_TABLE,
-    HIERARCHY_JSON,
-    IMAGES_TABLE,
-    METADATA_RAW,
-    METADATA_STAMP,
-)
+from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW, METADATA_STAMP
 from pipeline.core.safe import public_url
 from pipeline.core.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert

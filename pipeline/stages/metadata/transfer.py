@@ -25,17 +25,8 @@ import requests
 import urllib3
 
 from pipeline.core.errors import PipelineFailure
-from pipeline.core.http import (
-    MAX_REDIRECTS,
-    USER_AGENT,
-    Attempts,
-    GiveUp,
-    HttpPolicy,
-    ProgressGuard,
-    TooSlow,
-    is_retryable,
-    parse_retry_after,
-)
+from pipeline.core.http import (MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
+                                is_retryable, parse_retry_after)
 from pipeline.core.progress import Progress
 from pipeline.core.safe import is_http_url, public_url, require_http_url
 
@@ -203,13 +194,12 @@ def _stream(response: requests.Response, part: Path, offset: int, total: int | N
                                                             enabled=progress) as bar:
         fh.truncate(offset)
         fh.seek(offset)
-        chunks = response.raw.stream(CHUNK, decode_content=False)
         while True:
-            try:
-                chunk = next(chunks, None)
+            try:  # read1: whatever has arrived (up to CHUNK), so a slow body is judged as it comes
+                chunk = response.raw.read1(CHUNK, decode_content=False)
             except _BODY_ERRORS as exc:
                 raise _Retry(f"connection broke after {size:,} bytes ({type(exc).__name__})") from None
-            if chunk is None:
+            if not chunk:
                 break
             size += len(chunk)
             if size > policy.max_bytes:

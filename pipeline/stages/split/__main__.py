@@ -4,4 +4,5 @@ import sys
 from pipeline.core.errors import run_cli
 from pipeline.stages.split.stage import main
 
-sys.exit(run_cli(main))
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -17,24 +17,10 @@ from torch import nn
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.io import replace_dir, save_figure, write_csv, write_json
-from pipeline.core.learn.data import (
-    TRAIN_CACHE_RATIO,
-    Batches,
-    CachedBatches,
-    Classes,
-    Normalize,
-    make_batches,
-    read_classes,
-    read_split,
-)
+from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, make_batches,
+                                      read_classes, read_split)
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
-from pipeline.core.learn.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ModelInfo,
-    build_model,
-    save_checkpoint,
-)
+from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
 from pipeline.core.machine import loader_workers
 from pipeline.core.params import RuntimeParams, TrainParams
 from pipeline.stages.train.loop import EpochStats, Recipe, fine_tune

@@ -1,0 +1,188 @@
+"""The one HTTP policy (pipeline.core.http), and both clients following it against a real server on 127.0.0.1:
+the same statuses retried, Retry-After in both forms, one user agent, a total deadline and a minimum-progress
+rule that stops a server dripping bytes."""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from pipeline.core.errors import PipelineFailure
+from pipeline.core.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
+                                backoff_delay, parse_retry_after)
+from pipeline.stages.download.client import Fetcher
+from pipeline.stages.download.ratelimit import RateLimiter
+from pipeline.stages.metadata.transfer import fetch
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_after_in_seconds_and_as_an_http_date() -> None:
+    assert parse_retry_after("1") == 1.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412500.0) == 0.0  # already past
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("") is None
+
+
+def test_backoff_doubles_with_equal_jitter_and_a_cap() -> None:
+    rng = random.Random(0)
+    first = [backoff_delay(1, 1.0, 60.0, rng) for _ in range(200)]
+    assert 0.5 <= min(first) and max(first) <= 1.0 and len(set(first)) > 100  # jittered
+    assert all(2.0 <= backoff_delay(3, 1.0, 60.0, rng) <= 4.0 for _ in range(50))  # doubled twice
+    assert all(30.0 <= backoff_delay(20, 1.0, 60.0, rng) <= 60.0 for _ in range(50))  # capped
+
+
+def test_attempts_count_failures_honour_retry_after_and_stop_at_the_deadline() -> None:
+    clock = FakeClock()
+    tries = Attempts(HttpPolicy(retries=2, backoff=1.0, max_backoff=10.0, deadline=30.0), random.Random(0), clock)
+    tries.start()
+    assert tries.failed("HTTP 503", retry_after=5.0) == 5.0  # the server's wish beats a shorter backoff
+    assert tries.failed("reset", progressed=True) == 0.0     # a resumable body grew: at once, not counted
+    tries.failed("reset")
+    tries.failed("reset")
+    with pytest.raises(GiveUp, match="gave up after 1 attempts"):
+        tries.failed("reset")                                # the third failure in a row
+    tries = Attempts(HttpPolicy(max_backoff=10.0), random.Random(0), clock)
+    with pytest.raises(GiveUp, match="asks to wait 120 s"):
+        tries.failed("HTTP 429", retry_after=120.0)
+    tries = Attempts(HttpPolicy(deadline=30.0), random.Random(0), clock)
+    clock.now += 31.0
+    with pytest.raises(GiveUp, match="30 s deadline"):
+        tries.start()
+
+
+def test_the_minimum_progress_rule_cuts_a_drip_but_not_a_burst_of_silence() -> None:
+    clock = FakeClock()
+    guard = ProgressGuard(HttpPolicy(min_speed=1000.0, stall_window=10.0), clock)
+    for _ in range(9):  # 1 byte a second for nine seconds: judged only once the window is full
+        clock.now += 1.0
+        guard.feed(1)
+    clock.now += 1.0
+    with pytest.raises(TooSlow, match="under runtime.min_speed=1000"):
+        guard.feed(1)
+    guard = ProgressGuard(HttpPolicy(min_speed=1000.0, stall_window=10.0), clock)
+    clock.now += 10.0
+    guard.feed(50_000)  # a quiet start, then the bytes: 5 kB/s over the window is fine
+    clock.now += 10.0
+    guard.feed(20_000)
+
+
+class Hostile:
+    """A tiny server on 127.0.0.1 with a script per path, recording each request's user agent."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.agents: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.hits[path] = n = self.hits.get(path, 0) + 1
+        self.agents.append(request.headers.get("User-Agent", ""))
+        status = int(path.split("/")[2]) if path.startswith("/status/") else 200
+        if path.startswith("/status/") and n == 1:  # the first answer is the status, the next is the file
+            headers = {"Retry-After": "0"} if status in (429, 503) else {}
+            return web.Response(status=status, headers=headers)
+        if path == "/date-retry" and n == 1:
+            return web.Response(status=503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
+        if path == "/drip":
+            response = web.StreamResponse(headers={"Content-Length": "100000"})
+            await response.prepare(request)
+            for _ in range(100):
+                await response.write(b"x")
+                await asyncio.sleep(0.05)
+            return response
+        return web.Response(body=b"\xff\xd8\xff" + b"data" * 100)
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    server = Hostile()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    server.ready.wait(10)
+    yield server
+    server.loop.call_soon_threadsafe(server.loop.stop)
+    thread.join(10)
+
+
+QUICK = HttpPolicy(retries=3, backoff=0.01, max_backoff=1.0, read_timeout=5.0, deadline=20.0)
+
+
+def image(url: str, policy: HttpPolicy = QUICK):
+    async def go():
+        async with Fetcher.open_session(policy, 4) as session:
+            return await Fetcher(session, RateLimiter(0), policy).fetch(url)
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
+def test_both_clients_retry_the_same_statuses_and_send_one_user_agent(hostile: Hostile, tmp_path: Path,
+                                                                      status: int) -> None:
+    got = image(hostile.url(f"/status/{status}/image"))
+    assert got.status == "" and got.attempts == 2 and got.body.startswith(b"\xff\xd8\xff")
+    result = fetch(hostile.url(f"/status/{status}/file"), tmp_path / "file", QUICK, progress=False)
+    assert result.attempts == 2 and (tmp_path / "file").read_bytes().startswith(b"\xff\xd8\xff")
+    assert set(hostile.agents[-4:]) == {USER_AGENT}
+
+
+def test_a_status_outside_the_policy_is_not_retried_by_either_client(hostile: Hostile, tmp_path: Path) -> None:
+    got = image(hostile.url("/status/501/image"))
+    assert got.status == "failed" and got.attempts == 1
+    with pytest.raises(PipelineFailure, match="HTTP 501"):
+        fetch(hostile.url("/status/501/file"), tmp_path / "file", QUICK, progress=False)
+
+
+def test_retry_after_as_a_date_in_the_past_means_now(hostile: Hostile, tmp_path: Path) -> None:
+    result = fetch(hostile.url("/date-retry"), tmp_path / "file", QUICK, progress=False)
+    assert result.attempts == 2
+
+
+def test_a_dripping_server_is_cut_by_both_clients(hostile: Hostile, tmp_path: Path) -> None:
+    policy = HttpPolicy(retries=1, backoff=0.01, max_backoff=1.0, read_timeout=5.0, min_speed=1000.0,
+                        stall_window=0.5, deadline=60.0)
+    started = time.monotonic()
+    got = image(hostile.url("/drip"), policy)
+    assert got.status == "failed" and "min_speed" in got.reason and got.attempts == 2
+    with pytest.raises(PipelineFailure, match="min_speed"):
+        fetch(hostile.url("/drip"), tmp_path / "drip.csv", policy, progress=False)
+    assert not (tmp_path / "drip.csv").exists()
+    assert time.monotonic() - started < 50  # four cut attempts, not four 5-second bodies (a generous bound)
+
+
+def test_the_deadline_ends_a_transfer_that_keeps_being_cut(hostile: Hostile, tmp_path: Path) -> None:
+    policy = HttpPolicy(retries=100, backoff=0.01, max_backoff=0.05, read_timeout=5.0, min_speed=1000.0,
+                        stall_window=0.3, deadline=1.0)
+    got = image(hostile.url("/drip"), policy)
+    assert got.status == "failed" and "deadline" in got.reason
+    with pytest.raises(PipelineFailure, match="deadline"):
+        fetch(hostile.url("/drip"), tmp_path / "drip.csv", policy, progress=False)
