@@ -121,9 +121,6 @@ class Attempts:
     def remaining(self) -> float:
         return self.policy.deadline - (self.clock() - self.started)
 
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
     def failed(self, reason: str, retry_after: float | None = None, progressed: bool = False) -> float:
         """Seconds to wait before the next attempt after a transient failure; :class:`GiveUp` when there is
         none. An attempt that ``progressed`` (a resumable body grew) resumes at once and is not counted."""

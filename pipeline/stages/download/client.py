@@ -34,11 +34,10 @@ class Fetched:
     final_url: str
     body: bytes | None
     attempts: int
-    seconds: float
 
 
 def _answer(status: str, reason: str, http_status: int, final_url: str, body: bytes | None = None) -> Fetched:
-    return Fetched(status, reason, http_status, final_url, body, attempts=0, seconds=0.0)
+    return Fetched(status, reason, http_status, final_url, body, attempts=0)
 
 
 class _Retryable(Exception):
@@ -74,7 +73,7 @@ class Fetcher:
             try:
                 tries.start()
                 result = await self._attempt(url, tries)
-                return dataclasses.replace(result, attempts=tries.attempts, seconds=tries.elapsed())
+                return dataclasses.replace(result, attempts=tries.attempts)
             except _Retryable as exc:
                 failure = exc
             except GiveUp as stop:
@@ -85,10 +84,10 @@ class Fetcher:
             except GiveUp as stop:
                 reason = str(stop)
                 break
-        return Fetched(Download.FAILED, reason, failure.http_status, url, None, tries.attempts, tries.elapsed())
+        return Fetched(Download.FAILED, reason, failure.http_status, url, None, tries.attempts)
 
     async def _attempt(self, url: str, tries: Attempts) -> Fetched:
-        """One GET (``attempts``/``seconds`` left for :meth:`fetch` to fill), or raise :class:`_Retryable`."""
+        """One GET (``attempts`` left for :meth:`fetch` to fill), or raise :class:`_Retryable`."""
         await self.limiter.wait()
         timeout = aiohttp.ClientTimeout(total=max(tries.remaining(), 0.001), sock_connect=self.policy.connect_timeout,
                                         sock_read=self.policy.read_timeout)

@@ -101,7 +101,7 @@ async def _download(rows: Sequence[Image], settings: ShardSettings, images_dir: 
 async def _one_image(row: Image, fetcher: Fetcher, images_dir: Path) -> Record:
     if not is_http_url(row.url):
         await asyncio.to_thread(write_image, images_dir, row.ImageID, None, None)
-        return _record(row, Fetched(Download.BAD_URL, "not an http(s) URL", 0, "", None, 0, 0.0), None)
+        return _record(row, Fetched(Download.BAD_URL, "not an http(s) URL", 0, "", None, 0), None)
     fetched = await fetcher.fetch(row.url)
     verdict = await asyncio.to_thread(_settle, row, fetched, images_dir)
     return _record(row, fetched, verdict)
@@ -131,5 +131,4 @@ def _record(row: Image, fetched: Fetched, verdict: Verdict | None) -> Record:
         "bytes": len(body) if body is not None else 0,
         "md5": verdict.md5 if verdict else "",
         "attempts": fetched.attempts,
-        "seconds": round(fetched.seconds, 4),
     }

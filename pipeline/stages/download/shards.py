@@ -31,7 +31,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("ImageID", pa.large_string()), ("Subset", pa.large_string()), ("status", pa.large_string()),
     ("reason", pa.large_string()), ("http_status", pa.int64()), ("url", pa.large_string()),
     ("final_url", pa.large_string()), ("path", pa.large_string()), ("bytes", pa.int64()),
-    ("md5", pa.large_string()), ("attempts", pa.int64()), ("seconds", pa.float64()),
+    ("md5", pa.large_string()), ("attempts", pa.int64()),
 ])
 _PART = re.compile(r"^part-(\d{5,})\.(parquet|jsonl)$")
 
