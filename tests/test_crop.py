@@ -154,8 +154,14 @@ def test_no_boxes_and_broken_inputs(mirror: Mirror, tmp_path: Path) -> None:
     assert (tmp_path / paths.CROPS_MANIFEST).exists()
     with pytest.raises(UserError, match="lacks column"):
         crop.crop_all(boxes.drop(columns="Rotation"), downloads, CropParams(), crops_dir=tmp_path / "x")
-    with pytest.raises(UserError, match="not an Open Images ImageID"):
-        crop.crop_all(boxes.assign(ImageID="../../etc/passwd"), downloads, CropParams(), crops_dir=tmp_path / "x")
+    # one path-like ImageID in a doctored selection costs its own row, never the dataset
+    hostile = boxes.copy()
+    hostile.loc[hostile.index[0], "ImageID"] = "../../etc/passwd"
+    mixed = crop.crop_all(hostile, downloads, CropParams(), crops_dir=tmp_path / "x",
+                          images_dir=tmp_path / paths.IMAGES_DIR)
+    bad = mixed[mixed["ImageID"] == "../../etc/passwd"]
+    assert len(bad) == 1 and bad["status"].iat[0] == "not_downloaded" and "16 hex digits" in bad["reason"].iat[0]
+    assert (mixed["status"] == "ok").sum() > 0 and not list((tmp_path / "x").rglob("passwd*"))
     doctored = downloads.assign(path="../../selected.parquet")  # a manifest must not point outside data/images
     outside = crop.crop_all(boxes, doctored, CropParams(), images_dir=tmp_path / paths.IMAGES_DIR,
                             crops_dir=tmp_path / "x")

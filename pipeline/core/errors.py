@@ -1,7 +1,8 @@
 """Errors a user can fix, and the one place that turns them into a one-line message.
 
 Every command's ``main()`` is wrapped by :func:`run_cli`, so a bad label, a bad params key or an
-unreachable server ends in a single clear line and a meaningful exit code instead of a traceback.
+unreachable server ends in a single clear line and a meaningful exit code instead of a traceback. The line
+is the last guard for secrets too: any URL credential in it is blanked before it is printed.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except (UserError, PipelineFailure) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from pipeline.core.safe import scrub  # late: safe imports this module
+
+        print(f"error: {' '.join(scrub(str(exc)).split())}", file=sys.stderr)  # one line, no credentials
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -86,12 +86,30 @@ def read_parquet(path: str | Path, what: str = "input") -> pd.DataFrame:
     return read_table(path, what).to_pandas()
 
 
-def read_table(path: str | Path, what: str = "input") -> pa.Table:
+def read_table(path: str | Path, what: str = "input", columns: list[str] | None = None) -> pa.Table:
     """:func:`read_parquet` as an Arrow table, for stages that start fast by never importing pandas."""
+    with _readable(path, what):
+        return pq.read_table(path, columns=columns)
+
+
+def open_parquet(path: str | Path, what: str = "input", **options: Any) -> pq.ParquetFile:
+    """A :class:`pyarrow.parquet.ParquetFile` to read in parts, with :func:`read_table`'s one-line errors."""
+    with _readable(path, what):
+        return pq.ParquetFile(path, **options)
+
+
+@contextmanager
+def _readable(path: str | Path, what: str) -> Iterator[None]:
+    """A missing, empty or damaged file between stages is one line naming the file and what makes it."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found: run the stage that writes the {what} first (see dvc.yaml)")
-    return pq.read_table(path)
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable Parquet file ({reason}): run the stage that writes the "
+                        f"{what} again (see dvc.yaml)") from None
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -122,9 +140,10 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # half-built folders of a killed run (any pid) would otherwise stay forever: DVC runs one stage at a time
+    # half-built folders of a killed run would otherwise stay forever; a live run's are its own business
     for leftover in [*path.parent.glob(f".{path.name}.*.new"), *path.parent.glob(f".{path.name}.*.old")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        if not _alive(leftover.name.rsplit(".", 2)[-2]):
+            shutil.rmtree(leftover, ignore_errors=True)
     new = path.with_name(f".{path.name}.{os.getpid()}.new")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
     new.mkdir()
@@ -137,3 +156,16 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    """Is ``pid`` (as written into a temporary name) a running process other than this one?"""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -21,7 +21,8 @@ import difflib
 import json
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +48,12 @@ class ClassList:
     @classmethod
     def load(cls, path: Path) -> ClassList:
         """Read ``classes.parquet`` as written by the metadata stage."""
-        import pyarrow.parquet as pq
+        from pipeline.core.io import open_parquet
 
         if not path.exists():
             raise UserError(f"{path} not found: run `python -m pipeline.stages.metadata` first")
-        table = pq.ParquetFile(path).read(columns=["LabelName", "DisplayName"])  # read_table costs 0.3 s of imports
+        with _readable(path):
+            table = open_parquet(path, "class list (metadata stage)").read(columns=["LabelName", "DisplayName"])
         return cls.from_pairs(zip(table.column(0).to_pylist(), table.column(1).to_pylist()), str(path))
 
     def resolve(self, label: str) -> str:
@@ -95,19 +97,26 @@ class Hierarchy:
     def from_tree(cls, tree: dict) -> Hierarchy:
         children: dict[str, list[str]] = {}
         stack = [tree]
-        while stack:
+        while stack:  # iterative: a hostile tree thousands of levels deep cannot overflow the stack here
             node = stack.pop()
-            subs = [n for n in node.get("Subcategory", []) if isinstance(n, dict) and "LabelName" in n]
+            subs = _nodes(node.get("Subcategory"))
             known = children.setdefault(node["LabelName"], [])
             known += [n["LabelName"] for n in subs if n["LabelName"] not in known]
-            stack += subs + [n for n in node.get("Part", []) if isinstance(n, dict) and "LabelName" in n]
+            stack += subs + _nodes(node.get("Part"))
         return cls({mid: tuple(kids) for mid, kids in children.items()})
 
     @classmethod
     def load(cls, path: Path) -> Hierarchy:
         if not path.exists():
             raise UserError(f"{path} not found: run `python -m pipeline.stages.metadata` first")
-        return cls.from_tree(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise UserError(f"{path}: not a readable hierarchy ({type(exc).__name__}): run the metadata stage "
+                            "again") from None
+        if not isinstance(tree, dict) or not isinstance(tree.get("LabelName"), str):
+            raise UserError(f"{path}: the hierarchy's root has no LabelName: run the metadata stage again")
+        return cls.from_tree(tree)
 
     def descendants(self, mid: str) -> dict[str, int]:
         """``mid`` and every subclass below it, each with its distance in Subcategory steps (``mid``: 0)."""
@@ -120,6 +129,23 @@ class Hierarchy:
                     distance[child] = distance[parent] + 1
                     queue.append(child)
         return distance
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Reading a column that is not there is as unreadable as a damaged file."""
+    try:
+        yield
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path}: not the class list the metadata stage writes ({exc}): run it again") from None
+
+
+def _nodes(value: object) -> list[dict]:
+    """The child nodes in a ``Subcategory`` or ``Part`` value: a list of ``{"LabelName": str, ...}``; anything
+    else (a string, a number, a node without a name) contributes nothing."""
+    if not isinstance(value, list):
+        return []
+    return [n for n in value if isinstance(n, dict) and isinstance(n.get("LabelName"), str)]
 
 
 def assign(requested: Sequence[str], hierarchy: Hierarchy | None) -> dict[str, str]:

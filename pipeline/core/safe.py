@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pipeline.core.errors import UserError
 
-_IMAGE_ID = re.compile(r"^[0-9a-f]{16}$")
+#: Open Images ImageIDs: 16 lower-case hex digits (also used by pyarrow, whose regexes are RE2)
+IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 #: quilt3's own rule for package names (quilt3.util.PACKAGE_NAME_FORMAT), with a length we can print
@@ -94,6 +96,17 @@ def public_url(url: object) -> str:
         if any(_SECRET_QUERY.match(key) for key, _ in pairs):
             query = urlencode([(key, "***" if _SECRET_QUERY.match(key) else value) for key, value in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_CREDENTIALS_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]*@")
+_TOKENS_IN_TEXT = re.compile(r"(?i)([?&](?:x-amz-(?:signature|credential|security-token)|signature|sig|token|"
+                             r"access_token|api[_-]?key|key|password|passwd|secret|auth)=)[^&\s'\"]+")
+
+
+def scrub(text: str) -> str:
+    """Free text (an error message, a reason from a library) with any URL credential blanked out: the
+    ``user:password@`` of a URL and the values of credential query parameters become ``***``."""
+    return _TOKENS_IN_TEXT.sub(r"\1***", _CREDENTIALS_IN_TEXT.sub(r"\1***@", text))
 
 
 def join_inside(base: Path, relative: object) -> Path | None:

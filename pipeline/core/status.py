@@ -20,7 +20,6 @@ class Download(StrEnum):
     TOO_LARGE = "too_large"       # over download.max_bytes
     NOT_IMAGE = "not_image"
     BAD_URL = "bad_url"           # not http(s), or redirected to such a URL
-    BAD_ID = "bad_id"             # the ImageID is not 16 hex digits: it cannot name a file
     FAILED = "failed"             # retries or the deadline ran out on something transient
 
 

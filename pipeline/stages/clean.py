@@ -48,6 +48,7 @@ from pipeline.core.errors import UserError, run_cli
 from pipeline.core.groups import connected_groups
 from pipeline.core.imaging import ImageProblem, hamming, load_image
 from pipeline.core.io import read_parquet, write_parquet
+from pipeline.core.locks import stage_lock
 from pipeline.core.params import CleanParams, CropParams, load_params
 from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.core.progress import Progress
@@ -227,10 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     params = load_params()
-    crops = read_parquet(paths.CROPS_MANIFEST, "crop manifest (crop stage)")
-    downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-    manifest = clean(crops, downloads, params.clean, params.crop)
-    write_parquet(manifest, paths.CLEAN_MANIFEST)
+    with stage_lock("clean"):
+        crops = read_parquet(paths.CROPS_MANIFEST, "crop manifest (crop stage)")
+        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+        manifest = clean(crops, downloads, params.clean, params.crop)
+        write_parquet(manifest, paths.CLEAN_MANIFEST)
     rejected = manifest.loc[~manifest["keep"], "reject_reason"].value_counts()
     print(f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept in {paths.CLEAN_MANIFEST}"
           + "".join(f"; {n} {reason}" for reason, n in rejected.items()))

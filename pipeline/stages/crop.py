@@ -30,6 +30,7 @@ import argparse
 import io
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +45,7 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineFailure, UserError, run_cli
 from pipeline.core.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.locks import stage_lock
 from pipeline.core.machine import die_with_parent, processes
 from pipeline.core.params import CropParams, load_params
 from pipeline.core.progress import Progress
@@ -132,6 +134,8 @@ def _read(path: str) -> bytes:
 
 
 def _cut(image: Image.Image, box: BoxTask, degrees: int, params: CropParams) -> BoxResult:
+    if not all(math.isfinite(v) for v in (box.xmin, box.xmax, box.ymin, box.ymax)):
+        return BoxResult(Crop.BAD_BOX, "box coordinates are not finite numbers", 0, 0)
     left, top, right, bottom = pixel_box(image.size, box.xmin, box.xmax, box.ymin, box.ymax, params.padding)
     width, height = right - left, bottom - top
     if min(width, height) < params.min_side:
@@ -200,9 +204,6 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.D
     missing = [c for c in BOX_COLUMNS if c not in boxes.columns]
     if missing:
         raise UserError(f"{paths.SELECTED} lacks column(s) {', '.join(missing)}: re-run the select stage")
-    bad = boxes.loc[~boxes["ImageID"].map(is_image_id), "ImageID"]
-    if len(bad):
-        raise UserError(f"{paths.SELECTED}: {bad.iloc[0]!r} is not an Open Images ImageID (16 hex digits)")
     lacking = [c for c in ("ImageID", "status", "path") if c not in downloads.columns]
     if lacking:
         raise UserError(f"{paths.IMAGES_MANIFEST} lacks column(s) {', '.join(lacking)}: re-run the download stage")
@@ -211,7 +212,8 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.D
     status = rows["ImageID"].map(got["status"]).fillna("")
     reason = rows["ImageID"].map(got["reason"]) if "reason" in got else pd.Series("", index=rows.index)
     source = rows["ImageID"].map(got["path"].map(lambda rel: _existing(images_dir, rel))).fillna("")
-    kept = status.isin(KEPT_ON_DISK)
+    valid_id = rows["ImageID"].map(is_image_id).astype(bool)
+    kept = status.isin(KEPT_ON_DISK) & valid_id
     rows = rows.assign(
         download_status=status,
         crop_path="", width=0, height=0, status=Crop.NOT_DOWNLOADED, image_phash="",
@@ -219,6 +221,9 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.D
         reason=[_not_downloaded_reason(s, r, src) for s, r, src in zip(status, reason.fillna(""), source)],
     )
     rows.loc[rows["source"] != "", ["status", "reason"]] = ["", ""]
+    if not valid_id.all():  # a doctored selection: those rows are skipped, the others cropped
+        rows.loc[~valid_id, "reason"] = "ImageID is not 16 hex digits (it cannot name a file): skipped"
+        print(f"warning: skipped {int((~valid_id).sum())} box(es) whose ImageID is not 16 hex digits", file=sys.stderr)
     return rows
 
 
@@ -291,9 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {"runtime.crop_processes": "--processes"}
     params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
                          flags=flags)
-    boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
-    downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-    manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes))
+    with stage_lock("crop"):
+        boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
+        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+        manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes))
     counts = manifest["status"].value_counts()
     print(f"{counts.get('ok', 0)} crops written to {paths.CROPS_DIR}; "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if s != "ok"))

@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.core.errors import UserError, run_cli
-from pipeline.core.io import write_parquet
+from pipeline.core.io import open_parquet, write_parquet
 from pipeline.core.labels import ClassList, Hierarchy, assign
+from pipeline.core.locks import locked
 from pipeline.core.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
 from pipeline.core.params import SelectParams, load_params
+from pipeline.core.safe import IMAGE_ID_PATTERN
 from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
 IMAGE_COLUMNS = ["OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title",
@@ -118,7 +119,8 @@ def read_boxes(boxes_dir: Path, claims: dict[str, str], mids: Sequence[str]) -> 
     for code, box_mid in enumerate(box_mids):
         folder = partition_dir(boxes_dir, box_mid)
         for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            table = pq.ParquetFile(path, memory_map=True).read(columns=BOX_COLUMNS, use_threads=True)
+            table = open_parquet(path, "box cache (metadata stage)", memory_map=True).read(
+                columns=BOX_COLUMNS, use_threads=True)
             tables.append(table)
             labels.append(np.full(table.num_rows, mids.index(claims[box_mid]), dtype=np.int32))
             boxes.append(np.full(table.num_rows, code, dtype=np.int32))
@@ -131,6 +133,19 @@ def read_boxes(boxes_dir: Path, claims: dict[str, str], mids: Sequence[str]) -> 
 def _empty_boxes() -> pa.Table:
     return pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f
                       for f in BOX_SCHEMA]).empty_table().select(BOX_COLUMNS)
+
+
+def usable_rows(table: pa.Table) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows later stages can use, and how many were not, by reason: the metadata comes from the internet, and
+    an ImageID names a file, a box's coordinates make a crop (NaN or infinity in either would not)."""
+    valid_id = pc.fill_null(pc.match_substring_regex(table.column("ImageID"), IMAGE_ID_PATTERN), False)
+    keep = _numpy(pc.cast(valid_id, pa.int8())).astype(bool)
+    bad = {"ImageID is not 16 hex digits": int((~keep).sum())}
+    finite = np.ones(table.num_rows, dtype=bool)
+    for column in ("XMin", "XMax", "YMin", "YMax"):
+        finite &= np.isfinite(_numpy(pc.fill_null(table.column(column), np.float32("nan"))))
+    bad["coordinates are not finite numbers"] = int((keep & ~finite).sum())
+    return keep & finite, {reason: n for reason, n in bad.items() if n}
 
 
 def keep_mask(table: pa.Table, options: SelectParams) -> np.ndarray:
@@ -175,7 +190,7 @@ def read_images(path: Path, image_ids: pa.ChunkedArray | pa.Array) -> pa.Table:
     columns = ["ImageID", *IMAGE_COLUMNS]
     # License has a handful of values: reading it as dictionary codes skips decoding 1.7 M strings;
     # memory-mapping saves copying the file through read() (0.5 s of system time here)
-    table_file = pq.ParquetFile(path, read_dictionary=["License"], memory_map=True)
+    table_file = open_parquet(path, "image table (metadata stage)", read_dictionary=["License"], memory_map=True)
     batches = [batch.filter(pc.is_in(batch.column(0), value_set=wanted))
                for batch in table_file.iter_batches(batch_size=1 << 16, columns=columns)]
     images = pa.Table.from_batches(batches) if batches else table_file.schema_arrow.empty_table().select(columns)
@@ -196,6 +211,7 @@ def assemble(boxes: Boxes, mids: Sequence[str], names: dict[str, str], images: p
     return table.select(OUTPUT_COLUMNS)
 
 
+@locked("select")
 def select(labels: Sequence[str], options: SelectParams, out: Path = SELECTED) -> list[LabelCounts]:
     """Write ``out`` for ``labels`` and return the per-label counts."""
     classes = ClassList.load(CLASSES_TABLE)
@@ -210,7 +226,10 @@ def select(labels: Sequence[str], options: SelectParams, out: Path = SELECTED) -
         counts[mids.index(claims[box_mid])].found += int(n)
         if n and box_mid not in mids:
             counts[mids.index(claims[box_mid])].subclasses[classes.names.get(box_mid, box_mid)] = int(n)
-    boxes = boxes.take(np.flatnonzero(keep_mask(boxes.table, options)))
+    usable, bad = usable_rows(boxes.table)
+    for reason, n in bad.items():
+        print(f"warning: skipped {n:,} box(es) whose {reason}", file=sys.stderr)
+    boxes = boxes.take(np.flatnonzero(usable & keep_mask(boxes.table, options)))
     boxes = boxes.take(canonical_order(boxes))
     for code, n in enumerate(np.bincount(boxes.label, minlength=len(mids))):
         counts[code].kept = int(n)

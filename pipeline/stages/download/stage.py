@@ -19,12 +19,13 @@ import pyarrow as pa
 from pipeline.core import paths
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.io import read_table, sweep_temporaries
+from pipeline.core.locks import locked
 from pipeline.core.machine import die_with_parent, processes
 from pipeline.core.params import Params, SourceParams
 from pipeline.core.progress import Progress
 from pipeline.core.safe import is_image_id
 from pipeline.core.sources import SUBSETS, join_url
-from pipeline.stages.download import shards
+from pipeline.stages.download import aside, shards
 from pipeline.stages.download.ratelimit import RateLimiter, SharedBoard
 from pipeline.stages.download.runner import Record, ShardSettings, init_worker, run_shard, run_shard_in_worker
 from pipeline.stages.download.shards import Image
@@ -60,6 +61,7 @@ def _image(image_id: str, subset: str, original_url: Any, size: int | None, md5:
     return Image(image_id, subset, url, None, None)
 
 
+@locked("download")
 def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path = paths.IMAGES_DIR,
              progress: bool = True) -> pa.Table:
     """Run the stage and return the manifest (also written to ``images_dir/manifest.parquet``).
@@ -76,11 +78,15 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
         swept = sweep_temporaries(images_dir) + sweep_temporaries(shards_dir)
         if swept:
             print(f"removed {swept} partial file(s) left by an interrupted run", file=sys.stderr)
-        known = shards.load_records(shards_dir)
+        known = {**aside.restore(images_dir, (image.ImageID for image in images)), **shards.load_records(shards_dir)}
         plan = [(shard, *_split_done(shard, known, images_dir))
                 for shard in shards.plan_shards(images, params.runtime.shard_size)]
         parts, tried = _run(plan, params, images_dir, shards_dir, progress)
         manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
+        moved = aside.set_aside(images_dir, manifest, known)
+        if moved:
+            print(f"moved {moved} photo(s) no longer selected to {aside.aside_dir(images_dir)} (a later run that "
+                  "selects them takes them back)", file=sys.stderr)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
     if tried and all(record["status"] == "failed" for record in tried):

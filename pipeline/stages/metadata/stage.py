@@ -23,6 +23,7 @@ from pathlib import Path
 from pipeline.core.http import HttpPolicy
 from pipeline.core.io import atomic_path, write_parquet
 from pipeline.core.labels import ClassList
+from pipeline.core.locks import locked
 from pipeline.core.params import Params, load_params
 from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW, METADATA_STAMP
 from pipeline.core.safe import public_url
@@ -102,7 +103,8 @@ def refresh(stamps: Stamps, out: Path, inputs: Sequence[Path], build: Callable[[
 def _warn_skipped(stats: convert.ConvertStats) -> str:
     if not stats.skipped:
         return ""
-    return f"; skipped {stats.skipped:,} malformed row(s), first: {stats.first_skipped}"
+    reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.reasons.most_common())
+    return f"; skipped {stats.skipped:,} row(s) ({reasons}), first: {stats.first_skipped}"
 
 
 def _write_hierarchy(raw: Path) -> str:
@@ -128,6 +130,7 @@ def _write_boxes(raws: dict[str, Path]) -> str:
     return f"{stats.rows:,} boxes in {stats.labels} label partitions{_warn_skipped(stats)}"
 
 
+@locked("metadata")
 def run(params: Params) -> None:
     """Fetch what is missing, convert what changed, and check ``params.labels`` on the way."""
     source = params.source

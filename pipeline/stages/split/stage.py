@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.groups import connected_groups
 from pipeline.core.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.locks import stage_lock
 from pipeline.core.params import SplitParams, load_params
 from pipeline.core.progress import track
 from pipeline.core.safe import is_image_id, join_inside, label_dirname
@@ -43,8 +45,8 @@ OUTPUT_COLUMNS = ["ImageID", "BoxIndex", "Label", "split", "path", "group"]
 def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     """The clean manifest with the columns split relies on, ``dup_group`` as text ('' = none).
 
-    Refuses what would make a wrong or unsafe layout: missing columns, bad ImageIDs on kept rows (they
-    become file names) and two labels that share a folder name (ImageFolder would merge them).
+    Refuses what would make a wrong layout: missing columns, and two labels that share a folder name
+    (ImageFolder would merge them). Kept rows with a bad ImageID (it would become a file name) are skipped.
     """
     missing = [c for c in INPUT_COLUMNS if c not in manifest.columns]
     if missing:
@@ -56,9 +58,10 @@ def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
         dup_group=manifest["dup_group"].fillna("").astype(str),
         BoxIndex=manifest["BoxIndex"].astype("int64"),
     )
-    bad = manifest.loc[manifest["keep"] & ~manifest["ImageID"].map(is_image_id), "ImageID"]
-    if len(bad):
-        raise UserError(f"{paths.CLEAN_MANIFEST}: {bad.iloc[0]!r} is not an Open Images ImageID (16 hex digits)")
+    bad = manifest["keep"] & ~manifest["ImageID"].map(is_image_id).astype(bool)
+    if bad.any():  # they would become file names: skipped, and the rest of the dataset split as usual
+        print(f"warning: skipped {int(bad.sum())} kept crop(s) whose ImageID is not 16 hex digits", file=sys.stderr)
+        manifest = manifest.assign(keep=manifest["keep"] & ~bad)
     folders: dict[str, str] = {}
     for label in sorted(manifest["Label"].unique()):
         other = folders.setdefault(label_dirname(label), label)
@@ -194,13 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     params = load_params()
-    manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
-    table = assign_splits(manifest, params.split)
-    write_splits(table)
-    sizes = table["split"].value_counts()
-    print(
-        f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
-        f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}"
-    )
-    print(f"report: {report.build_report()}")
+    with stage_lock("split"):
+        manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
+        table = assign_splits(manifest, params.split)
+        write_splits(table)
+        sizes = table["split"].value_counts()
+        print(
+            f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
+            f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}"
+        )
+        print(f"report: {report.build_report()}")
     return 0
