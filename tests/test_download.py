@@ -357,3 +357,28 @@ def test_a_journal_line_cut_by_a_kill_is_skipped_and_the_next_starts_clean(tmp_p
     with Journal(path) as log:
         log.append({"ImageID": "c"})
     assert [r["ImageID"] for r in read_journal(path)] == ["a", "c"]
+
+
+def test_photos_no_longer_selected_are_set_aside_and_taken_back_without_a_request(clean_mirror, workspace):
+    """After narrowing the selection data/images holds exactly what its manifest lists; widening it again
+    costs no request for the photos set aside."""
+    everything = write_selection(clean_mirror)
+    workspace.write_params({**clean_mirror.params_overrides(), **fast()})
+    assert run_download() == 0
+    selected = read_parquet("data/selected.parquet")
+    keep = sorted(selected["ImageID"].unique())[: len(everything) // 2]
+    write_parquet(selected[selected["ImageID"].isin(keep)], "data/selected.parquet")
+    clean_mirror.clear_requests()
+    assert run_download() == 0
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    on_disk = sorted(p.name for p in IMAGES.iterdir() if p.is_file() and p.name != "manifest.parquet")
+    assert sorted(manifest["ImageID"]) == keep and on_disk == sorted(p for p in manifest["path"] if p)
+    aside = Path("data/images-unlisted")
+    assert len(list(aside.glob("*.jpg"))) + len(list(aside.glob("*.png"))) == len(everything) - len(keep)
+    assert not requested_paths(clean_mirror)  # narrowing asked nothing of the server
+    write_parquet(selected, "data/selected.parquet")
+    assert run_download() == 0
+    assert not requested_paths(clean_mirror)  # nor did widening: the set-aside photos came back
+    manifest = read_parquet(IMAGES / "manifest.parquet")
+    assert len(manifest) == len(everything) and (manifest["status"] == "ok").all()
+    assert all((IMAGES / p).is_file() for p in manifest["path"])

@@ -145,3 +145,18 @@ def test_commands_stop_with_exit_2_and_one_line_naming_the_key(tmp_path: Path, m
     assert len(lines) == 1 and lines[0].startswith("error: params.yaml: unknown key 'select.limt_per_label'")
     assert "limit_per_label" in lines[0]  # the message lists the keys that do exist
     assert not (tmp_path / "data").exists()  # nothing was fetched or written
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"download:\n  rate: 1\n  rate: 50\n", "key 'rate' is given twice"),
+    (b"download:\n  1: 2\n  foo: 3\n", "unknown key 'download.1'"),
+    (b"labels: [Caf\xe9]\n", "not UTF-8 text"),
+    (b"source:\n  base_url: 'http://[::1'\n", "source.base_url must be an http(s) URL"),
+    (b"download:\n  rate: .nan\n", "download.rate must be a finite number"),
+])
+def test_a_stage_given_a_bad_params_file_says_so_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    write(tmp_path, content)
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.download"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr

@@ -90,8 +90,8 @@ class _Source:
 
 def header(path: Path) -> list[str]:
     """The column names on the first line of a CSV (a UTF-8 byte-order mark is ignored)."""
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline(1 << 16)
+    with path.open("rb") as fh:
+        first = fh.readline(1 << 16).decode("utf-8-sig", errors="replace")
     return next(csv.reader(io.StringIO(first)), [])
 
 
@@ -133,16 +133,15 @@ def _repair(batch: pa.RecordBatch, types: dict[str, pa.DataType], stats: Convert
         if pa.types.is_string(kind) or pa.types.is_dictionary(kind):
             columns[name] = _text(raw).cast(kind) if pa.types.is_dictionary(kind) else _text(raw)
             continue
-        text = pc.cast(raw, pa.string(), safe=False)  # numbers are ASCII: a stray byte only fails the match below
-        empty = pc.equal(pc.utf8_trim_whitespace(text), "")
-        valid = pc.or_(empty, pc.match_substring_regex(text, _NUMBER)).to_numpy(zero_copy_only=False)
+        empty = pc.match_substring_regex(raw, r"^\s*$")  # on the bytes: a stray byte is no number either
+        valid = pc.or_(empty, pc.match_substring_regex(raw, _NUMBER)).to_numpy(zero_copy_only=False)
         bad = int((~valid & keep).sum())
         if bad:
-            example = text.filter(pa.array(~valid)).to_pylist()[0]
+            example = raw.filter(pa.array(~valid))[0].as_py()
             stats.reject(f"{name} is not a number", bad, repr(example)[:60])
         keep &= valid
-        cleaned = pc.if_else(pc.or_(empty, pa.array(~valid)), pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(text))
-        columns[name] = pc.cast(pc.cast(cleaned, pa.float64()), kind, safe=False)
+        digits = pc.if_else(pc.or_(empty, pa.array(~valid)), pa.scalar(None, pa.binary()), raw)
+        columns[name] = pc.cast(pc.cast(pc.cast(digits, pa.string()), pa.float64()), kind, safe=False)
     repaired = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
     return repaired.filter(pa.array(keep)) if not keep.all() else repaired
 
