@@ -26,6 +26,7 @@ SPLITS_DIR = DATA / "splits"              # {train,val,test}/<label>/<file>.jpg
 SPLITS_MANIFEST = SPLITS_DIR / "splits.parquet"
 SPLITS_LABELS = SPLITS_DIR / "labels.json"       # {label_dirname: display name}
 SPLIT_NAMES = ("train", "val", "test")    # the split folders, in this order everywhere
+SHARDS_DIR = DATA / "shards"              # {train,val,test}-NNNNNN.tar (WebDataset) + index.json
 PACKAGE_INFO = DATA / "package.json"
 QUILT_REGISTRY = DATA / "quilt-registry"  # local quilt3 registry when package.registry is empty
 MODELS_DIR = Path("models")
