@@ -9,14 +9,18 @@ bf16 autocast and channels_last on CUDA; fp32 on a CPU) is fed by:
    tensor on the device, random resized crop + flip done batched on the device;
 3. ``streamed``: this pipeline's fallback for datasets over the cache budget: uint8 tensors decoded by
    DataLoader workers every epoch, the same device-side augmentation;
-4. ``ceiling``: synthetic tensors already on the device: the fastest the model can train at all.
+4. ``shards``: the same, read from WebDataset tar shards of the dataset (``pipeline.core.learn.shards``,
+   as the shards stage writes them; written once before the run, ``--shard-images`` images each) instead
+   of one file per image;
+5. ``ceiling``: synthetic tensors already on the device: the fastest the model can train at all.
 
 The dataset is a class-folder tree of JPEGs written with PIL (photo-like: gradients, shapes, sensor
 noise), 640x480 by default or crop-like random sizes with ``--jpeg-size crops``. The one-off decode of
 ``cached`` is timed and printed separately. Also printed: the CPU time other processes used meanwhile.
 
-GPU (an H100 with 16 cores; needs torch, torchvision, numpy, pillow and tqdm; psutil optional):
-    python3 bench/train_bench.py --json bench/out/train_bench.json
+GPU (224 px, bf16 autocast, channels_last; needs torch, torchvision, numpy, pillow, tqdm and webdataset;
+psutil optional):
+    python bench/train_bench.py --device cuda --json bench/out/train_bench.json
 CPU smoke check (tiny: 64 px, a few steps):
     python bench/train_bench.py --device cpu
 """
@@ -45,9 +49,11 @@ try:
     from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches, read_classes, read_split
     from pipeline.core.learn.device import pick_device, to_device
     from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
+    from pipeline.core.learn.shards import ShardBatches, write_split_shards
     from pipeline.stages.train.loop import one_cycle, train_step
-except ModuleNotFoundError as exc:  # the GPU machine's bare python3 may lack tqdm: carry the venv's copy
-    sys.exit(f"{exc}: run with PYTHONPATH=.venv/lib/python3.11/site-packages and that folder's tqdm/ carried along")
+except ModuleNotFoundError as exc:  # a bare python with torch only: carry the project's pure-Python dependencies
+    sys.exit(f"{exc}: install the project (pip install -e '.[train]'), or put a folder holding tqdm, webdataset "
+             "and braceexpand on PYTHONPATH")
 
 try:
     import psutil
@@ -94,6 +100,20 @@ def make_dataset(root: Path, images: int, jpeg_size: str, workers: int) -> tuple
         with Pool(max(1, workers)) as pool:
             pool.map(draw_jpeg, todo, chunksize=16)
     return split_root, sum(job[0].stat().st_size for job in jobs) / len(jobs) / 1024
+
+
+def make_shards(split_root: Path, split, classes, per_shard: int) -> list[Path]:
+    """The dataset as tar shards next to it (reused when already complete), as the shards stage writes them."""
+    out = split_root.with_name(f"{split_root.name}-shards-{per_shard}")
+    done = out / "done.json"
+    if done.exists():
+        return [out / name for name in json.loads(done.read_text())]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.tar"):
+        old.unlink()
+    written = write_split_shards(split, split_root, classes, out, per_shard, 1 << 40).files
+    done.write_text(json.dumps(written))
+    return [out / name for name in written]
 
 
 # ---------------------------------------------------------------- the feeds
@@ -212,8 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--archs", nargs="+", default=["resnet50", "mobilenet_v2"])
-    parser.add_argument("--feeds", nargs="+", default=["ceiling", "imagefolder", "cached", "streamed"],
-                        choices=("ceiling", "imagefolder", "cached", "streamed"))
+    parser.add_argument("--feeds", nargs="+", default=["ceiling", "imagefolder", "cached", "streamed", "shards"],
+                        choices=("ceiling", "imagefolder", "cached", "streamed", "shards"))
     parser.add_argument("--images", type=int, help="JPEGs in the dataset (GPU 8192, CPU 48)")
     parser.add_argument("--jpeg-size", default="640x480", help="WxH of every JPEG, or 'crops' for random box sizes")
     parser.add_argument("--size", type=int, help="training resolution (GPU 224, CPU 64)")
@@ -221,6 +241,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed steps first (GPU 30, CPU 2)")
     parser.add_argument("--steps", type=int, help="timed steps (GPU 100, CPU 5)")
     parser.add_argument("--workers", type=int, help="DataLoader workers (GPU 14, CPU 1)")
+    parser.add_argument("--shard-images", type=int,
+                        help="images per tar shard (default: enough shards for two per worker)")
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "train_bench",
                         help="where the JPEGs are written (reused by later runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -233,6 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, (on_gpu, on_cpu) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if gpu else on_cpu)
+    if args.shard_images is None:  # each worker streams whole shards: give every one of them two
+        args.shard_images = max(1, args.images // (2 * max(1, args.workers)))
     return args
 
 
@@ -262,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
           + (f", other processes {cpu.other_cores:.2f} cores" if cpu.other_cores is not None else ""))
     aug = augment_only(cached, args.size, max(args.steps, 5), device)
     print(f"cached: augmentation + normalisation alone: {aug:.0f} img/s")
+    shard_files = make_shards(split_root, split, classes, args.shard_images) if "shards" in args.feeds else []
+    if shard_files:
+        mib = sum(f.stat().st_size for f in shard_files) / 2**20
+        print(f"shards: {len(shard_files)} tar files of up to {args.shard_images} images ({mib:.0f} MiB)")
 
     feeds: dict[str, Callable[[], Feed]] = {
         "ceiling": lambda: ceiling_feed(args.size, args.batch, len(CLASSES), device),
@@ -270,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         "streamed": lambda: pipeline_feed(
             make_batches(split, cache_size, args.batch, shuffle=True, device=device, workers=args.workers,
                          cache_mb=0), args.size, device),
+        "shards": lambda: pipeline_feed(
+            ShardBatches(shard_files, len(split), cache_size, args.batch, len(classes.dirnames), shuffle=True,
+                         seed=0, workers=args.workers, device=device), args.size, device),
     }
     results = []
     print(f"\n{'arch':<14}{'feed':<13}{'img/s':>9}{'of ceiling':>12}{'other CPU':>11}")

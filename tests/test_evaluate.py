@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 from PIL import Image
-from trainkit import LABELS, make_splits, one_thread, trained  # noqa: F401
+from trainkit import LABELS, TINY_RUNTIME, make_splits, one_thread, trained  # noqa: F401
 
 from pipeline.core.errors import run_cli
 from pipeline.core.learn.data import Classes, read_split
+from pipeline.core.params import RuntimeParams
 from pipeline.stages import evaluate
 
 
@@ -39,9 +40,56 @@ def test_metrics_agree_with_the_confusion_rows(evaluated):
         hits = sum(r["actual"] == r["predicted"] == label for r in rows)
         assert stats["recall"] == pytest.approx(hits / 8)
         assert stats["precision"] == pytest.approx(hits / predicted if predicted else 0.0)
-    for name in ("confusion.png", "worst.png"):
+    for name in ("confusion.png", "worst.png", "gradcam.png"):
         with Image.open(evaluated / "reports/evaluate" / name) as png:
             assert png.format == "PNG"
+    wrong = {}
+    for r in rows:
+        if r["actual"] != r["predicted"]:
+            wrong[(r["actual"], r["predicted"])] = wrong.get((r["actual"], r["predicted"]), 0) + 1
+    assert [(c["actual"], c["predicted"], c["count"]) for c in metrics["most_confused"]] == sorted(
+        ((a, p, n) for (a, p), n in wrong.items()), key=lambda t: -t[2])
+    page = (evaluated / "reports/evaluate/index.html").read_text()
+    for name in ("confusion.png", "worst.png", "gradcam.png"):
+        assert f'<img src="{name}"' in page
+    assert "Most confused" in page and f"top1 <b>{metrics['top1']:.3f}</b>" in page
+
+
+def test_most_confused_pairs_from_a_known_confusion() -> None:
+    labels = ["cat", "dog", "<fox>"]
+    # actual -> predicted: cat->dog 3 times, <fox>->cat twice, cat-><fox> and dog-><fox> once each
+    pairs = [(0, 1)] * 3 + [(2, 0)] * 2 + [(0, 2), (1, 2)] + [(0, 0)] * 4 + [(1, 1)] * 5 + [(2, 2)]
+    targets = torch.tensor([a for a, _ in pairs])
+    probs = torch.nn.functional.one_hot(torch.tensor([p for _, p in pairs]), 3).float()
+    m = evaluate.classification_metrics(probs, targets, labels)
+    assert m["most_confused"] == [
+        {"actual": "cat", "predicted": "dog", "count": 3},
+        {"actual": "<fox>", "predicted": "cat", "count": 2},
+        {"actual": "cat", "predicted": "<fox>", "count": 1},  # equal counts: in the classes' order
+        {"actual": "dog", "predicted": "<fox>", "count": 1},
+    ]
+    assert evaluate.most_confused(evaluate.confusion_matrix(probs.argmax(1), targets, 3), labels, min_count=2) == \
+        m["most_confused"][:2]
+    page = evaluate.report_page(m, ["confusion.png"])
+    rows = page.split("Most confused")[1]
+    assert rows.index("<td>cat</td><td>dog</td><td>3</td>") < rows.index("<td>&lt;fox&gt;</td><td>cat</td><td>2</td>")
+    assert "<fox>" not in page  # labels come from the internet: escaped
+
+
+def test_the_report_shows_grad_cam_maps_of_the_worst_mistakes_then_right_answers(evaluated) -> None:
+    result = evaluate.evaluate(RuntimeParams(**TINY_RUNTIME), evaluated / "models/model.pt",
+                               evaluated / "data/splits", explain=3)
+    wrong = evaluate.worst_mistakes(result, 3)
+    right = evaluate.right_sample(result, 3)
+    assert [e.index for e in result.explained] == wrong + right and len(right) == 3
+    assert all(result.predicted[i] == result.split.targets[i] for i in right)
+    assert len({result.split.targets[i] for i in right}) == 2  # spread over the split: both classes
+    assert result.explained_layer == "features.18"  # mobilenet_v2's last conv stage
+    for e in result.explained:
+        assert e.image.shape == (3, 48, 48) and e.heatmap.shape == (48, 48)
+        assert 0 <= e.heatmap.min() and e.heatmap.max() <= 1 + 1e-6
+    titles = [ax.get_title() for ax in evaluate.gradcam_figure(result).axes if ax.get_title()]
+    assert len(titles) == len(wrong) + 3 and all(t.startswith("actual: ") for t in titles)
 
 
 def test_classification_metrics_by_hand():

@@ -1,6 +1,9 @@
 """``python -m pipeline.predict``: the saved model's label and probability per image, or one clear line."""
 from __future__ import annotations
 
+import csv
+import io
+
 import torch
 from trainkit import one_thread, trained  # noqa: F401
 
@@ -48,3 +51,74 @@ def test_a_missing_or_foreign_model_file_is_one_line_and_exit_2(trained, tmp_pat
     assert run_cli(predict.main, [image, "--model", str(tmp_path / "other.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a model.pt written by the train stage" in err
+
+
+def model_predictions(trained, images) -> list[str]:
+    info = trained.result.info
+    cpu = torch.device("cpu")
+    batch = torch.stack([decode(p, info.img_size) for p in images])
+    logits = infer(trained.result.model, batch, cpu, Normalize(info.mean, info.std, cpu))
+    return [info.labels[i] for i in logits.argmax(1).tolist()]
+
+
+def test_a_labelled_folder_is_scored_against_its_subfolders_and_written_to_csv(trained, tmp_path, capsys):
+    """A user's own photos sorted into folders named after the labels (either spelling, any case), with a
+    few put in the wrong folder, a note, an unreadable file, a nested folder and a hidden one."""
+    test = sorted((trained.path / "data/splits/test").rglob("*.jpg"))
+    burgers = [p for p in test if p.parent.name == "Hamburger"]
+    subs = [p for p in test if p.parent.name == "Submarine_sandwich"]
+    photos = tmp_path / "my photos"
+    placed = {}  # copy -> the label its folder names
+    for i, src in enumerate(burgers[:5] + subs[:2]):  # two subs filed under hamburger: two sure mistakes
+        dst = photos / "hamburger" / ("nested" if i == 0 else "") / f"h{i}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        placed[dst] = "Hamburger"
+    for i, src in enumerate(subs[2:6]):
+        dst = photos / "Submarine sandwich" / f"s{i}.JPG"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        placed[dst] = "Submarine sandwich"
+    (photos / "notes.txt").write_text("bought at the market")
+    (photos / "hamburger" / "broken.jpg").write_bytes(b"not a jpeg")
+    (photos / ".thumbnails").mkdir()
+    (photos / ".thumbnails" / "t.jpg").write_bytes(burgers[0].read_bytes())
+    loose = photos / "loose.jpg"
+    loose.write_bytes(burgers[0].read_bytes())  # in the folder itself: predicted, not scored
+    model_file = trained.path / "models/model.pt"
+    out_csv = tmp_path / "scores.csv"
+    assert run_cli(predict.main, [str(photos), "--model", str(model_file), "--csv", str(out_csv)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    shown = [line.split("\t")[0] for line in lines]
+    assert sorted(shown) == sorted(map(str, [*placed, loose]))
+    truth = dict(zip(placed, model_predictions(trained, list(placed))))
+    right = sum(truth[p] == label for p, label in placed.items())
+    assert right <= len(placed) - 2  # the misfiled subs count against it (the model gets them right)
+    assert f"accuracy {right / len(placed):.4f} ({right}/{len(placed)})" in captured.err
+    assert "skipped 1 file(s) that are not images and 1 unreadable image(s)" in captured.err
+    with out_csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [tuple(r) for r in rows[:1]] == [predict.CSV_COLUMNS]
+    by_path = {r["path"]: r for r in rows}
+    for path, label in placed.items():
+        row = by_path[str(path)]
+        assert row["actual"] == label and row["predicted"] == truth[path]
+        assert row["correct"] == str(label == truth[path]).lower()
+    assert by_path[str(loose)]["actual"] == "" and by_path[str(loose)]["correct"] == ""
+
+
+def test_names_with_tabs_newlines_and_quotes_stay_one_parseable_line(trained, tmp_path, capsys, monkeypatch):
+    source = next((trained.path / "data/splits/test").rglob("*.jpg")).read_bytes()
+    names = ["tab\there.jpg", "new\nline.jpg", 'say "cheese".jpg', "carriage\rreturn.jpg", "plain.jpg"]
+    for name in names:
+        (tmp_path / name).write_bytes(source)
+    monkeypatch.chdir(tmp_path)
+    model_file = str(trained.path / "models/model.pt")
+    assert run_cli(predict.main, [*names, "--model", model_file, "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.reader(io.StringIO(out, newline=""), delimiter="\t"))
+    assert [r[0] for r in rows] == names
+    assert all(len(r) == 5 for r in rows)
+    assert out.count("\n") == len(names) + 1  # the name with a newline is inside quotes
+    assert out.splitlines()[-1] == "plain.jpg\t" + "\t".join(rows[-1][1:])  # plain names are not quoted

@@ -63,18 +63,20 @@ def test_fine_tune_learns_the_easy_two_class_split(trained):
 def test_stage_writes_model_metrics_and_curves(trained):
     ws = trained.path
     metrics = json.loads((ws / "metrics/train.json").read_text())
-    last = trained.result.history[-1]
-    assert metrics["val_accuracy"] == pytest.approx(last.val_accuracy)
+    best = max(trained.result.history, key=lambda h: (h.val_accuracy, h.epoch))
+    assert metrics["best_epoch"] == best.epoch
+    assert metrics["val_accuracy"] == pytest.approx(best.val_accuracy)
     assert (metrics["train_images"], metrics["val_images"], metrics["epochs"]) == (48, 16, 3)
     assert metrics["data"] == "cached"
     with (ws / "plots/train_curves.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == CURVE_COLUMNS
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert float(rows[-1]["val_accuracy"]) == pytest.approx(last.val_accuracy)
+    assert float(rows[best.epoch - 1]["val_accuracy"]) == pytest.approx(best.val_accuracy)
     with Image.open(ws / "reports/train/curves.png") as png:
         assert png.format == "PNG" and png.width > 300
-    assert f"val_accuracy {metrics['val_accuracy']:.3f} -> models/model.pt" in trained.stdout
+    assert (f"val_accuracy {metrics['val_accuracy']:.3f} (epoch {best.epoch} of 3) -> models/model.pt"
+            in trained.stdout)
 
 
 def test_saved_model_reloads_with_weights_only_and_predicts_the_same(trained):

@@ -2,9 +2,9 @@
 
 Two kinds of settings (docs/architecture.md):
 
-- **tracked**, one section per stage (``source select download crop clean split train evaluate package``):
-  what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset package records
-  them, so changing one re-runs the stages that read it;
+- **tracked**, one section per stage (``source select download crop clean split shards train evaluate
+  package``): what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset
+  package records them, so changing one re-runs the stages that read it;
 - **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
   retries). No stage tracks it and no package records it: changing it re-runs nothing.
 
@@ -27,7 +27,8 @@ from pipeline.core.safe import check_http_url, check_package_name
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
-TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "split", "train", "evaluate")
+TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "split", "shards", "train",
+                    "evaluate")
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -124,6 +125,15 @@ class SplitParams(Section):
     min_per_label: int = Field(10, ge=1)
 
 
+class ShardsParams(Section):
+    """How the splits are cut into WebDataset tar shards (``data/shards``)."""
+
+    #: a shard is closed after this many images ...
+    max_images: int = Field(1000, ge=1)
+    #: ... or once it holds this many MiB of image bytes, whichever comes first
+    max_mb: int = Field(256, ge=1)
+
+
 class TrainParams(Section):
     """Fine-tuning recipe (fastai's fine_tune in plain PyTorch)."""
 
@@ -146,6 +156,8 @@ class EvaluateParams(Section):
 
     #: how many of the most confident mistakes to show in the grid
     worst: int = Field(16, ge=0)
+    #: Grad-CAM maps in the report: this many of the worst mistakes and as many correct predictions
+    gradcam: int = Field(8, ge=0)
 
 
 class PackageParams(Section):
@@ -203,6 +215,7 @@ class Params(Section):
     crop: CropParams = CropParams()
     clean: CleanParams = CleanParams()
     split: SplitParams = SplitParams()
+    shards: ShardsParams = ShardsParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()

@@ -27,6 +27,7 @@ SPLITS_MANIFEST = SPLITS_DIR / "splits.parquet"
 SPLITS_LABELS = SPLITS_DIR / "labels.json"       # {label_dirname: display name}
 SPLIT_NAMES = ("train", "val", "test")    # the split folders, in this order everywhere
 LOCKS_DIR = DATA / ".locks"               # <stage>.lock: one run of a stage at a time (core/locks.py)
+SHARDS_DIR = DATA / "shards"              # {train,val,test}-NNNNNN.tar (WebDataset) + index.json
 PACKAGE_INFO = DATA / "package.json"
 QUILT_REGISTRY = DATA / "quilt-registry"  # local quilt3 registry when package.registry is empty
 MODELS_DIR = Path("models")

@@ -4,6 +4,7 @@ The package is what colleagues pull (``python -m pipeline.pull`` or plain quilt3
 own provenance and license duties:
 
 - ``splits/``: the train/val/test class folders (ImageFolder layout), ``splits.parquet``, ``labels.json``;
+- ``shards/``: the same images as WebDataset tar shards with their ``index.json``, when the shards stage ran;
 - ``manifests/``: ``selected.parquet`` (the chosen boxes), ``images.parquet`` (what the download got),
   ``clean.parquet`` (what was kept or rejected, and why);
 - ``metrics/``: ``train.json`` and ``eval.json`` when the model stages ran;
@@ -65,6 +66,8 @@ def input_files() -> dict[str, Path]:
         for path in sorted(paths.SPLITS_DIR.rglob("*"))
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(paths.SPLITS_DIR).parts)
     }
+    files.update({f"shards/{path.name}": path for path in sorted(paths.SHARDS_DIR.glob("*"))  # when the stage ran
+                  if path.is_file() and not path.name.startswith(".")})
     files.update(MANIFESTS)
     files.update({key: path for key, path in METRICS.items() if path.is_file()})
     return files

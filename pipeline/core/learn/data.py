@@ -11,6 +11,7 @@ Every image is squashed to a square (not centre-cropped): a crop is its box, so 
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
@@ -99,15 +100,16 @@ def read_split(root: Path, name: str, classes: Classes) -> Split:
     return Split(name, paths, targets)
 
 
-def decode(path: Path, size: int) -> torch.Tensor:
-    """One image file as a uint8 ``[3, size, size]`` tensor (EXIF-upright, RGB, squashed to a square)."""
+def decode(source: Path | bytes, size: int, name: str | None = None) -> torch.Tensor:
+    """One image (a file, or its bytes from a shard) as a uint8 ``[3, size, size]`` tensor (EXIF-upright,
+    RGB, squashed to a square); ``name`` is what an error names (default: the path)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.draft("RGB", (size, size))  # JPEG: let libjpeg decode at 1/2..1/8 scale when that suffices
             image = ImageOps.exif_transpose(image).convert("RGB")
             image = image.resize((size, size), Image.Resampling.BILINEAR)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc})") from None
+        raise UserError(f"{name or source}: cannot read image ({exc})") from None
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
@@ -124,7 +126,8 @@ class _Files(Dataset):
         return decode(self.split.paths[i], self.size), self.split.targets[i]
 
 
-def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in one epoch of ``n`` images."""
     # A training epoch drops the ragged last batch (a batch of one breaks BatchNorm), unless that is all there is.
     return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
@@ -138,7 +141,7 @@ class CachedBatches:
         self.generator = torch.Generator(device=images.device).manual_seed(seed)
 
     def __len__(self) -> int:
-        return _num_batches(len(self.targets), self.batch_size, drop_last=self.shuffle)
+        return num_batches(len(self.targets), self.batch_size, drop_last=self.shuffle)
 
     def __iter__(self) -> Iterator[Batch]:
         n, device = len(self.targets), self.images.device
@@ -182,12 +185,16 @@ def make_batches(split: Split, size: int, batch_size: int, *, shuffle: bool, dev
 
     ``cache_mb``: -1 = up to :data:`CACHE_SHARE` of the device's free memory, 0 = never cache, N = at most N MiB.
     """
-    nbytes = len(split) * 3 * size * size
-    budget = CACHE_SHARE * free_memory(device) if cache_mb < 0 else cache_mb * 2**20
-    if nbytes > budget:
+    if not fits_cache(len(split), size, device, cache_mb):
         return StreamedBatches(split, size, batch_size, shuffle, seed, workers, device)
     targets = torch.tensor(split.targets, dtype=torch.int64, device=device)
     return CachedBatches(decode_all(split, size, device, workers), targets, batch_size, shuffle, seed)
+
+
+def fits_cache(images: int, size: int, device: torch.device, cache_mb: int) -> bool:
+    """Do ``images`` decoded uint8 squares of ``size`` px fit the cache budget (see :func:`make_batches`)?"""
+    budget = CACHE_SHARE * free_memory(device) if cache_mb < 0 else cache_mb * 2**20
+    return images * 3 * size * size <= budget
 
 
 def decode_all(split: Split, size: int, device: torch.device, workers: int) -> torch.Tensor:

@@ -56,6 +56,20 @@ def layer_groups(model: nn.Module) -> list[list[nn.Module]]:
     raise TypeError(f"no layer groups for {type(model).__name__}")
 
 
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM explains: the last convolutional stage, whose maps still have a place (1/32 of
+    the input's side) and already carry the class evidence the head pools.
+
+    ResNet: ``layer4`` (its last residual block's output, after the ReLU), as in the Grad-CAM paper.
+    MobileNetV2: ``features[-1]``, the final 1x1 conv + BN + ReLU6 to 1280 channels, just before pooling.
+    """
+    if isinstance(model, torchvision.models.ResNet):
+        return model.layer4
+    if isinstance(model, torchvision.models.MobileNetV2):
+        return model.features[-1]
+    raise TypeError(f"no Grad-CAM layer for {type(model).__name__}")
+
+
 def set_body_trainable(model: nn.Module, trainable: bool) -> None:
     """Freeze or unfreeze everything but the head; BatchNorm layers always stay trainable.
 

@@ -5,6 +5,10 @@
 for ``epochs`` at half that peak, spread geometrically over the layer groups from 1/100 of it (earliest
 layers) to all of it (head). The optimizer is AdamW with fastai's betas and no weight decay on
 BatchNorm and bias terms; one-cycle also cycles Adam's beta1 between 0.95 and 0.85.
+
+The model that comes out holds the weights of the best epoch by validation accuracy (ties: the later
+epoch), as the PyTorch transfer-learning tutorial's ``best_model_wts``: a last epoch that overshot does
+not cost the run its best model.
 """
 from __future__ import annotations
 
@@ -87,9 +91,17 @@ def geometric(low: float, high: float, n: int) -> list[float]:
     return [low * (high / low) ** (i / (n - 1)) for i in range(n)] if n > 1 else [high]
 
 
+def best_epoch(history: list[EpochStats]) -> EpochStats:
+    """The epoch with the best validation accuracy; of equals, the later one (it has trained longer)."""
+    return max(history, key=lambda h: (h.val_accuracy, h.epoch))
+
+
 def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, recipe: Recipe,
               device: torch.device, normalize: Normalize) -> list[EpochStats]:
-    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch."""
+    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch.
+
+    ``model`` ends with the weights of :func:`best_epoch`, not necessarily those of the last one.
+    """
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     n_groups = len(layer_groups(model))
     phases = [  # name, epochs, peak rate per layer group, warm-up share, initial divisor (fastai's values)
@@ -112,6 +124,10 @@ def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, re
             print(f"{desc}: train_loss {loss:.4f}  val_loss {val_loss:.4f}  "
                   f"val_accuracy {val_accuracy:.3f}  ({stats.images_per_s:.0f} img/s)", flush=True)
             history.append(stats)
+            if best_epoch(history) is stats:  # best epoch: keep a copy of these weights (on the device)
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if history:  # best epoch: the model leaves with the best weights seen
+        model.load_state_dict(best_weights)
     return history
 
 

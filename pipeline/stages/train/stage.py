@@ -5,10 +5,12 @@ suggests is found on exactly the model and batches training will use.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -17,19 +19,23 @@ from torch import nn
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.io import replace_dir, save_figure, write_csv, write_json
-from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, make_batches,
-                                      read_classes, read_split)
+from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, Split, augment,
+                                      decode, fits_cache, make_batches, read_classes, read_split)
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
+from pipeline.core.learn.shards import ShardBatches, matching_shards
 from pipeline.core.machine import loader_workers
 from pipeline.core.params import RuntimeParams, TrainParams
-from pipeline.stages.train.loop import EpochStats, Recipe, fine_tune
+from pipeline.stages.train.loop import EpochStats, Recipe, best_epoch, fine_tune
 
 TRAIN_METRICS = paths.METRICS_DIR / "train.json"
 TRAIN_CURVES = paths.PLOTS_DIR / "train_curves.csv"
 TRAIN_REPORT = paths.REPORTS_DIR / "train"
 #: the columns dvc.yaml's train stage plots (x: epoch, y: the losses and accuracy), then extras
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "phase", "seconds", "images_per_s")
+#: most images shown in reports/train/batch.png (a batch of 256 would be unreadable)
+BATCH_GRID_MAX = 64
+BATCH_GRID_COLUMNS = 8
 
 
 @dataclass
@@ -43,23 +49,34 @@ class Setup:
     classes: Classes
     model: nn.Module
     normalize: Normalize
+    shards_dir: Path | None = None  # WebDataset shards of the splits, streamed when the cache does not fit
 
-    def batches(self, split: str) -> Batches:
-        """``train``: shuffled, cached larger for random crops; any other split: in order, at img_size."""
+    def batches(self, split: str) -> Batches | ShardBatches:
+        """``train``: shuffled, cached larger for random crops; any other split: in order, at img_size.
+
+        Past the cache budget: streamed from the split's shards when they hold exactly these files, else
+        from the class folders.
+        """
         p, r, training = self.params, self.runtime, split == "train"
         size = round(p.img_size * TRAIN_CACHE_RATIO) if training else p.img_size
-        return make_batches(read_split(self.splits_dir, split, self.classes), size, p.batch_size, shuffle=training,
-                            device=self.device, workers=loader_workers(r.loader_workers), cache_mb=r.cache_mb,
-                            seed=p.seed)
+        files, workers = read_split(self.splits_dir, split, self.classes), loader_workers(r.loader_workers)
+        if self.shards_dir is not None and not fits_cache(len(files), size, self.device, r.cache_mb):
+            shards = matching_shards(self.shards_dir, files, self.splits_dir, self.classes)
+            if shards:
+                return ShardBatches(shards, len(files), size, p.batch_size, len(self.classes.dirnames),
+                                    shuffle=training, seed=p.seed, workers=workers, device=self.device)
+        return make_batches(files, size, p.batch_size, shuffle=training, device=self.device, workers=workers,
+                            cache_mb=r.cache_mb, seed=p.seed)
 
 
-def prepare(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Setup:
+def prepare(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: Path | None = None) -> Setup:
     """Seed, read the classes and build ``p.arch`` with ``p.weights`` on ``runtime.device``."""
     device = pick_device(runtime.device)
     seed_everything(p.seed)
     classes = read_classes(splits_dir)
     model = to_device(build_model(p.arch, len(classes.dirnames), p.weights), device)
-    return Setup(p, runtime, splits_dir, device, classes, model, Normalize(IMAGENET_MEAN, IMAGENET_STD, device))
+    return Setup(p, runtime, splits_dir, device, classes, model, Normalize(IMAGENET_MEAN, IMAGENET_STD, device),
+                 shards_dir)
 
 
 @dataclass
@@ -70,34 +87,56 @@ class Trained:
     info: ModelInfo
     history: list[EpochStats]
     metrics: dict
+    batch: tuple[torch.Tensor, list[int]]  # a training batch as the model sees it (uint8) and its classes
 
 
-def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Trained:
+def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: Path | None = None) -> Trained:
     """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe; nothing is written."""
     if p.freeze_epochs + p.epochs == 0:
         raise UserError("params.yaml: train.freeze_epochs + train.epochs must be at least 1")
-    setup = prepare(p, runtime, splits_dir)
+    setup = prepare(p, runtime, splits_dir, shards_dir)
     started = time.perf_counter()
     train_batches, val_batches = setup.batches("train"), setup.batches("val")
     recipe = Recipe(p.lr, p.weight_decay, p.freeze_epochs, p.epochs, p.img_size, p.seed)
     history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize)
-    classes, last = setup.classes, history[-1]
+    classes, best = setup.classes, best_epoch(history)
     info = ModelInfo(p.arch, classes.labels, classes.dirnames, p.img_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
     metrics = {
         "arch": p.arch,
         "weights": p.weights,
         "device": setup.device.type,
-        "data": "cached" if isinstance(train_batches, CachedBatches) else "streamed",
+        "data": data_kind(train_batches),
         "train_images": train_batches.num_images,
         "val_images": val_batches.num_images,
         "epochs": len(history),
-        "train_loss": last.train_loss,
-        "val_loss": last.val_loss,
-        "val_accuracy": last.val_accuracy,
+        "best_epoch": best.epoch,  # the epoch whose weights models/model.pt holds; the three below are its own
+        "train_loss": best.train_loss,
+        "val_loss": best.val_loss,
+        "val_accuracy": best.val_accuracy,
         "train_images_per_s": round(sum(h.images_per_s for h in history) / len(history), 1),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return Trained(setup.model.cpu(), info, history, metrics)
+    batch = augmented_sample(read_split(splits_dir, "train", classes), p)
+    return Trained(setup.model.cpu(), info, history, metrics, batch)
+
+
+def data_kind(batches: Batches | ShardBatches) -> str:
+    """How the training images reached the model: ``cached``, ``shards`` or ``streamed`` (class folders)."""
+    return {CachedBatches: "cached", ShardBatches: "shards"}.get(type(batches), "streamed")
+
+
+def augmented_sample(split: Split, p: TrainParams) -> tuple[torch.Tensor, list[int]]:
+    """Up to a batch of training images after the training augmentation, for people to look at.
+
+    Decoded from the files at the training cache's size and augmented with the stage's own ``augment``,
+    with their own generators: drawing them leaves the training run's random streams untouched.
+    """
+    count = min(p.batch_size, BATCH_GRID_MAX, len(split))
+    chosen = np.random.default_rng(p.seed).choice(len(split), size=count, replace=False)
+    size = round(p.img_size * TRAIN_CACHE_RATIO)
+    images = torch.stack([decode(split.paths[i], size) for i in chosen])
+    augmented = augment(images, p.img_size, torch.Generator().manual_seed(p.seed))
+    return augmented.round().clamp(0, 255).to(torch.uint8), [split.targets[i] for i in chosen]
 
 
 def write_outputs(result: Trained, p: TrainParams) -> None:
@@ -107,6 +146,22 @@ def write_outputs(result: Trained, p: TrainParams) -> None:
     write_csv(TRAIN_CURVES, CURVE_COLUMNS, [[getattr(h, c) for c in CURVE_COLUMNS] for h in result.history])
     with replace_dir(TRAIN_REPORT) as folder:
         save_figure(curves_figure(result.history), folder / "curves.png")
+        save_figure(batch_figure(*result.batch, result.info.labels), folder / "batch.png")
+
+
+def batch_figure(images: torch.Tensor, targets: list[int], labels: list[str]) -> Figure:
+    """A training batch as the model sees it (after random crop and flip), each image titled by its label."""
+    cols = min(BATCH_GRID_COLUMNS, len(targets))
+    rows = math.ceil(len(targets) / cols)
+    figure = Figure(figsize=(1.6 * cols, 1.8 * rows + 0.4))
+    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, target in zip(axes, images, targets):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(labels[target], fontsize=8)
+    figure.suptitle(f"a training batch after augmentation ({len(targets)} images, {images.shape[-1]} px)")
+    return figure
 
 
 def curves_figure(history: list[EpochStats]) -> Figure:

@@ -1,0 +1,260 @@
+"""The splits as WebDataset tar shards: the layout, the index, the writer, and training batches from them.
+
+``data/shards/{train,val,test}-NNNNNN.tar`` hold, for every image of a split in path order, three members:
+``<key>.jpg`` (the crop's bytes, as they are in ``data/splits``; ``.png``/``.webp`` for such files),
+``<key>.cls`` (the class index in the model's output order, ASCII) and ``<key>.json`` (``label``, ``dirname``,
+``path`` relative to the splits folder). ``<key>`` is ``<class folder>/<file stem>``. This is the layout
+img2dataset writes and ``webdataset.WebDataset(...).decode("pil").to_tuple("jpg", "cls")`` reads.
+``data/shards/index.json`` lists each split's shards (name, bytes, images) and a fingerprint of the split's
+files (relative path and size of each), so training uses shards only when they hold the splits on disk.
+
+Streaming reads a tar sequentially, one large read per shard instead of one open and seek per image: the
+form to use when the decoded cache does not fit and the crops sit on a network disk or a slow file system.
+Shards are read with webdataset's pipeline (shard shuffle, split across DataLoader workers, sample shuffle
+buffer, all seeded per epoch); only ``.jpg/.png/.webp/.cls/.json`` members are kept, and none is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from pipeline.core.errors import UserError
+from pipeline.core.learn.data import Batch, Classes, Split, decode, num_batches
+from pipeline.core.progress import Progress
+
+#: the index beside the shards
+INDEX_NAME = "index.json"
+#: bumped when the layout changes; a reader refuses other versions
+SHARDS_FORMAT = 1
+#: image member extension per file suffix (WebDataset's usual names)
+IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
+#: samples held by each worker's shuffle buffer (raw bytes, decoded after the shuffle)
+SHUFFLE_BUFFER = 1000
+#: images a worker decodes and hands over at a time (the main process cuts exact batches from them)
+CHUNK = 32
+#: every member's mtime (2000-01-01 UTC): fixed, so equal inputs give equal bytes; not 0, which tar tools
+#: warn about when extracting
+MTIME = 946684800
+#: members extract as ordinary readable files
+MODE = 0o644
+
+
+def shard_pattern(split: str) -> str:
+    """``train-%06d.tar``: the split's shards, numbered in the order their images were written."""
+    return f"{split}-%06d.tar"
+
+
+def sample_key(relative: Path) -> str:
+    """``<class folder>/<stem>`` for ``<split>/<class folder>/<stem>.<ext>``; dots in the stem become ``_``.
+
+    WebDataset splits a member's name at the first dot of its last part, so a key must have none there.
+    """
+    return f"{relative.parent.name}/{relative.stem.replace('.', '_')}"
+
+
+def fingerprint(split: Split, root: Path) -> str:
+    """sha256 of every file's path (relative to ``root``), size and class: what the shards must match."""
+    digest = hashlib.sha256()
+    for path, target in zip(split.paths, split.targets, strict=True):
+        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\t{target}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """One split's shards: files (in order), their sizes, its image count and the split's fingerprint."""
+
+    files: list[str]
+    sizes: list[int]
+    images: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """``index.json``: the classes (output order) and each split's shards."""
+
+    dirnames: list[str]
+    labels: list[str]
+    splits: dict[str, SplitShards]
+
+    def to_json(self) -> dict:
+        return {"format": SHARDS_FORMAT, "dirnames": self.dirnames, "labels": self.labels,
+                "splits": {name: {"shards": [{"name": f, "bytes": b} for f, b in zip(s.files, s.sizes, strict=True)],
+                                  "images": s.images, "fingerprint": s.fingerprint}
+                           for name, s in self.splits.items()}}
+
+
+def read_index(folder: Path) -> ShardIndex | None:
+    """The index in ``folder``, or None when there is none; a malformed one is a :class:`UserError`."""
+    path = folder / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != SHARDS_FORMAT:
+            raise UserError(f"{path}: shard index format {raw.get('format')!r}, expected {SHARDS_FORMAT}: "
+                            "re-run the shards stage")
+        splits = {
+            name: SplitShards([str(s["name"]) for s in entry["shards"]], [int(s["bytes"]) for s in entry["shards"]],
+                              int(entry["images"]), str(entry["fingerprint"]))
+            for name, entry in raw["splits"].items()
+        }
+        index = ShardIndex(list(raw["dirnames"]), list(raw["labels"]), splits)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: not a shard index ({type(exc).__name__}: {exc}); re-run the shards stage") from None
+    for entry in index.splits.values():
+        for name in entry.files:
+            if Path(name).name != name or not name.endswith(".tar"):
+                raise UserError(f"{path}: shard name {name!r} is not a plain .tar file name")
+    return index
+
+
+def matching_shards(folder: Path, split: Split, root: Path, classes: Classes) -> list[Path] | None:
+    """The shard files of ``split`` when ``folder`` holds exactly that split of ``root`` (same files, same
+    sizes, same classes, every shard present at its recorded size); None otherwise (stream the folders)."""
+    index = read_index(folder)
+    entry = index.splits.get(split.name) if index else None
+    if entry is None or index.dirnames != classes.dirnames or entry.fingerprint != fingerprint(split, root):
+        return None
+    files = [folder / name for name in entry.files]
+    if not all(f.is_file() and f.stat().st_size == size for f, size in zip(files, entry.sizes, strict=True)):
+        return None
+    return files
+
+
+def write_split_shards(split: Split, root: Path, classes: Classes, out: Path, max_images: int,
+                       max_bytes: int) -> SplitShards:
+    """``split`` (files under ``root``) as shards in ``out``, a new one after ``max_images`` images or once
+    one holds ``max_bytes``; returns what the index records about them.
+
+    Deterministic bytes: webdataset's ``ShardWriter`` writes a sample's members in sorted order and its
+    ``TarWriter`` takes a fixed mtime, owner names and mode (the numeric uid/gid stay ``TarInfo``'s 0); the
+    samples come in path order. So the same files give byte-identical shards, wherever and whenever.
+    """
+    written: list[str] = []
+    pattern = str(out).replace("%", "%%") + "/" + shard_pattern(split.name)  # printf-style: escape the folder's %
+    sink = wds.ShardWriter(pattern, maxcount=max_images, maxsize=max_bytes, verbose=0,
+                           post=lambda fname: written.append(Path(fname).name), encoder=False,
+                           mtime=MTIME, user="", group="", mode=MODE, format="PAX_FORMAT")
+    with sink, Progress(len(split), f"shards {split.name}", "img", leave=False) as bar:
+        for path, target in zip(split.paths, split.targets, strict=True):
+            relative = path.relative_to(root)
+            meta = {"dirname": classes.dirnames[target], "label": classes.labels[target], "path": relative.as_posix()}
+            sink.write({
+                "__key__": sample_key(relative),
+                IMAGE_EXTENSIONS[path.suffix.lower()]: path.read_bytes(),
+                "cls": str(target).encode(),
+                "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+            })
+            bar.update()
+    return SplitShards(written, [(out / f).stat().st_size for f in written], len(split), fingerprint(split, root))
+
+
+class _ShardStream(IterableDataset):
+    """Chunks of decoded images from a list of shards, as webdataset pipelines them (in DataLoader workers).
+
+    Each ``detshuffle`` stage counts its own epochs, so a persistent worker (or the main process, with no
+    workers) reshuffles every epoch, and the same seed gives the same order again.
+    """
+
+    def __init__(self, files: list[Path], size: int, num_classes: int, shuffle: bool, seed: int) -> None:
+        self.size, self.num_classes = size, num_classes
+        stages: list = [wds.SimpleShardList([str(f) for f in files])]
+        if shuffle:  # the same permutation in every worker, before each takes its share
+            stages.append(wds.detshuffle(bufsize=len(files), initial=len(files), seed=seed))
+        stages += [wds.split_by_worker, wds.tarfile_to_samples(select_files=_wanted_member)]
+        if shuffle:
+            stages.append(wds.detshuffle(bufsize=SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 10, seed=seed))
+        stages += [wds.map(self._decode), wds.batched(CHUNK, collation_fn=_stack, partial=True)]
+        self.pipeline = wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.pipeline)
+
+    def _decode(self, sample: dict) -> tuple[torch.Tensor, int]:
+        name = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        images = [sample[ext] for ext in ("jpg", "png", "webp") if ext in sample]
+        try:
+            target = int(sample["cls"])
+        except (KeyError, ValueError):
+            target = -1
+        if len(images) != 1 or not 0 <= target < self.num_classes:
+            raise UserError(f"{name}: a sample needs one image and a class index below {self.num_classes}")
+        return decode(images[0], self.size, name), target
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an error from the shard pipeline. A DataLoader worker's error comes back with its
+    traceback folded into the message: its last line is kept, without the exception's type and the file
+    object webdataset appends (``('unexpected end of data', <_io.BufferedReader ...>, 'x.tar')``)."""
+    text = str(exc).strip()
+    last = text.splitlines()[-1] if text else type(exc).__name__
+    last = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+    return re.sub(r", <[^>]*>", "", last)
+
+
+def _wanted_member(name: str) -> bool:
+    return name.rpartition(".")[2].lower() in {"jpg", "png", "webp", "cls", "json"}
+
+
+def _stack(samples: list[tuple[torch.Tensor, int]]) -> Batch:
+    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64)
+
+
+class ShardBatches:
+    """Batches streamed from a split's tar shards, decoded by DataLoader workers, cut to exact batch sizes.
+
+    Workers hand over chunks whose sizes depend on how the shards fall between them; the main process
+    cuts them into ``batch_size`` batches, so an epoch has exactly :func:`len` batches (the one-cycle
+    schedule counts on it): a training epoch drops the ragged last batch, any other split keeps it.
+    """
+
+    def __init__(self, files: list[Path], num_images: int, size: int, batch_size: int, num_classes: int,
+                 shuffle: bool, seed: int, workers: int, device: torch.device) -> None:
+        self.device, self.num_images, self.batch_size, self.shuffle = device, num_images, batch_size, shuffle
+        workers = min(workers, len(files))  # a worker without a shard would only idle
+        self.loader = DataLoader(_ShardStream(files, size, num_classes, shuffle, seed), batch_size=None,
+                                 num_workers=workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+    def __len__(self) -> int:
+        return num_batches(self.num_images, self.batch_size, drop_last=self.shuffle)
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            yield from self._batches()
+        except (UserError, tarfile.TarError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read the shards: {_reason(exc)}; re-run the shards stage") from None
+
+    def _batches(self) -> Iterator[Batch]:
+        images: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        held = batches = 0
+        for chunk_images, chunk_targets in self.loader:
+            images.append(chunk_images)
+            targets.append(chunk_targets)
+            held += len(chunk_targets)
+            while held >= self.batch_size and batches < len(self):
+                yield self._cut(images, targets, self.batch_size)
+                held -= self.batch_size
+                batches += 1
+        if held and batches < len(self):
+            yield self._cut(images, targets, held)
+
+    def _cut(self, images: list[torch.Tensor], targets: list[torch.Tensor], n: int) -> Batch:
+        """The first ``n`` images held (removed from the lists), on the device."""
+        all_images, all_targets = torch.cat(images), torch.cat(targets)
+        images[:] = [all_images[n:]]
+        targets[:] = [all_targets[n:]]
+        return (all_images[:n].to(self.device, non_blocking=True),
+                all_targets[:n].to(self.device, non_blocking=True))

@@ -1,0 +1,143 @@
+"""WebDataset shards of the splits: they round-trip to the same images and labels, are byte-identical on a
+second run, feed training when the cache does not fit, and travel in the package."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+import yaml
+from package_inputs import write_inputs
+from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread  # noqa: F401
+
+from pipeline.core.errors import UserError, run_cli
+from pipeline.core.learn.data import decode, read_classes, read_split
+from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
+from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.stages import package, shards
+from pipeline.stages.train.stage import train
+
+COUNTS = {"train": 12, "val": 5, "test": 4}  # per class: 24 / 10 / 8 images
+
+
+def run_stage(workdir: Path, max_images: int) -> Path:
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": max_images}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        assert run_cli(shards.main, []) == 0
+    return workdir / "data/shards"
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("sharded")
+    make_splits(workdir / "data/splits", COUNTS)
+    run_stage(workdir, max_images=5)
+    return workdir
+
+
+def test_shards_round_trip_to_the_same_images_and_labels(sharded: Path) -> None:
+    splits_dir, folder = sharded / "data/splits", sharded / "data/shards"
+    classes = read_classes(splits_dir)
+    index = read_index(folder)
+    assert index.dirnames == classes.dirnames and index.labels == ["Hamburger", "Submarine sandwich"]
+    for name, per_class in COUNTS.items():
+        split = read_split(splits_dir, name, classes)
+        entry = index.splits[name]
+        n = 2 * per_class
+        assert entry.images == n and entry.files == [f"{name}-{i:06d}.tar" for i in range(-(-n // 5))]
+        assert sorted(p.name for p in folder.glob(f"{name}-*.tar")) == entry.files
+        urls = [str(folder / f) for f in entry.files]
+        samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+        assert len(samples) == n
+        for sample, path, target in zip(samples, split.paths, split.targets, strict=True):
+            assert sample["__key__"] == f"{path.parent.name}/{path.stem}"
+            assert sample["jpg"] == path.read_bytes()
+            assert int(sample["cls"]) == target
+            meta = json.loads(sample["json"])
+            assert meta == {"dirname": path.parent.name, "label": classes.labels[target],
+                            "path": path.relative_to(splits_dir).as_posix()}
+        per_shard = [len(list(wds.WebDataset([u], shardshuffle=False, empty_check=False))) for u in urls]
+        assert max(per_shard) <= 5 and sum(per_shard) == n  # shards.max_images
+
+
+def test_same_splits_give_byte_identical_shards_in_another_folder(sharded: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    make_splits(again / "data/splits", COUNTS)  # the same pictures, new files (new mtimes, another path)
+    second = run_stage(again, max_images=5)
+    first = sharded / "data/shards"
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir()) and "index.json" in names
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    run_stage(again, max_images=6)  # 24 train images: 4 shards of 6 instead of 5 shards of at most 5
+    assert sorted(p.name for p in second.glob("train-*.tar")) == [f"train-{i:06d}.tar" for i in range(4)]
+
+
+def test_shard_batches_cover_every_image_once_per_epoch(sharded: Path) -> None:
+    splits_dir, folder = sharded / "data/splits", sharded / "data/shards"
+    classes = read_classes(splits_dir)
+    val = read_split(splits_dir, "val", classes)
+    files = matching_shards(folder, val, splits_dir, classes)
+    cpu = torch.device("cpu")
+    expected = sorted((t, decode(p, 24).sum().item()) for p, t in zip(val.paths, val.targets))
+    for workers in (0, 2):  # 2 workers share the 2 val shards; the main process cuts exact batches
+        batches = ShardBatches(files, len(val), 24, 4, 2, shuffle=False, seed=0, workers=workers, device=cpu)
+        got = list(batches)
+        assert len(batches) == len(got) == 3 and [len(y) for _, y in got] == [4, 4, 2]
+        assert sorted((t, x.sum().item()) for xs, ys in got for x, t in zip(xs, ys.tolist())) == expected
+    train_split = read_split(splits_dir, "train", classes)
+    train_files = matching_shards(folder, train_split, splits_dir, classes)
+    shuffled = ShardBatches(train_files, len(train_split), 24, 5, 2, shuffle=True, seed=0, workers=0, device=cpu)
+    epochs = [torch.cat([y for _, y in shuffled]) for _ in range(2)]
+    assert len(shuffled) == 4 and all(len(e) == 20 for e in epochs)  # 24 images, batches of 5, ragged one dropped
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
+
+
+def test_training_streams_from_shards_when_the_cache_does_not_fit(sharded: Path, tmp_path: Path) -> None:
+    p = TrainParams(**{**TINY_TRAIN, "epochs": 1, "freeze_epochs": 0, "batch_size": 8})
+    no_cache = RuntimeParams(**{**TINY_RUNTIME, "cache_mb": 0})
+    splits_dir, folder = sharded / "data/splits", sharded / "data/shards"
+    result = train(p, no_cache, splits_dir, folder)
+    assert result.metrics["data"] == "shards" and result.metrics["train_images"] == 24
+    assert train(p, RuntimeParams(**TINY_RUNTIME), splits_dir, folder).metrics["data"] == "cached"
+    # shards of other files (a crop replaced since) are not used: the folders are streamed instead
+    copy = tmp_path / "splits"
+    shutil.copytree(splits_dir, copy)
+    victim = next((copy / "train/Hamburger").glob("*.jpg"))
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert matching_shards(folder, read_split(copy, "train", read_classes(copy)), copy, read_classes(copy)) is None
+    assert train(p, no_cache, copy, folder).metrics["data"] == "streamed"
+
+
+def test_a_damaged_shard_is_a_one_line_error(sharded: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    shutil.copytree(sharded / "data/shards", folder)
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad), encoder=False) as sink:
+        sink.write({"__key__": "Hamburger/x", "jpg": b"\xff\xd8 not a jpeg", "cls": b"7"})
+    cpu = torch.device("cpu")
+    for workers in (0, 1):  # raised in this process, or in a DataLoader worker and passed back
+        with pytest.raises(UserError) as info:
+            list(ShardBatches([bad], 1, 24, 4, 2, shuffle=False, seed=0, workers=workers, device=cpu))
+        assert "\n" not in str(info.value) and "Hamburger/x: a sample needs one image and a class index below 2" in str(
+            info.value)
+    (folder / "index.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a shard index"):
+        read_index(folder)
+
+
+def test_the_package_carries_the_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_inputs(tmp_path, {"name": "test/shards", "registry": ""})
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    run_stage(tmp_path, max_images=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    files = package.input_files()
+    carried = {key: path for key, path in files.items() if key.startswith("shards/")}
+    on_disk = sorted(p.name for p in (tmp_path / "data/shards").iterdir())
+    assert sorted(carried) == [f"shards/{name}" for name in on_disk]
+    assert "shards/index.json" in carried and "shards/train-000001.tar" in carried  # 6 train images, 4 a shard
