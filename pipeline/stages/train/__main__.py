@@ -1,7 +1,8 @@
 """``python -m pipeline.stages.train``: fine-tune a CNN on ``data/splits`` (the DVC stage ``train``).
 
 Writes ``models/model.pt`` (state dict + labels + preprocessing, safe to load), ``metrics/train.json``,
-``plots/train_curves.csv`` (one row per epoch, for ``dvc plots``) and ``reports/train/curves.png``.
+``dvclive/`` (per-epoch metrics and curves, written as each epoch ends, for ``dvc exp show`` and
+``dvc plots``) and ``reports/train/curves.png``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pipeline.core import paths
 from pipeline.core.errors import run_cli
 from pipeline.core.params import load_params
+from pipeline.stages.train.live import epoch_logger
 from pipeline.stages.train.stage import train, write_outputs
 
 
@@ -20,11 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipeline.stages.train",
         description="Fine-tune a torchvision CNN on data/splits (params.yaml `train`): freeze, train the head, "
         "unfreeze, discriminative one-cycle. Writes models/model.pt, metrics/train.json, "
-        "plots/train_curves.csv and reports/train/curves.png.",
+        "dvclive/ (per-epoch metrics and curves, as each epoch ends) and reports/train/curves.png.",
     )
     parser.parse_args(argv)
     params = load_params()
-    result = train(params.train, params.runtime, paths.SPLITS_DIR)
+    with epoch_logger() as log_epoch:
+        result = train(params.train, params.runtime, paths.SPLITS_DIR, log_epoch)
     write_outputs(result, params.train)
     m = result.metrics
     print(f"trained {m['arch']} on {m['train_images']} images ({m['device']}, {m['data']}): "

@@ -9,6 +9,7 @@ BatchNorm and bias terms; one-cycle also cycles Adam's beta1 between 0.95 and 0.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One row of ``plots/train_curves.csv``."""
+    """One epoch's numbers (logged by :mod:`pipeline.stages.train.live` as it ends)."""
 
     epoch: int
     phase: str  # frozen (head only) or unfrozen
@@ -88,8 +89,10 @@ def geometric(low: float, high: float, n: int) -> list[float]:
 
 
 def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, recipe: Recipe,
-              device: torch.device, normalize: Normalize) -> list[EpochStats]:
-    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch."""
+              device: torch.device, normalize: Normalize,
+              on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch, each
+    also given to ``on_epoch`` as soon as it ends."""
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     n_groups = len(layer_groups(model))
     phases = [  # name, epochs, peak rate per layer group, warm-up share, initial divisor (fastai's values)
@@ -112,6 +115,8 @@ def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, re
             print(f"{desc}: train_loss {loss:.4f}  val_loss {val_loss:.4f}  "
                   f"val_accuracy {val_accuracy:.3f}  ({stats.images_per_s:.0f} img/s)", flush=True)
             history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
     return history
 
 

@@ -6,6 +6,7 @@ suggests is found on exactly the model and batches training will use.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.io import replace_dir, save_figure, write_csv, write_json
+from pipeline.core.io import replace_dir, save_figure, write_json
 from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, make_batches,
                                       read_classes, read_split)
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
@@ -26,10 +27,7 @@ from pipeline.core.params import RuntimeParams, TrainParams
 from pipeline.stages.train.loop import EpochStats, Recipe, fine_tune
 
 TRAIN_METRICS = paths.METRICS_DIR / "train.json"
-TRAIN_CURVES = paths.PLOTS_DIR / "train_curves.csv"
 TRAIN_REPORT = paths.REPORTS_DIR / "train"
-#: the columns dvc.yaml's train stage plots (x: epoch, y: the losses and accuracy), then extras
-CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "phase", "seconds", "images_per_s")
 
 
 @dataclass
@@ -72,15 +70,17 @@ class Trained:
     metrics: dict
 
 
-def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Trained:
-    """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe; nothing is written."""
+def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> Trained:
+    """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe; nothing is written here
+    (``on_epoch`` sees each epoch as it ends: the stage logs it with dvclive)."""
     if p.freeze_epochs + p.epochs == 0:
         raise UserError("params.yaml: train.freeze_epochs + train.epochs must be at least 1")
     setup = prepare(p, runtime, splits_dir)
     started = time.perf_counter()
     train_batches, val_batches = setup.batches("train"), setup.batches("val")
     recipe = Recipe(p.lr, p.weight_decay, p.freeze_epochs, p.epochs, p.img_size, p.seed)
-    history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize)
+    history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize, on_epoch)
     classes, last = setup.classes, history[-1]
     info = ModelInfo(p.arch, classes.labels, classes.dirnames, p.img_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
     metrics = {
@@ -101,10 +101,10 @@ def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path) -> Trained:
 
 
 def write_outputs(result: Trained, p: TrainParams) -> None:
-    """The stage's files: model, metrics, per-epoch curves (CSV for dvc plots, PNG for people)."""
+    """The stage's files: model, metrics, the curves as a PNG for people (dvclive wrote them for dvc plots
+    as the epochs ended: :mod:`pipeline.stages.train.live`)."""
     save_checkpoint(paths.MODEL, result.model, result.info, extra={"train": p.model_dump(mode="json")})
     write_json(TRAIN_METRICS, result.metrics)
-    write_csv(TRAIN_CURVES, CURVE_COLUMNS, [[getattr(h, c) for c in CURVE_COLUMNS] for h in result.history])
     with replace_dir(TRAIN_REPORT) as folder:
         save_figure(curves_figure(result.history), folder / "curves.png")
 
