@@ -39,9 +39,13 @@ TINY = {
     "train.img_size": 32, "train.batch_size": 16, "train.lr": 0.01,
     "evaluate.worst": 2,
 }
-#: two machines: one process of each kind and no image cache, or two and a cache
-RUNTIME_A = {"download_processes": 1, "crop_processes": 1, "loader_workers": 0, "cache_mb": 0, "device": "cpu"}
-RUNTIME_B = {"download_processes": 2, "crop_processes": 2, "loader_workers": 1, "cache_mb": 64, "device": "cpu"}
+#: two machines: one download process with one shard and one crop process and no image cache, or two of each
+#: (small shards, so both download processes get some) and a cache. DataLoader workers stay 0: they feed training
+#: only, which no dataset file depends on, and each costs seconds to start.
+RUNTIME_A = {"download_processes": 1, "connections": 2, "crop_processes": 1, "loader_workers": 0, "cache_mb": 0,
+             "device": "cpu"}
+RUNTIME_B = {"download_processes": 2, "connections": 16, "shard_size": 5, "crop_processes": 2, "loader_workers": 0,
+             "cache_mb": 64, "device": "cpu"}
 DATASET = "openimages/hamburger-sandwich"
 EXPERIMENT = "openimages/hot-dog-pizza"
 
