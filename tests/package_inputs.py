@@ -112,15 +112,16 @@ def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75, m
     write_parquet(pd.DataFrame(images).drop_duplicates("ImageID"), root / "data/images/manifest.parquet")
     write_parquet(pd.DataFrame(clean), root / "data/clean/manifest.parquet")
     if model:
-        write_model_outputs(root, eval_top1)
+        write_model_outputs(root, eval_top1, labels)
 
 
-def write_model_outputs(root: Path, eval_top1: float) -> None:
+def write_model_outputs(root: Path, eval_top1: float, labels: tuple[str, str] = LABELS) -> None:
     """What the train and evaluate stages leave for the package stage (a stand-in for the model's bytes)."""
+    per_class = {label: {"f1": 0.8} for label in labels}
     files = {
         "models/model.pt": hashlib.sha256(f"model {eval_top1}".encode()).digest() * 64,
         "metrics/train.json": json.dumps({"epochs": 2, "val_accuracy": 0.7}).encode(),
-        "metrics/eval.json": json.dumps({"top1": eval_top1, "per_class": {"Hamburger": {"f1": 0.8}}}).encode(),
+        "metrics/eval.json": json.dumps({"top1": eval_top1, "per_class": per_class}).encode(),
         "plots/confusion.csv": b"actual,predicted\nHamburger,Hamburger\nSubmarine sandwich,Hamburger\n",
         "dvclive/metrics.json": json.dumps({"train_loss": 0.5, "val_accuracy": 0.7, "step": 2}).encode(),
         "dvclive/plots/metrics/train_loss.tsv": b"step\ttrain_loss\n1\t0.9\n2\t0.5\n",

@@ -305,7 +305,13 @@ def test_missing_input_and_bad_registry_are_one_line_errors(ws: Path, env: dict[
     write_inputs(ws, {"name": "tests/" + "x" * 60, "registry": ""})  # no room for "-model"
     result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 2 and "-model" in one_line_error(result)
-    assert not (ws / "data/package.json").exists()
+
+    # a model left by a run with other labels must not be published as trained on this dataset
+    write_inputs(ws, {"name": NAME, "registry": ""}, model=True)
+    write_inputs(ws, {"name": "", "registry": ""}, labels=("Pizza", "Hot dog"))
+    result = run(ws, env, "pipeline.stages.package")
+    assert result.returncode == 2 and "model is from another run" in one_line_error(result)
+    assert not (ws / "data/package.json").exists() and not (ws / REGISTRY).exists()
 
 
 def test_inputs_that_do_not_match_are_refused(ws: Path, env: dict[str, str]) -> None:

@@ -208,16 +208,15 @@ def publish(registry: Registry, name: str, files: Mapping[str, Path], meta: dict
     """
     with registry_errors(registry, name):
         _check_access(registry)
+        latest = _latest(registry, name)
+    if latest is not None and accept_latest is not None:  # before hashing: a refusal comes at once
+        accept_latest(latest._meta.get("user_meta") or {})  # noqa: SLF001 - see versions()
     if not registry.is_s3:
         _sweep_local(registry, name)
     digests = {key: sha256_file(path) for key, path in track(files.items(), "hashing", "file")}
+    if latest is not None and _same_content(latest, files, digests, meta, message):
+        return Published(latest.top_hash, added=False)
     with registry_errors(registry, name):
-        latest = _latest(registry, name)
-        if latest is not None:
-            if accept_latest is not None:
-                accept_latest(latest._meta.get("user_meta") or {})  # noqa: SLF001 - see versions()
-            if _same_content(latest, files, digests, meta, message):
-                return Published(latest.top_hash, added=False)
         if registry.is_s3:
             return Published(_push(registry, name, files, digests, meta, message), added=True)
         return Published(_build_local(registry, name, files, digests, meta, message), added=True)
@@ -297,14 +296,6 @@ def _build_local(registry: Registry, name: str, files: Mapping[str, Path], diges
                 shutil.copyfile(path, tmp)
         stored[key] = target
     return _new_package(stored, meta).build(name, registry=registry.url, message=message)
-
-
-def latest_meta(registry: Registry, name: str) -> dict | None:
-    """The package metadata of the latest version of ``name``, or None when there is none."""
-    with registry_errors(registry, name):
-        _check_access(registry)
-        latest = _latest(registry, name)
-    return None if latest is None else latest._meta.get("user_meta") or {}  # noqa: SLF001
 
 
 def versions(registry: Registry, name: str) -> list[Version]:

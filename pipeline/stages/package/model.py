@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import paths
+from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.stages.package.dataset import read_json_object
 from pipeline.stages.package.provenance import MODEL_PARAMS, MODEL_STAGES, code_version, recorded_params
@@ -46,6 +47,18 @@ def scalar_metrics(files: dict[str, Path]) -> dict[str, dict[str, float]]:
             values = read_json_object(files[key])
             found[key] = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return found
+
+
+def check_trained_on(files: dict[str, Path], labels: list[str]) -> None:
+    """Refuse a model from another run (the package would name a dataset it was not trained on): its
+    evaluation must be of exactly the dataset's labels. ``dvc repro`` keeps them in step; a stage run by hand
+    after other labels' split does not."""
+    if "metrics/eval.json" not in files:
+        return
+    per_class = read_json_object(files["metrics/eval.json"]).get("per_class")
+    if isinstance(per_class, dict) and sorted(map(str, per_class)) != sorted(labels):
+        raise UserError(f"{files['metrics/eval.json']} is for labels [{', '.join(sorted(map(str, per_class)))}], "
+                        f"the dataset has [{', '.join(sorted(labels))}]: the model is from another run; run dvc repro")
 
 
 def metadata(params: Params, dataset_name: str, dataset_top_hash: str, labels: list[str],

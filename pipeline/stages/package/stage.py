@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            paths.SPLITS_MANIFEST)
     credits = dataset.attribution(read_parquet(paths.SELECTED, "selected boxes"), splits_table["ImageID"].tolist())
     meta = dataset.metadata(params, counts, credits)
+    model_files = model.input_files() if model.has_model() else {}
+    model.check_trained_on(model_files, display)
 
     paths.DATA.mkdir(exist_ok=True)
     sweep(paths.DATA, STAGING)  # what a killed run left
@@ -81,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        params.package.message, accept_latest=same_labels(name, display, params.package.allow_other_labels))
         print(_said(name, registry, data, "dataset"))
         model_info = None
-        if model.has_model():
-            model_files = model.input_files()
+        if model_files:
             model_meta = model.metadata(params, name, data.top_hash, display, model.scalar_metrics(model_files))
             model_readme_file = staging / "model-README.md"
             model_readme_file.write_text(model_readme(model_package, model_meta))
