@@ -3,12 +3,20 @@
 It starts the local Open Images mirror (:mod:`pipeline.mirror`) on 127.0.0.1, writes a demo
 ``params.yaml`` pointing ``source.base_url`` at it, and runs the real DVC pipeline (``dvc repro``) in a
 workspace folder: the same stages, code and ``dvc.yaml`` a user runs against the real Open Images, only
-smaller. Code dependencies in ``dvc.yaml`` are rewritten to point at this checkout, so editing a stage's
-code and re-running the demo re-runs that stage and what follows, exactly as ``dvc repro`` does.
+smaller.
+
+The workspace is a git repository like a user's own clone: it holds a copy of this checkout's
+``pipeline/`` (synced on every run, so editing a stage's code and re-running the demo re-runs that stage
+and what follows, as ``dvc repro`` does), the repository's own ``dvc.yaml`` and ``.gitignore``, and the
+demo's ``params.yaml``. Every code dep is then a relative path (``pipeline/core``), ``dvc exp show`` shows
+no path of this machine, and after the run the demo commits ``dvc.lock`` with the metrics and plots, so
+``dvc exp run -S 'labels=[Pizza,"Hot dog"]'`` / ``dvc exp show`` / ``dvc metrics diff`` / ``dvc plots diff``
+compare against that baseline straight away (the mirror draws all five of its labels for that).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -18,11 +26,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import yaml
 
 from pipeline.core import paths
 from pipeline.core.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.io import replace_dir, write_text
 from pipeline.core.params import load_params
 
 if TYPE_CHECKING:
@@ -30,7 +40,12 @@ if TYPE_CHECKING:
 
 DEMO_PORT = 8754
 REPO = Path(__file__).resolve().parent.parent
-CODE_PREFIX = "pipeline/"
+#: what the mirror draws: the demo's two labels, and the others an experiment may switch to
+MIRROR_LABELS = ("Hamburger", "Sandwich", "Submarine sandwich", "Hot dog", "Pizza")
+#: ignored in the workspace on top of the repository's own .gitignore
+WORKSPACE_IGNORES = "\n# the demo's own\n/mirror/\n"
+#: the identity of the workspace's commits when git has none configured
+DEMO_AUTHOR = ("openimages-pipeline demo", "demo@openimages-pipeline.invalid")
 
 #: Small settings that finish in a few minutes on a 2-core CPU and still show every stage at work.
 DEMO_PARAMS: dict = {
@@ -43,7 +58,7 @@ DEMO_PARAMS: dict = {
     "train": {"arch": "mobilenet_v2", "weights": "imagenet", "freeze_epochs": 1, "epochs": 2,
               "img_size": 96, "batch_size": 32, "lr": 0.003},
     "evaluate": {"worst": 12},
-    "package": {"name": "openimages/demo-hamburger-sandwich", "registry": ""},
+    "package": {"registry": ""},  # the name follows the labels: openimages/hamburger-sandwich
     "runtime": {"connections": 16, "retries": 3, "backoff": 0.2, "max_backoff": 2.0, "read_timeout": 5.0,
                 "shard_size": 50},
 }
@@ -57,31 +72,74 @@ def demo_params(base_url: str, cvdf_url: str) -> dict:
     return load_params(Path("/nonexistent/params.yaml"), overrides).to_dict()
 
 
-def workspace_dvc_yaml(repo_dvc_yaml: Path, repo: Path) -> dict:
-    """The repo's ``dvc.yaml`` with code deps (``pipeline/...``) made absolute paths into ``repo``."""
-    spec = yaml.safe_load(repo_dvc_yaml.read_text())
-    for stage in spec["stages"].values():
-        stage["deps"] = [str(repo / dep) if dep.startswith(CODE_PREFIX) else dep for dep in stage.get("deps", [])]
-    return spec
+def sync_code(workspace: Path) -> None:
+    """Make ``workspace/pipeline`` an exact copy of this checkout's ``pipeline/`` (no caches).
+
+    The stages run as ``python -m pipeline.stages.<stage>`` in the workspace, so they import this copy,
+    and dvc.yaml's code deps (``pipeline/core``, ``pipeline/stages/<stage>``) are the files that ran.
+    """
+    with replace_dir(workspace / "pipeline") as fresh:
+        shutil.copytree(REPO / "pipeline", fresh, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def prepare_workspace(workspace: Path, params: dict) -> None:
-    """Write params.yaml and dvc.yaml into ``workspace`` and make it a DVC project (no git needed)."""
+    """Make ``workspace`` a git repository and a DVC project holding the pipeline's code, the repository's
+    dvc.yaml and .gitignore and ``params``, and commit that."""
+    if shutil.which("git") is None:
+        raise UserError("the demo needs git (its workspace is a git repository, for dvc exp): install git")
     workspace.mkdir(parents=True, exist_ok=True)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (workspace / "dvc.yaml").write_text(yaml.safe_dump(workspace_dvc_yaml(REPO / "dvc.yaml", REPO), sort_keys=False))
+    if not (workspace / ".git").exists():
+        _run(["git", "init", "-q"], workspace)
+    sync_code(workspace)
+    write_text(workspace / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    write_text(workspace / "dvc.yaml", (REPO / "dvc.yaml").read_text())
+    write_text(workspace / ".gitignore", (REPO / ".gitignore").read_text() + WORKSPACE_IGNORES)
     if not (workspace / ".dvc").exists():
-        _run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], workspace)
+        _run([sys.executable, "-m", "dvc", "init", "-q"], workspace)
         _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], workspace)
+    elif "no_scm" in (workspace / ".dvc" / "config").read_text():  # a workspace made by an older demo
+        _run([sys.executable, "-m", "dvc", "config", "--unset", "core.no_scm"], workspace)
+    commit(workspace, "demo: the pipeline's code, dvc.yaml and the demo's params")
+
+
+def commit(workspace: Path, message: str) -> bool:
+    """Commit everything git does not ignore in ``workspace``, if anything changed; True if it did."""
+    _run(["git", "add", "-A"], workspace)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=workspace, env=_env(), capture_output=True,
+                            text=True, check=False)
+    if not status.stdout.strip():
+        return False
+    _run(["git", "commit", "-q", "-m", message], workspace)
+    return True
 
 
 def _env() -> dict[str, str]:
-    """Stages run as ``python -m ...``: make ``python`` this interpreter, and keep DVC and Quilt offline."""
+    """Stages run as ``python -m ...``: make ``python`` this interpreter, keep DVC and Quilt offline, and give
+    git an author for the workspace's commits when the user has configured none."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("DVC_STUDIO_OFFLINE", "true")
     env.setdefault("QUILT_DISABLE_USAGE_METRICS", "true")
+    if not _git_identity():
+        name, email = DEMO_AUTHOR
+        for role in ("AUTHOR", "COMMITTER"):
+            env.setdefault(f"GIT_{role}_NAME", name)
+            env.setdefault(f"GIT_{role}_EMAIL", email)
     return env
+
+
+@functools.cache
+def _git_identity() -> bool:
+    """Does git have a user.email (the environment's, or any config git reads)?"""
+    if os.environ.get("GIT_AUTHOR_EMAIL") and os.environ.get("GIT_COMMITTER_EMAIL"):
+        return True
+    try:
+        found = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, check=False)
+    except OSError:
+        return False
+    return bool(found.stdout.strip())
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -90,9 +148,9 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise PipelineFailure(f"'{' '.join(cmd[2:] if cmd[1] == '-m' else cmd)}' failed with exit code {result.returncode}")
 
 
-def summary(workspace: Path) -> str:
-    """Where the user finds what the pipeline made, with the headline numbers."""
-    lines = [f"demo finished in workspace {workspace}"]
+def summary(workspace: Path, images_per_label: int, port: int) -> str:
+    """Where the user finds what the pipeline made, the headline numbers, and how to go on from there."""
+    lines = [f"demo finished in workspace {workspace} (a git repository: the run is its latest commit)"]
     eval_metrics = workspace / paths.METRICS_DIR / "eval.json"
     if eval_metrics.exists():
         metrics = json.loads(eval_metrics.read_text())
@@ -103,6 +161,7 @@ def summary(workspace: Path) -> str:
     for label, rel in [
         ("model", paths.MODEL),
         ("training metrics", paths.METRICS_DIR / "train.json"),
+        ("per-epoch metrics", Path("dvclive")),
         ("evaluation metrics", paths.METRICS_DIR / "eval.json"),
         ("dataset report", paths.REPORTS_DIR / "dataset" / "index.html"),
         ("evaluation report", paths.REPORTS_DIR / "evaluate"),
@@ -112,8 +171,18 @@ def summary(workspace: Path) -> str:
     if package_info.exists():
         info = json.loads(package_info.read_text())
         registry = workspace / info["registry"] if "://" not in info["registry"] else info["registry"]
-        lines.append(f"  package {info['name']} @ {info['top_hash'][:12]}; pull it with:")
-        lines.append(f"    python -m pipeline.pull {info['name']} --registry {registry} --dest DIR")
+        lines.append(f"  dataset {info['name']} @ {info['top_hash'][:12]}" + (
+            f", model {info['model']['name']} @ {info['model']['top_hash'][:12]}" if "model" in info else "")
+            + "; pull them with:")
+        for name in [info["name"], *([info["model"]["name"]] if "model" in info else [])]:
+            lines.append(f"    python -m pipeline.pull {name} --registry {registry} --dest DIR")
+    labels = " ".join(f'"{label}"' if " " in label else label for label in MIRROR_LABELS)
+    lines += [
+        "  compare other labels (the mirror must be up for the stages that download):",
+        f"    python -m pipeline.mirror --root {workspace / 'mirror'} --port {port} "
+        f"--images-per-label {images_per_label} --labels {labels} &",
+        f"    cd {workspace} && dvc exp run -S 'labels=[Pizza,\"Hot dog\"]' && dvc exp show",
+    ]
     return "\n".join(lines)
 
 
@@ -122,12 +191,12 @@ def start_mirror(root: Path, images_per_label: int, port: int) -> Mirror:
     from pipeline.mirror import Mirror  # imported late: --help stays fast
 
     def make(p: int) -> Mirror:
-        return Mirror(root=root, labels=tuple(DEMO_PARAMS["labels"]), images_per_label=images_per_label,
-                      faults=True, seed=0, port=p)
+        return Mirror(root=root, labels=MIRROR_LABELS, images_per_label=images_per_label, faults=True, seed=0,
+                      port=p)
 
     try:
         return make(port).start()
-    except OSError:
+    except (OSError, UserError):  # the mirror says "cannot listen" as a UserError
         print(f"port {port} is taken; using a free port (DVC will see new params and re-run the stages)")
         return make(0).start()
 
@@ -158,9 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mirror serving Open Images at {mirror.base_url}")
         prepare_workspace(workspace, params)
         _run([sys.executable, "-m", "dvc", "repro"], workspace)
+        commit(workspace, "demo: dvc repro (dvc.lock, metrics, plots, package versions)")
     finally:
         mirror.stop()
-    print(summary(workspace))
+    print(summary(workspace, args.images_per_label, urlsplit(mirror.url).port))
     print(f"  took {time.monotonic() - started:.0f} s")
     return 0
 

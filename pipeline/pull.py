@@ -1,26 +1,31 @@
-"""``python -m pipeline.pull NAME --registry s3://bucket [--hash H] --dest DIR``: get a dataset version.
+"""``python -m pipeline.pull NAME --registry s3://bucket [--hash H] --dest DIR``: get a dataset or model version.
 
-How a colleague gets the data: by name and version, with nothing of the pipeline to run. The folder it
-makes is ready for training (``DIR/splits/train`` is an ImageFolder) and holds the manifests, metrics,
-README and ATTRIBUTION.csv of that version; every file is checked against the package's hashes.
-``--list`` shows the versions (hash, date, message). S3 settings are AWS's own (docs/s3.md).
+How a colleague gets the data: by name and version, with nothing of the pipeline to run. The package stage
+publishes two packages, and this pulls either: ``openimages/<labels>`` (the folder it makes is ready for
+training: ``DIR/splits/train`` is an ImageFolder; with the manifests, README and ATTRIBUTION.csv) and
+``openimages/<labels>-model`` (``model.pt``, the metrics and curves, and the dataset's name and top hash it
+was trained on). Every file is checked against the package's hashes. ``--list`` shows the versions (hash,
+date, message). S3 settings are AWS's own (docs/s3.md).
+
+A local registry folder that was moved or copied still installs (objects are found by their content
+hash); ``--relink`` rewrites its manifests once so that plain quilt3 reads it too.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.core.errors import run_cli
-from pipeline.core.registry import Registry, Version, check_hash, check_name, install, versions
+from pipeline.core.registry import Registry, Version, check_hash, check_name, install, relink, versions
 
 
 def format_versions(found: Sequence[Version]) -> list[str]:
     """One line per version, newest first: full hash (to paste into --hash), UTC date, message."""
     return [
-        f"{v.top_hash}  {datetime.fromtimestamp(v.timestamp, timezone.utc):%Y-%m-%d %H:%M:%S} UTC  "
+        f"{v.top_hash}  {datetime.fromtimestamp(v.timestamp, UTC):%Y-%m-%d %H:%M:%S} UTC  "
         f"{'latest ' if v.latest else '       '}{v.message}"
         for v in found
     ]
@@ -29,30 +34,49 @@ def format_versions(found: Sequence[Version]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.pull",
-        description="Install a version of a dataset package into a folder, or list its versions.",
+        description="Install a version of a dataset or model package into a folder, or list its versions.",
         epilog="Credentials and endpoint come from AWS's settings: AWS_PROFILE, ~/.aws, AWS_ENDPOINT_URL_S3 "
         "for MinIO and other S3-compatible stores (see docs/s3.md).",
     )
-    parser.add_argument("name", help="package name, owner/dataset")
+    parser.add_argument("name", nargs="?", help="package name, owner/dataset (owner/dataset-model for the model)")
     parser.add_argument("--registry", required=True, help="s3://bucket, or a local registry folder")
     parser.add_argument("--hash", dest="top_hash", help="top hash of the version, or a unique prefix (default: latest)")
     parser.add_argument("--dest", type=Path, help="new or empty folder to install into")
     parser.add_argument("--list", action="store_true", help="list the versions instead of installing one")
+    parser.add_argument("--relink", action="store_true",
+                        help="rewrite a moved or copied local registry's manifests for where it is now, so plain "
+                             "quilt3 reads it (no version changes)")
     args = parser.parse_args(argv)
+    registry = Registry.parse(args.registry, "--registry")
+    if args.relink:
+        if args.name or args.dest or args.list or args.top_hash:
+            parser.error("--relink takes only --registry")
+        changed = relink(registry)
+        print(f"relinked {changed} manifest(s) in {registry.shown}" if changed
+              else f"{registry.shown}: every manifest already points here; nothing to do")
+        return 0
+    if not args.name:
+        parser.error("give a package name (owner/dataset)")
     if args.list == (args.dest is not None):
         parser.error("give either --dest DIR or --list")
     if args.list and args.top_hash:
         parser.error("--list shows every version: leave out --hash")
     name = check_name(args.name)
-    registry = Registry.parse(args.registry, "--registry")
     top_hash = check_hash(args.top_hash) if args.top_hash else None
 
     if args.list:
         print("\n".join(format_versions(versions(registry, name))))
         return 0
-    top_hash, count = install(registry, name, top_hash, args.dest)
-    print(f"installed {name}@{top_hash} from {registry.shown} into {args.dest} ({count} files)")
-    print(f"train on it: torchvision.datasets.ImageFolder('{args.dest / 'splits' / 'train'}')")
+    installed = install(registry, name, top_hash, args.dest)
+    if installed.moved:
+        print(f"note: {registry.shown} was moved or copied (its manifests point at its old place); pulled from "
+              f"here anyway. For plain quilt3, run once: python -m pipeline.pull --registry {registry.shown} --relink",
+              file=sys.stderr)
+    print(f"installed {name}@{installed.top_hash} from {registry.shown} into {args.dest} ({installed.files} files)")
+    if (args.dest / "splits" / "train").is_dir():
+        print(f"train on it: torchvision.datasets.ImageFolder('{args.dest / 'splits' / 'train'}')")
+    elif (args.dest / "model.pt").is_file():
+        print(f"load it: pipeline.core.learn.models.load_checkpoint('{args.dest / 'model.pt'}')")
     return 0
 
 

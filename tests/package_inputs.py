@@ -1,15 +1,18 @@
 """Inputs of the package stage, written directly to the contracts in docs/architecture.md.
 
 A few small JPEGs in ``data/splits/{train,val,test}/<label>/``, ``splits.parquet``, ``labels.json``,
-the selected / images / clean manifests and the metrics, so package and pull tests know exactly what
-must come out. Photo 0 has two boxes (two crops, one attribution row); photo 1's author starts with
-``=`` (a spreadsheet formula unless escaped).
+the selected / images / clean manifests and, with ``model=True``, the train and evaluate stages' files
+(a stand-in ``models/model.pt``, metrics, dvclive curves, confusion rows), so package and pull tests know
+exactly what must come out. Photo 0 has two boxes (two crops, one attribution row); photo 1's author
+starts with ``=`` (a spreadsheet formula unless escaped); every third photo is CC BY-SA 2.0, the rest
+CC BY 2.0.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +28,24 @@ from pipeline.core.safe import label_dirname
 LABELS = ("Hamburger", "Submarine sandwich")
 #: crops per label in each split
 PER_SPLIT = {"train": 3, "val": 1, "test": 1}
-#: the logical keys of the package that are copies of input files -> their path under the workspace
+#: the logical keys of the dataset package that are copies of input files -> their path under the workspace
 COPIED = {
     "manifests/selected.parquet": "data/selected.parquet",
     "manifests/images.parquet": "data/images/manifest.parquet",
     "manifests/clean.parquet": "data/clean/manifest.parquet",
+}
+#: the same for the model package
+MODEL_COPIED = {
+    "model.pt": "models/model.pt",
     "metrics/train.json": "metrics/train.json",
     "metrics/eval.json": "metrics/eval.json",
+    "plots/confusion.csv": "plots/confusion.csv",
+    "dvclive/metrics.json": "dvclive/metrics.json",
+    "dvclive/plots/metrics/train_loss.tsv": "dvclive/plots/metrics/train_loss.tsv",
+    "dvclive/plots/metrics/val_accuracy.tsv": "dvclive/plots/metrics/val_accuracy.tsv",
 }
+BY = "https://creativecommons.org/licenses/by/2.0/"
+BY_SA = "https://creativecommons.org/licenses/by-sa/2.0/"
 
 
 def image_id(i: int) -> str:
@@ -62,19 +75,25 @@ def photo_credits(i: int) -> dict[str, str]:
     return {
         "OriginalURL": f"https://farm1.staticflickr.com/1/{i}_abc_o.jpg",
         "OriginalLandingURL": f"https://www.flickr.com/photos/user{i}/{1000 + i}",
-        "License": "https://creativecommons.org/licenses/by/2.0/",
+        "License": BY_SA if i % 3 == 2 else BY,
         "AuthorProfileURL": f"https://www.flickr.com/people/user{i}/",
         "Author": "=HYPERLINK(\"x\")" if i == 1 else f"Photographer {i}",
         "Title": f"Lunch {i}",
     }
 
 
-def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75) -> None:
-    """Everything ``python -m pipeline.stages.package`` reads, under ``root`` (params.yaml included)."""
-    (root / "params.yaml").write_text(yaml.safe_dump({"labels": list(LABELS), "package": package}))
+def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75, model: bool = False,
+                 labels: tuple[str, str] = LABELS) -> None:
+    """Everything ``python -m pipeline.stages.package`` reads, under ``root`` (params.yaml included);
+    ``labels`` renames the two classes (the crops stay the same)."""
+    (root / "params.yaml").write_text(yaml.safe_dump({"labels": list(labels), "package": package}))
     splits_dir = root / "data/splits"
+    if splits_dir.exists():
+        shutil.rmtree(splits_dir)
+    renamed = dict(zip(LABELS, labels))
     split_rows, selected, images, clean = [], [], [], []
     for crop in crops():
+        crop = {**crop, "label": renamed[crop["label"]]}
         iid, dirname = image_id(crop["photo"]), label_dirname(crop["label"])
         rel = f"{crop['split']}/{dirname}/{iid}_{crop['box']}.jpg"
         (splits_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -88,21 +107,42 @@ def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75) -
                       "reject_reason": "", "crop_path": f"{dirname}/{iid}_{crop['box']}.jpg"})
         images.append({"ImageID": iid, "Subset": "train", "status": "ok", "path": f"{iid}.jpg"})
     write_parquet(pd.DataFrame(split_rows), splits_dir / "splits.parquet")
-    (splits_dir / "labels.json").write_text(json.dumps({label_dirname(x): x for x in LABELS}, indent=2))
+    (splits_dir / "labels.json").write_text(json.dumps({label_dirname(x): x for x in labels}, indent=2))
     write_parquet(pd.DataFrame(selected), root / "data/selected.parquet")
     write_parquet(pd.DataFrame(images).drop_duplicates("ImageID"), root / "data/images/manifest.parquet")
     write_parquet(pd.DataFrame(clean), root / "data/clean/manifest.parquet")
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics/train.json").write_text(json.dumps({"epochs": 2, "val_accuracy": 0.7}))
-    (root / "metrics/eval.json").write_text(json.dumps({"top1": eval_top1, "per_class": {"Hamburger": 0.8}}))
+    if model:
+        write_model_outputs(root, eval_top1, labels)
+
+
+def write_model_outputs(root: Path, eval_top1: float, labels: tuple[str, str] = LABELS) -> None:
+    """What the train and evaluate stages leave for the package stage (a stand-in for the model's bytes)."""
+    per_class = {label: {"f1": 0.8} for label in labels}
+    files = {
+        "models/model.pt": hashlib.sha256(f"model {eval_top1}".encode()).digest() * 64,
+        "metrics/train.json": json.dumps({"epochs": 2, "val_accuracy": 0.7}).encode(),
+        "metrics/eval.json": json.dumps({"top1": eval_top1, "per_class": per_class}).encode(),
+        "plots/confusion.csv": b"actual,predicted\nHamburger,Hamburger\nSubmarine sandwich,Hamburger\n",
+        "dvclive/metrics.json": json.dumps({"train_loss": 0.5, "val_accuracy": 0.7, "step": 2}).encode(),
+        "dvclive/plots/metrics/train_loss.tsv": b"step\ttrain_loss\n1\t0.9\n2\t0.5\n",
+        "dvclive/plots/metrics/val_accuracy.tsv": b"step\tval_accuracy\n1\t0.5\n2\t0.7\n",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
 
 
 def expected_sources(root: Path) -> dict[str, Path]:
-    """Logical key -> input file, for every package file that is a plain copy of an input."""
+    """Logical key -> input file, for every dataset package file that is a plain copy of an input."""
     splits_dir = root / "data/splits"
     found = {f"splits/{p.relative_to(splits_dir).as_posix()}": p for p in splits_dir.rglob("*") if p.is_file()}
     found.update({key: root / rel for key, rel in COPIED.items()})
     return found
+
+
+def expected_model_sources(root: Path) -> dict[str, Path]:
+    """Logical key -> input file, for every model package file that is a plain copy of an input."""
+    return {key: root / rel for key, rel in MODEL_COPIED.items()}
 
 
 def run(cwd: Path, env: dict[str, str], module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

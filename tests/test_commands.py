@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["pipeline.stages.metadata.stage", "pipeline.stages.select", "pipeline.stages.download.__main__",
            "pipeline.stages.crop", "pipeline.stages.clean", "pipeline.stages.split.stage",
-           "pipeline.stages.train.__main__", "pipeline.stages.evaluate", "pipeline.stages.package",
+           "pipeline.stages.train.__main__", "pipeline.stages.evaluate", "pipeline.stages.package.stage",
            "pipeline.fetch", "pipeline.pull", "pipeline.predict", "pipeline.lr_find", "pipeline.report",
            "pipeline.demo"]
 

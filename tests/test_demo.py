@@ -1,6 +1,6 @@
-"""End to end: ``python -m pipeline.demo`` runs the real DVC pipeline offline, a second ``dvc repro`` with
-nothing changed runs nothing, and ``dvc push`` / ``dvc pull`` through an S3 remote (moto_server) restore the
-pipeline's outputs in a fresh copy of the project."""
+"""End to end: ``python -m pipeline.demo`` runs the real DVC pipeline offline in a git workspace and commits
+the run, a second ``dvc repro`` with nothing changed runs nothing, and ``dvc push`` / ``dvc pull`` through an
+S3 remote (moto_server) restore the pipeline's outputs in a fresh clone of the workspace."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,8 @@ from s3server import S3Server, isolated_env, s3_server  # noqa: F401
 from trainkit import needs_offline_weights
 
 pytestmark = [pytest.mark.slow, needs_offline_weights]  # the demo fine-tunes the ImageNet MobileNetV2
+GIT_AUTHOR = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+              "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
 def _env() -> dict[str, str]:
@@ -47,7 +49,25 @@ def test_demo_builds_every_output(demo_workspace: Path) -> None:
         for label in ("Hamburger", "Sandwich"):
             assert any((ws / "data/splits" / split / label).glob("*.jpg")), (split, label)
     package = json.loads((ws / "data/package.json").read_text())
-    assert package["name"] == "openimages/demo-hamburger-sandwich" and len(package["top_hash"]) == 64
+    assert package["name"] == "openimages/hamburger-sandwich" and len(package["top_hash"]) == 64
+    assert package["model"]["name"] == "openimages/hamburger-sandwich-model"
+
+
+def test_the_workspace_is_a_committed_git_repository_with_relative_paths(demo_workspace: Path) -> None:
+    ws = demo_workspace
+    repo = Path(__file__).resolve().parent.parent
+    assert (ws / "dvc.yaml").read_text() == (repo / "dvc.yaml").read_text()  # the repository's own
+    git = subprocess.run(["git", "status", "--porcelain"], cwd=ws, env=_env(), capture_output=True, text=True)
+    assert git.returncode == 0 and git.stdout == "", git.stdout + git.stderr  # the run is committed
+    tracked = subprocess.run(["git", "ls-files"], cwd=ws, env=_env(), capture_output=True, text=True).stdout.split()
+    assert {"dvc.lock", "metrics/eval.json", "dvclive/metrics.json", "pipeline/core/params.py"} <= set(tracked)
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ws, env=_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    head = json.loads(shown.stdout)[1]["data"]  # [workspace, HEAD]
+    assert isinstance(head["metrics"]["metrics/eval.json"]["data"]["top1"], float)
+    for path in [*head["deps"], *head["outs"]]:
+        assert not Path(path).is_absolute() and ".." not in Path(path).parts, path
 
 
 def test_second_repro_runs_nothing(demo_workspace: Path) -> None:
@@ -93,16 +113,15 @@ def test_dvc_push_then_pull_restores_the_pipeline_outputs(demo_workspace: Path, 
     dvc(demo_workspace, "remote", "modify", "storage", "endpointurl", s3_server.endpoint)
     dvc(demo_workspace, "push")
 
-    # a fresh copy holds what git would: dvc.yaml, dvc.lock, params.yaml, the DVC config, uncached metrics
+    # a fresh clone holds what git holds: code, dvc.yaml, dvc.lock, params.yaml, the DVC config, the metrics
+    # and plots (uncached, committed)
+    for cmd in (["git", "add", ".dvc/config"], ["git", "commit", "-q", "-m", "DVC remote on S3"],
+                ["git", "clone", "-q", str(demo_workspace), str(tmp_path / "fresh")]):
+        done = subprocess.run(cmd, cwd=demo_workspace, env={**_env(), **GIT_AUTHOR}, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
     fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    dvc(fresh, "init", "--no-scm", "-q")
-    for name in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvc/config", "data/package.json",
-                 *(p.relative_to(demo_workspace).as_posix() for d in ("metrics", "plots")
-                   for p in (demo_workspace / d).iterdir())):
-        (fresh / name).parent.mkdir(parents=True, exist_ok=True)
-        (fresh / name).write_bytes((demo_workspace / name).read_bytes())
-    assert not (fresh / "models").exists()
+    assert not (fresh / "models").exists() and (fresh / "metrics/eval.json").is_file()
     dvc(fresh, "pull")
     expected = _cached_outputs(demo_workspace)
     assert "models/model.pt" in expected and any(k.startswith("data/splits/train/") for k in expected)

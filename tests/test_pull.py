@@ -1,5 +1,6 @@
 """Push packages to a real S3 server (moto_server on 127.0.0.1) and pull them back with ``pipeline.pull``:
-byte-for-byte copies, versions, a push cut off half way, and one-line errors without secrets."""
+byte-for-byte copies of the dataset and of its model, versions, a push cut off half way, and one-line errors
+without secrets (a bad bucket, hash or endpoint; a missing AWS profile; a dead proxy)."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from package_inputs import crops, expected_sources, one_line_error, run, write_inputs
+from package_inputs import crops, expected_model_sources, expected_sources, one_line_error, run, write_inputs
 from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
 
 NAME = "tests/s3-ds"
@@ -34,9 +35,14 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 def push(ws: Path, env: dict[str, str]) -> str:
+    return push_both(ws, env)["top_hash"]
+
+
+def push_both(ws: Path, env: dict[str, str]) -> dict:
+    """data/package.json after a push: the dataset's name and top hash, and ``model``'s."""
     result = run(ws, env, "pipeline.stages.package")
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((ws / "data/package.json").read_text())["top_hash"]
+    return json.loads((ws / "data/package.json").read_text())
 
 
 def set_params(ws: Path, **sections: dict) -> None:
@@ -47,21 +53,24 @@ def set_params(ws: Path, **sections: dict) -> None:
 
 @pytest.fixture(scope="module")
 def pushed(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Version 1, then version 2 (a params change and new metrics bytes) of NAME in a fresh bucket.
+    """Version 1, then version 2 (a params change; a model with new metrics bytes) of NAME and NAME-model in
+    a fresh bucket.
 
-    The workspace is left with version 2's inputs; version 1's files are kept in ``v1`` for comparison.
+    The workspace is left with version 2's inputs; version 1's model files are kept in ``v1`` for comparison.
     """
     root = tmp_path_factory.mktemp("pull")
     ws, env = root / "ws", aws_env(s3_server.endpoint, root / "home")
     ws.mkdir()
     registry = s3_server.create_bucket("datasets")
-    write_inputs(ws, {"name": NAME, "registry": registry, "message": "first cut"}, eval_top1=0.75)
-    first = push(ws, env)
-    v1 = {key: path.read_bytes() for key, path in expected_sources(ws).items()}
-    write_inputs(ws, {"name": NAME, "registry": registry, "message": "seed 7"}, eval_top1=0.9)
+    write_inputs(ws, {"name": NAME, "registry": registry, "message": "first cut"}, eval_top1=0.75, model=True)
+    first = push_both(ws, env)
+    v1 = {key: path.read_bytes() for key, path in expected_model_sources(ws).items()}
+    write_inputs(ws, {"name": NAME, "registry": registry, "message": "seed 7"}, eval_top1=0.9, model=True)
     set_params(ws, split={"seed": 7})
-    second = push(ws, env)
-    return {"ws": ws, "env": env, "root": root, "registry": registry, "v1": v1, "hashes": (first, second)}
+    second = push_both(ws, env)
+    return {"ws": ws, "env": env, "root": root, "registry": registry, "v1": v1,
+            "hashes": (first["top_hash"], second["top_hash"]),
+            "models": (first["model"]["top_hash"], second["model"]["top_hash"])}
 
 
 def test_pull_by_hash_gives_every_file_byte_for_byte(pushed: dict) -> None:
@@ -76,7 +85,7 @@ def test_pull_by_hash_gives_every_file_byte_for_byte(pushed: dict) -> None:
     assert set(pulled) == set(sources) | {"README.md", "ATTRIBUTION.csv"}
     for key, path in sources.items():
         assert pulled[key] == path.read_bytes(), key
-    assert f"--registry {pushed['registry']}" in pulled["README.md"].decode()
+    assert f"python -m pipeline.pull {NAME} --registry REGISTRY" in pulled["README.md"].decode()
     rows = list(csv.DictReader(pulled["ATTRIBUTION.csv"].decode().splitlines()))
     assert len(rows) == len({crop["photo"] for crop in crops()})
     # Ready for training: one class folder per label under each split.
@@ -89,20 +98,29 @@ def test_versions_are_listed_and_the_old_one_keeps_its_bytes(pushed: dict) -> No
     listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
     assert listed == [(second, True, "seed 7"), (first, False, "first cut")]
 
-    # Version 2 rewrote metrics/eval.json under the same logical key: version 1 must still have its own.
-    dest = pushed["root"] / "pulled-v1"
-    result = run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--hash", first[:8],
+    # Model version 2 rewrote metrics/eval.json and model.pt under the same logical keys: version 1 must
+    # still have its own, and name the dataset version it was trained on.
+    model_v1, model_v2 = pushed["models"]
+    assert model_v1 != model_v2
+    dest = pushed["root"] / "pulled-model-v1"
+    result = run(ws, env, "pipeline.pull", NAME + "-model", "--registry", pushed["registry"], "--hash", model_v1[:8],
                  "--dest", str(dest))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "load it: " in result.stdout
     pulled = files_under(dest)
+    assert set(pulled) == set(pushed["v1"]) | {"README.md"}
     for key, content in pushed["v1"].items():
         assert pulled[key] == content, key
     assert json.loads(pulled["metrics/eval.json"])["top1"] == 0.75
+    assert f"`{NAME}` at top hash `{first}`" in pulled["README.md"].decode()
 
 
 def test_pushing_the_same_inputs_again_adds_no_version(pushed: dict) -> None:
     ws, env, (first, second) = pushed["ws"], pushed["env"], pushed["hashes"]
-    assert push(ws, env) == second
+    result = run(ws, env, "pipeline.stages.package")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("unchanged: already the latest version, no version added") == 2
+    assert json.loads((ws / "data/package.json").read_text())["top_hash"] == second
     listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
     assert [h for h, _, _ in listed] == [second, first]
 
@@ -131,6 +149,33 @@ def test_unreachable_endpoint_is_one_line_error(pushed: dict) -> None:
     result = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list")
     assert result.returncode == 1
     assert dead in one_line_error(result)
+
+
+@pytest.mark.parametrize("setting, code, says", [
+    ({"AWS_PROFILE": "no-such-profile"}, 2, "AWS profile not found ('no-such-profile')"),
+    ({"AWS_ENDPOINT_URL_S3": "not-a-url"}, 2, "the S3 endpoint 'not-a-url' is not a URL"),
+    ({"AWS_ENDPOINT_URL_S3": "http://user:pa55word@not a url"}, 2, "is not a URL"),
+])
+def test_bad_aws_settings_are_one_line_errors(pushed: dict, setting: dict, code: int, says: str) -> None:
+    env = {**pushed["env"], **setting}
+    result = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--dest", "d")
+    assert result.returncode == code
+    error = one_line_error(result)
+    assert says in error and "pa55word" not in result.stderr
+    assert not (pushed["root"] / "d").exists()
+
+
+@pytest.mark.parametrize("command", [["--list"], ["--dest", "d"]])
+def test_no_credentials_and_a_dead_proxy_is_one_line_error(pushed: dict, command: list[str]) -> None:
+    # No credentials, no endpoint of our own: boto3 would go to AWS, through a proxy that is not there.
+    env = {k: v for k, v in pushed["env"].items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                                "AWS_ENDPOINT_URL_S3")}
+    env.update(HTTPS_PROXY=f"http://127.0.0.1:{free_port()}", HTTP_PROXY=f"http://127.0.0.1:{free_port()}",
+               NO_PROXY="", AWS_MAX_ATTEMPTS="1")
+    result = run(pushed["root"], env, "pipeline.pull", NAME, "--registry", "s3://some-bucket", *command)
+    assert result.returncode == 1
+    assert "cannot reach S3" in one_line_error(result)
+    assert not (pushed["root"] / "d").exists()
 
 
 def test_wrong_credentials_are_refused_without_showing_them(pushed: dict, s3_server: S3Server) -> None:
@@ -165,8 +210,8 @@ def test_server_dying_mid_push_registers_nothing(pushed: dict, s3_server: S3Serv
     assert json.loads((ws / "data/package.json").read_text())["top_hash"] == second  # as the last push left it
 
     # Inspected on the server itself (still up behind the proxy): the same two versions, latest unchanged,
-    # and no manifest of a third one.
+    # and no manifest of a third one (beside those of the two model versions).
     listed = versions(run(ws, env, "pipeline.pull", NAME, "--registry", pushed["registry"], "--list"))
     assert [(h, latest) for h, latest, _ in listed] == [(second, True), (first, False)]
     manifests = s3_server.client().list_objects_v2(Bucket="datasets", Prefix=".quilt/packages/")["Contents"]
-    assert sorted(obj["Key"].rsplit("/", 1)[1] for obj in manifests) == sorted([first, second])
+    assert sorted(obj["Key"].rsplit("/", 1)[1] for obj in manifests) == sorted([first, second, *pushed["models"]])

@@ -17,7 +17,8 @@ from pipeline.core.errors import UserError, run_cli
 from pipeline.core.learn.data import decode, read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
 from pipeline.core.params import RuntimeParams, TrainParams
-from pipeline.stages import package, shards
+from pipeline.stages import shards
+from pipeline.stages.package import dataset as package
 from pipeline.stages.train.stage import train
 
 COUNTS = {"train": 12, "val": 5, "test": 4}  # per class: 24 / 10 / 8 images

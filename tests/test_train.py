@@ -31,7 +31,8 @@ from pipeline.core.learn.device import infer
 from pipeline.core.params import RuntimeParams, TrainParams
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.loop import Recipe, fine_tune
-from pipeline.stages.train.stage import CURVE_COLUMNS, Setup, prepare, train
+from pipeline.stages.train.live import LOGGED, epoch_logger
+from pipeline.stages.train.stage import Setup, prepare, train
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -68,15 +69,34 @@ def test_stage_writes_model_metrics_and_curves(trained):
     assert metrics["val_accuracy"] == pytest.approx(best.val_accuracy)
     assert (metrics["train_images"], metrics["val_images"], metrics["epochs"]) == (48, 16, 3)
     assert metrics["data"] == "cached"
-    with (ws / "plots/train_curves.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert tuple(rows[0]) == CURVE_COLUMNS
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert float(rows[best.epoch - 1]["val_accuracy"]) == pytest.approx(best.val_accuracy)
+    # dvclive's layout: one TSV per metric, one row per epoch (step = epoch), the latest epoch in metrics.json
+    for name in LOGGED:
+        with (ws / "dvclive/plots/metrics" / f"{name}.tsv").open() as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3], name
+        assert [float(r[name]) for r in rows] == pytest.approx([getattr(h, name) for h in trained.result.history])
+    live = json.loads((ws / "dvclive/metrics.json").read_text())
+    assert live["step"] == 3 and live["val_accuracy"] == pytest.approx(trained.result.history[-1].val_accuracy)
+    assert not (ws / "plots/train_curves.csv").exists() and not (ws / "dvc.yaml").exists()
     with Image.open(ws / "reports/train/curves.png") as png:
         assert png.format == "PNG" and png.width > 300
     assert (f"val_accuracy {metrics['val_accuracy']:.3f} (epoch {best.epoch} of 3) -> models/model.pt"
             in trained.stdout)
+
+
+def test_each_epoch_reaches_dvclive_as_soon_as_it_ends(tmp_path):
+    # what `dvc exp show` reads while a run trains: the epoch that just ended, before the next one starts
+    root = make_splits(tmp_path / "splits", {"train": 8, "val": 2})
+    seen = []
+    with epoch_logger(tmp_path / "dvclive") as log:
+        def log_then_look(stats):
+            log(stats)
+            seen.append((stats.epoch, json.loads((tmp_path / "dvclive/metrics.json").read_text())))
+        train(TrainParams(**{**TINY_TRAIN, "batch_size": 4}), RuntimeParams(**TINY_RUNTIME), root,
+              on_epoch=log_then_look)
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    for epoch, summary in seen:
+        assert summary["step"] == epoch and set(LOGGED) <= set(summary)
 
 
 def test_saved_model_reloads_with_weights_only_and_predicts_the_same(trained):

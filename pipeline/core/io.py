@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import UserError
+from pipeline.core.staging import staging_path, sweep
 
 if TYPE_CHECKING:  # pandas and matplotlib are imported only when used: they cost ~0.3 s each at start-up
     import pandas as pd
@@ -140,12 +141,10 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # half-built folders of a killed run would otherwise stay forever; a live run's are its own business
-    for leftover in [*path.parent.glob(f".{path.name}.*.new"), *path.parent.glob(f".{path.name}.*.old")]:
-        if not _alive(leftover.name.rsplit(".", 2)[-2]):
-            shutil.rmtree(leftover, ignore_errors=True)
-    new = path.with_name(f".{path.name}.{os.getpid()}.new")
-    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    # half-built folders of killed runs would otherwise stay forever; a live run's are its own business
+    sweep(path.parent, "new")
+    sweep(path.parent, "old")
+    new, old = staging_path(path.parent, path.name, "new"), staging_path(path.parent, path.name, "old")
     new.mkdir()
     try:
         yield new
@@ -156,16 +155,3 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    """Is ``pid`` (as written into a temporary name) a running process other than this one?"""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True

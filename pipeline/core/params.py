@@ -160,13 +160,21 @@ class EvaluateParams(Section):
     gradcam: int = Field(8, ge=0)
 
 
-class PackageParams(Section):
-    """Where and under which name to publish the dataset."""
+def _package_name(name: str) -> str:
+    """Empty (derive it from the labels) or owner/dataset."""
+    return check_package_name(name) if name else name
 
-    name: Annotated[str, AfterValidator(check_package_name)] = "openimages/hamburger-sandwich"
+
+class PackageParams(Section):
+    """Where and under which name to publish the dataset (and its model, as ``<name>-model``)."""
+
+    #: owner/dataset; empty = derived from the labels ([Hamburger, Sandwich] -> openimages/hamburger-sandwich)
+    name: Annotated[str, AfterValidator(_package_name)] = ""
     #: ``s3://bucket`` to push; empty to build into a local registry only
     registry: str = ""
     message: str = "openimages-pipeline dataset"
+    #: publish even when the name's latest version holds other labels (it then stops being that name's latest)
+    allow_other_labels: bool = False
 
 
 class RuntimeParams(Section):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 # With awscrt installed, botocore signs requests in C, reading upload bodies there; when one upload fails
 # and quilt3 cancels the others, awscrt prints each cancellation's Python traceback on stderr. botocore's
@@ -22,6 +22,7 @@ import boto3  # noqa: E402
 import botocore.exceptions  # noqa: E402
 
 from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.safe import public_url
 
 # AWS's bucket naming rules, loosely (S3-compatible stores allow a little more, never '/' or spaces).
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
@@ -32,6 +33,8 @@ _CREDENTIAL_CODES = {
 _SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
 # quilt3 wraps refused requests in its own exception; this is its message prefix.
 _QUILT_ACCESS_DENIED = "S3 AccessDenied"
+# botocore's ValueError for an endpoint URL it cannot use (AWS_ENDPOINT_URL_S3=not-a-url)
+_INVALID_ENDPOINT = "Invalid endpoint:"
 
 
 def bucket_url(url: str, what: str = "registry") -> str:
@@ -46,10 +49,9 @@ def endpoint() -> str:
     """The S3 endpoint boto3 will use, for messages (user:password in a URL is dropped)."""
     try:
         url = boto3.session.Session().client("s3").meta.endpoint_url
-    except botocore.exceptions.BotoCoreError:
+    except (botocore.exceptions.BotoCoreError, ValueError):  # ValueError: an endpoint that is not a URL
         return "the configured S3 endpoint"
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return public_url(url)
 
 
 def redact(text: str) -> str:
@@ -83,6 +85,10 @@ def translate(exc: BaseException, where: str) -> UserError | PipelineFailure | N
                          "AWS_SECRET_ACCESS_KEY (see docs/s3.md)")
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
         return UserError(f"AWS profile not found ({exc.kwargs.get('profile')!r}): check AWS_PROFILE")
+    if isinstance(exc, ValueError) and str(exc).startswith(_INVALID_ENDPOINT):
+        shown = public_url(str(exc)[len(_INVALID_ENDPOINT):].strip())[:200]
+        return UserError(f"the S3 endpoint {shown!r} is not a URL: check AWS_ENDPOINT_URL_S3 (or the profile's "
+                         "endpoint_url), e.g. http://localhost:9000")
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
         return PipelineFailure(f"cannot reach S3 at {endpoint()} for {where} ({type(exc).__name__}): "
                                "is the server up? AWS_ENDPOINT_URL_S3 chooses an S3-compatible server")
@@ -100,7 +106,6 @@ def translate(exc: BaseException, where: str) -> UserError | PipelineFailure | N
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return PipelineFailure(redact(f"S3 request to {where} failed: {str(exc).splitlines()[0]}")[:300])
     return None
-
 
 
 def check_bucket(session: boto3.session.Session, url: str) -> None:

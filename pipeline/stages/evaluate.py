@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from pipeline.core import paths
 from pipeline.core.errors import run_cli
 from pipeline.core.io import replace_dir, save_figure, write_csv, write_json, write_text
+from pipeline.core.locks import stage_lock
 from pipeline.core.learn.data import Classes, Normalize, Split, decode, make_batches, read_split
 from pipeline.core.learn.device import pick_device, predict_logits, to_device
 from pipeline.core.learn.explain import gradcam
@@ -275,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     params = load_params()
-    result = evaluate(params.runtime, paths.MODEL, paths.SPLITS_DIR, params.evaluate.gradcam)
-    write_outputs(result, params.evaluate.worst)
+    with stage_lock("evaluate"):
+        result = evaluate(params.runtime, paths.MODEL, paths.SPLITS_DIR, params.evaluate.gradcam)
+        write_outputs(result, params.evaluate.worst)
     m = result.metrics
     extra = "".join(f", top{k} {m[f'top{k}']:.3f}" for k in TOP_K if f"top{k}" in m)
     print(f"test: top1 {m['top1']:.3f}{extra}, macro F1 {m['macro_f1']:.3f} on {m['test_images']} images "

@@ -12,13 +12,16 @@ not cost the run its best model.
 """
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.errors import PipelineFailure
 from pipeline.core.learn.data import Batches, Normalize, augment
 from pipeline.core.learn.device import autocast, predict_logits
 from pipeline.core.learn.models import layer_groups, set_body_trainable
@@ -44,7 +47,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One row of ``plots/train_curves.csv``."""
+    """One epoch's numbers (logged by :mod:`pipeline.stages.train.live` as it ends)."""
 
     epoch: int
     phase: str  # frozen (head only) or unfrozen
@@ -97,10 +100,13 @@ def best_epoch(history: list[EpochStats]) -> EpochStats:
 
 
 def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, recipe: Recipe,
-              device: torch.device, normalize: Normalize) -> list[EpochStats]:
-    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch.
+              device: torch.device, normalize: Normalize,
+              on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    """Run the whole schedule on ``model`` (already on ``device``); one :class:`EpochStats` per epoch, each
+    also given to ``on_epoch`` as soon as it ends.
 
-    ``model`` ends with the weights of :func:`best_epoch`, not necessarily those of the last one.
+    ``model`` ends with the weights of :func:`best_epoch`, not necessarily those of the last one. A loss that
+    is no longer a finite number stops the run (a model of NaNs must never be written as if trained).
     """
     generator = torch.Generator(device=device).manual_seed(recipe.seed)
     n_groups = len(layer_groups(model))
@@ -120,12 +126,17 @@ def fine_tune(model: nn.Module, train_batches: Batches, val_batches: Batches, re
             loss, seconds, images = train_epoch(model, train_batches, optimizer, scheduler, device, normalize,
                                                 generator, recipe.img_size, desc)
             val_loss, val_accuracy = validate(model, val_batches, device, normalize)
+            if not (math.isfinite(loss) and math.isfinite(val_loss)):
+                raise PipelineFailure(f"{desc}: the loss is no longer a number (train {loss}, val {val_loss}): "
+                                      f"training diverged; lower train.lr (now {recipe.lr:g})")
             stats = EpochStats(len(history) + 1, phase, loss, val_loss, val_accuracy, seconds, images / seconds)
             print(f"{desc}: train_loss {loss:.4f}  val_loss {val_loss:.4f}  "
                   f"val_accuracy {val_accuracy:.3f}  ({stats.images_per_s:.0f} img/s)", flush=True)
             history.append(stats)
             if best_epoch(history) is stats:  # best epoch: keep a copy of these weights (on the device)
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if on_epoch is not None:
+                on_epoch(stats)
     if history:  # best epoch: the model leaves with the best weights seen
         model.load_state_dict(best_weights)
     return history

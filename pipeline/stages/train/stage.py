@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.io import replace_dir, save_figure, write_csv, write_json
+from pipeline.core.io import replace_dir, save_figure, write_json
 from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, Split, augment,
                                       decode, fits_cache, make_batches, read_classes, read_split)
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
@@ -29,10 +30,7 @@ from pipeline.core.params import RuntimeParams, TrainParams
 from pipeline.stages.train.loop import EpochStats, Recipe, best_epoch, fine_tune
 
 TRAIN_METRICS = paths.METRICS_DIR / "train.json"
-TRAIN_CURVES = paths.PLOTS_DIR / "train_curves.csv"
 TRAIN_REPORT = paths.REPORTS_DIR / "train"
-#: the columns dvc.yaml's train stage plots (x: epoch, y: the losses and accuracy), then extras
-CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "phase", "seconds", "images_per_s")
 #: most images shown in reports/train/batch.png (a batch of 256 would be unreadable)
 BATCH_GRID_MAX = 64
 BATCH_GRID_COLUMNS = 8
@@ -90,15 +88,18 @@ class Trained:
     batch: tuple[torch.Tensor, list[int]]  # a training batch as the model sees it (uint8) and its classes
 
 
-def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: Path | None = None) -> Trained:
-    """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe; nothing is written."""
+def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: Path | None = None,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> Trained:
+    """Fine-tune ``p.arch`` on ``splits_dir/{train,val}`` with fastai's recipe (streaming from the shards in
+    ``shards_dir`` when the cache does not fit); nothing is written here (``on_epoch`` sees each epoch as it
+    ends: the stage logs it with dvclive)."""
     if p.freeze_epochs + p.epochs == 0:
         raise UserError("params.yaml: train.freeze_epochs + train.epochs must be at least 1")
     setup = prepare(p, runtime, splits_dir, shards_dir)
     started = time.perf_counter()
     train_batches, val_batches = setup.batches("train"), setup.batches("val")
     recipe = Recipe(p.lr, p.weight_decay, p.freeze_epochs, p.epochs, p.img_size, p.seed)
-    history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize)
+    history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize, on_epoch)
     classes, best = setup.classes, best_epoch(history)
     info = ModelInfo(p.arch, classes.labels, classes.dirnames, p.img_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
     metrics = {
@@ -140,10 +141,10 @@ def augmented_sample(split: Split, p: TrainParams) -> tuple[torch.Tensor, list[i
 
 
 def write_outputs(result: Trained, p: TrainParams) -> None:
-    """The stage's files: model, metrics, per-epoch curves (CSV for dvc plots, PNG for people)."""
+    """The stage's files: model, metrics, the curves as a PNG for people (dvclive wrote them for dvc plots
+    as the epochs ended: :mod:`pipeline.stages.train.live`)."""
     save_checkpoint(paths.MODEL, result.model, result.info, extra={"train": p.model_dump(mode="json")})
     write_json(TRAIN_METRICS, result.metrics)
-    write_csv(TRAIN_CURVES, CURVE_COLUMNS, [[getattr(h, c) for c in CURVE_COLUMNS] for h in result.history])
     with replace_dir(TRAIN_REPORT) as folder:
         save_figure(curves_figure(result.history), folder / "curves.png")
         save_figure(batch_figure(*result.batch, result.info.labels), folder / "batch.png")

@@ -1,0 +1,110 @@
+"""``python -m pipeline.stages.package``: publish the dataset, and the model trained on it, as quilt3 packages.
+
+Two packages, so that a dataset version is a function of its inputs alone:
+
+- ``<name>`` (:mod:`.dataset`): the splits, manifests, README and ATTRIBUTION.csv, with metadata holding
+  the params that shaped them, the source, counts, the photos' licences with counts, and the code version.
+  The same inputs give the same top hash on any machine.
+- ``<name>-model`` (:mod:`.model`): model.pt, metrics and curves, naming the dataset's top hash.
+
+``<name>`` is ``package.name``, or derived from the labels (:mod:`.naming`). With ``package.registry`` set
+(``s3://bucket``) both are pushed there; empty, they are built into the local registry
+``data/quilt-registry``, so nothing touches S3 or the user's home folder. Content identical to a package's
+latest version adds no version, and says so. How objects are stored, and why a failed push leaves nothing
+half registered: :mod:`pipeline.core.registry`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Sequence
+
+from pipeline.core import paths
+from pipeline.core.io import atomic_path, read_parquet
+from pipeline.core.locks import stage_lock
+from pipeline.core.params import Params, load_params
+from pipeline.core.registry import Published, Registry, check_name, publish
+from pipeline.core.staging import staging_path, sweep
+from pipeline.stages.package import dataset, model
+from pipeline.stages.package.naming import dataset_name, model_name, same_labels
+from pipeline.stages.package.readme import dataset_readme, model_readme
+
+STAGING = "package-staging"
+
+
+def write_package_info(registry: Registry, name: str, data: Published, model_info: dict | None) -> None:
+    """``data/package.json``, written atomically (DVC's output for this stage; commit it with dvc.lock)."""
+    info = {"name": name, "registry": registry.shown, "top_hash": data.top_hash}
+    if model_info:
+        info["model"] = model_info
+    with atomic_path(paths.PACKAGE_INFO) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _said(name: str, registry: Registry, published: Published, what: str) -> str:
+    news = "new version" if published.added else "unchanged: already the latest version, no version added"
+    return f"{what} {name}@{published.top_hash[:12]} in {registry.shown} ({news})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.package",
+        description="Publish data/splits, the manifests, a README and ATTRIBUTION.csv as the quilt3 package "
+        "NAME, and models/model.pt with its metrics and curves as NAME-model: pushed to package.registry "
+        "(s3://bucket), or built into data/quilt-registry when it is empty. NAME is package.name, or "
+        "openimages/<labels> when that is empty.",
+    )
+    parser.parse_args(argv)
+    params = load_params()
+    with stage_lock("package"):  # two runs at once would race for the same registry's "latest"
+        return publish_both(params)
+
+
+def publish_both(params: Params) -> int:
+    """Publish the dataset, then the model that names its top hash; write ``data/package.json``."""
+    labels = dataset.read_labels()
+    display = sorted(labels.values())
+    name = check_name(params.package.name or dataset_name(display), "params.yaml: package.name")
+    model_package = model_name(name)
+    registry = Registry.parse(params.package.registry or str(paths.QUILT_REGISTRY), "params.yaml: package.registry")
+
+    files = dataset.input_files()
+    counts = dataset.count_images(paths.SPLITS_DIR, labels)
+    splits_table = dataset.require_columns(read_parquet(paths.SPLITS_MANIFEST, "splits"), ["ImageID"],
+                                           paths.SPLITS_MANIFEST)
+    credits = dataset.attribution(read_parquet(paths.SELECTED, "selected boxes"), splits_table["ImageID"].tolist())
+    meta = dataset.metadata(params, counts, credits)
+    model_files = model.input_files() if model.has_model() else {}
+    model.check_trained_on(model_files, display)
+
+    paths.DATA.mkdir(exist_ok=True)
+    sweep(paths.DATA, STAGING)  # what a killed run left
+    staging = staging_path(paths.DATA, "package", STAGING)
+    staging.mkdir()
+    try:
+        readme, credits_csv = staging / "README.md", staging / "ATTRIBUTION.csv"
+        readme.write_text(dataset_readme(name, meta))
+        credits.to_csv(credits_csv, index=False, lineterminator="\n")
+        data = publish(registry, name, {**files, "README.md": readme, "ATTRIBUTION.csv": credits_csv}, meta,
+                       params.package.message, accept_latest=same_labels(name, display, params.package.allow_other_labels))
+        print(_said(name, registry, data, "dataset"))
+        model_info = None
+        if model_files:
+            model_meta = model.metadata(params, name, data.top_hash, display, model.scalar_metrics(model_files))
+            model_readme_file = staging / "model-README.md"
+            model_readme_file.write_text(model_readme(model_package, model_meta))
+            trained = publish(registry, model_package, {**model_files, "README.md": model_readme_file}, model_meta,
+                              params.package.message)
+            model_info = {"name": model_package, "top_hash": trained.top_hash}
+            print(_said(model_package, registry, trained, "model  "))
+        else:
+            print(f"no {paths.MODEL}: only the dataset was published (run the train stage for {model_package})")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    write_package_info(registry, name, data, model_info)
+    print(f"{meta['dataset']['images']} images in {len(files) + 2} files; pull them: python -m pipeline.pull "
+          f"{name} --registry {registry.shown} --hash {data.top_hash[:12]} --dest DIR"
+          + (f" (and {model_package} the same way)" if model_info else ""))
+    return 0
