@@ -102,14 +102,7 @@ def dataset_readme(name: str, meta: dict) -> str:
         "credit each author as their licence asks. Share-alike photos make adaptations that contain them "
         f"share-alike too. The annotations are {meta['license']['annotations']}.",
         "",
-        "## Params",
-        "",
-        "```yaml",
-        yaml.safe_dump(meta["params"], sort_keys=False).rstrip(),
-        "```",
-        "",
-        _code(meta),
-        "",
+        *_params_and_code(meta),
     ]
     return "\n".join(lines)
 
@@ -142,13 +135,12 @@ def model_readme(name: str, meta: dict) -> str:
         f"Trained on photos under their authors' licences: see the dataset package `{dataset['name']}` "
         "(README and ATTRIBUTION.csv) for the licences and the credits they ask for.",
         "",
-        "## Params",
-        "",
-        "```yaml",
-        yaml.safe_dump(meta["params"], sort_keys=False).rstrip(),
-        "```",
-        "",
-        _code(meta),
-        "",
+        *_params_and_code(meta),
     ]
     return "\n".join(lines)
+
+
+def _params_and_code(meta: dict) -> list[str]:
+    """The README's last section: the params that made the package, and the code version."""
+    return ["## Params", "", "```yaml", yaml.safe_dump(meta["params"], sort_keys=False).rstrip(), "```", "",
+            _code(meta), ""]
