@@ -24,7 +24,7 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: A late wake-up may start the next interval this much (as a fraction of the interval) before the
 #: moment it actually woke, to win back timer overshoot (~1 ms per sleep would cost 2% at 20/s).
@@ -32,9 +32,14 @@ from typing import Protocol
 CATCH_UP = 0.04
 
 
-def take_slot(next_free: float, now: float, interval: float) -> tuple[float, float]:
-    """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now."""
-    slot = max(next_free, now - CATCH_UP * interval)
+def take_slot(next_free: float, now: float, interval: float, catch_up: float = CATCH_UP) -> tuple[float, float]:
+    """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now.
+
+    Slots stay at least ``interval`` apart and a grant happens at most ``catch_up * interval`` after its slot,
+    so n + 1 grants span at least ``(n - catch_up) * interval``: with ``catch_up`` < 1 a 1-second window
+    never holds more than ``floor(rate + catch_up) + 1`` of them (rate + 1 for a whole rate).
+    """
+    slot = max(next_free, now - catch_up * interval)
     if slot > now:
         return next_free, slot - now
     return slot + interval, 0.0
@@ -45,6 +50,15 @@ class Board(Protocol):
 
     def take(self, interval: float) -> float:
         """Take the slot if it has come (return 0), else return how long to wait before asking again."""
+
+
+@runtime_checkable
+class HeldBoard(Protocol):
+    """A board far away (the cluster's, :mod:`.cluster`): one call that returns when the caller's turn has
+    come, since asking again and again over the network would cost a round trip per question."""
+
+    async def turn(self) -> None:
+        """Return when this caller may send its request."""
 
 
 class LocalBoard:
@@ -84,7 +98,7 @@ class RateLimiter:
     The callers of one process queue on an asyncio lock, so only one of them at a time asks the board.
     """
 
-    def __init__(self, rate: float, board: Board | None = None,
+    def __init__(self, rate: float, board: Board | HeldBoard | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not rate >= 0:  # also NaN
             raise ValueError(f"rate must be a number >= 0, got {rate}")
@@ -107,5 +121,8 @@ class RateLimiter:
         if not self.rate:
             return
         async with self._loop_lock():
+            if isinstance(self.board, HeldBoard):
+                await self.board.turn()
+                return
             while (delay := self.board.take(self.interval)) > 0:
                 await self._sleep(delay)
