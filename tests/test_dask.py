@@ -241,6 +241,16 @@ def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, m
     assert (workspace.path / paths.IMAGES_MANIFEST).read_bytes() == (local_run / paths.IMAGES_MANIFEST).read_bytes()
 
 
+def test_a_store_that_cannot_be_written_is_bad_input_before_any_download(cluster, clean_mirror, workspace, capsys):
+    write_selection(clean_mirror)
+    write_params(workspace.path, clean_mirror, store="s3://no-such-bucket-here/run")
+    clean_mirror.clear_requests()
+    assert run_cli(download_main, []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: runtime.store: cannot write s3://no-such-bucket-here/run/")
+    assert not clean_mirror.requests
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

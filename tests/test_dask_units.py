@@ -1,4 +1,5 @@
-"""The cluster's rate board (pipeline/stages/download/cluster.py), without a cluster and without the wall clock.
+"""The cluster's rate board (pipeline/stages/download/cluster.py), the local engines' call shape and the
+engine settings, without a cluster and without the wall clock.
 
 The :class:`Pacer` that lives on the scheduler is run on a fake clock whose sleeps wake late, as a busy
 scheduler's do: its grants keep every 1-second window at rate + 1, reach the rate, go first come first
@@ -10,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import random
+from pathlib import Path
 
 import pytest
+import yaml
 
+from pipeline.core.engine import open_engine
+from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.params import RuntimeParams, load_params
 from pipeline.stages.download.cluster import CLUSTER_CATCH_UP, Pacer, RunEnded
 from pipeline.stages.download.ratelimit import CATCH_UP
 
@@ -129,3 +136,69 @@ def test_waiters_that_went_away_are_skipped_and_the_others_told_when_the_run_end
     order, ended = asyncio.run(scenario())
     assert order == ["first at 1"]
     assert isinstance(ended, RunEnded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine's one call shape, locally (the Dask engine is shown in test_dask.py)
+
+
+def square_and_tell(offset: int, job: int, emit) -> int:
+    """A task: ``context`` is an offset; tells home about its job, then returns."""
+    emit({"job": job})
+    if job < 0:
+        raise UserError(f"bad job {job}")
+    if job == 99:
+        os._exit(1)  # a worker process that dies (out of memory, kill -9)
+    return job * job + offset
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_local_engines_run_every_job_and_bring_results_and_messages_home(processes: int) -> None:
+    messages, finished = [], []
+    with open_engine(RuntimeParams(), processes, "test") as engine:
+        assert engine.kind == ("inline" if processes == 1 else "pool")
+        results = engine.run(square_and_tell, 10, list(range(6)), on_message=messages.append,
+                             on_result=lambda index, result: finished.append((index, result)))
+    assert results == [10, 11, 14, 19, 26, 35]
+    assert sorted(m["job"] for m in messages) == list(range(6))
+    assert sorted(finished) == list(enumerate(results))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_task_error_reaches_the_stage_as_it_was_raised(processes: int) -> None:
+    with open_engine(RuntimeParams(), processes, "test") as engine, pytest.raises(UserError, match="bad job -1"):
+        engine.run(square_and_tell, 0, [1, -1, 2])
+
+
+def test_a_pool_process_that_dies_is_one_line_failure() -> None:
+    with open_engine(RuntimeParams(), 2, "test") as engine, pytest.raises(PipelineFailure, match="a test process died"):
+        engine.run(square_and_tell, 0, [1, 99, 2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The settings: outside the tracked params, validated like the rest
+
+
+@pytest.mark.parametrize("runtime, message", [
+    ({"engine": "spark"}, "runtime.engine must be one of 'local' or 'dask', got 'spark'"),
+    ({"scheduler": "http://host:8786"}, "runtime.scheduler must look like tcp://host:8786"),
+    ({"scheduler": "tcp://host:port"}, "runtime.scheduler must look like tcp://host:8786"),
+    ({"store": "/mnt/shared"}, "runtime.store must be empty (data/ on a path every worker shares) or an object store"),
+    ({"store": "https://bucket.example.com/x"}, "runtime.store must be empty"),
+    ({"store": "s3://"}, "runtime.store must be empty"),
+    ({"dask_workers": -1}, "runtime.dask_workers must be at least 0"),
+])
+def test_bad_engine_settings_are_one_line_naming_the_key(tmp_path: Path, runtime: dict, message: str) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": runtime}))
+    with pytest.raises(UserError) as info:
+        load_params(tmp_path / "params.yaml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_engine_settings_are_runtime_only() -> None:
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    assert (params.runtime.engine, params.runtime.scheduler, params.runtime.store) == ("local", "", "")
+    for key in ("engine", "scheduler", "dask_workers", "store"):
+        assert all(key not in section for section in params.tracked().values() if isinstance(section, dict))
+    good = RuntimeParams(engine="dask", scheduler="tcp://10.0.0.5:8786", store="s3://bucket/prefix/")
+    assert good.store == "s3://bucket/prefix" and RuntimeParams(scheduler="scheduler:8786").scheduler

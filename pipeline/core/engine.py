@@ -176,8 +176,9 @@ class DaskEngine(Engine):
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
             on_result: OnResult | None = None) -> list[Any]:
         from distributed import wait as dask_wait
-        from distributed.client import FuturesCancelledError
+        from distributed.comm.core import CommClosedError
         from distributed.scheduler import KilledWorker
+        from distributed.utils import CancelledError  # futures cancelled because the scheduler went away
 
         run_id = uuid.uuid4().hex[:12]
         topic = f"pipeline-{self.what}-{run_id}"
@@ -205,7 +206,7 @@ class DaskEngine(Engine):
             raise PipelineFailure(f"Dask workers died {_allowed_failures()} times running one {self.what} task "
                                   f"(the last: {exc.last_worker.address if exc.last_worker else 'unknown'}); "
                                   "out of memory?") from None
-        except (FuturesCancelledError, asyncio.CancelledError, OSError) as exc:
+        except (CancelledError, asyncio.CancelledError, CommClosedError) as exc:
             self._check_connected()
             raise PipelineFailure(f"the Dask run stopped: {type(exc).__name__}; run again to resume") from None
         finally:
@@ -300,14 +301,14 @@ def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[Client]:
             raise UserError(_unreachable(address, runtime.connect_timeout, exc)) from None
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         print(f"{what}: joined the Dask cluster at {public_url(address)} ({workers} worker(s) now)"
-              f"{_dashboard(client)}", file=sys.stderr)
+              f"{_dashboard(client, local=False)}", file=sys.stderr)
     else:
         n = runtime.dask_workers or usable_cores()
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=":0", silence_logs=logging.CRITICAL)  # any free port
         client = Client(cluster)
         print(f"{what}: started a Dask LocalCluster of {n} worker process(es) at {cluster.scheduler_address}"
-              f"{_dashboard(client)}", file=sys.stderr)
+              f"{_dashboard(client, local=True)}", file=sys.stderr)
     try:
         yield client
     finally:
@@ -355,20 +356,17 @@ def _unreachable(address: str, timeout: float, exc: BaseException) -> str:
             "and DASK_SCHEDULER_ADDRESS empty for a LocalCluster")
 
 
-def _dashboard(client: Client) -> str:
-    """``; dashboard: <address>`` when the scheduler serves its dashboard there (that needs bokeh where the
-    scheduler runs, and no ``--no-dashboard``), else a note on how to get one."""
-    import urllib.request
-
-    link = client.dashboard_link
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the scheduler's own address, no proxy
+def _dashboard(client: Client, local: bool) -> str:
+    """The dashboard's address as the scheduler reports it. A LocalCluster's pages need bokeh here; whether a
+    joined scheduler serves them (bokeh there, no ``--no-dashboard``) only it knows."""
+    link = public_url(client.dashboard_link)
+    if not local:
+        return f"; dashboard (when the scheduler serves one): {link}"
     try:
-        with direct.open(link, timeout=2) as answer:
-            if answer.status == 200:
-                return f"; dashboard: {public_url(link)}"
-    except (OSError, ValueError):
-        pass
-    return "; no dashboard (it needs bokeh>=3.1 where the scheduler runs)"
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "; no dashboard (pip install 'bokeh>=3.1' to get one)"
+    return f"; dashboard: {link}"
 
 
 def _quiet_dask_logs() -> None:

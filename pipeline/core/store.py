@@ -134,13 +134,16 @@ def fetch_tree(location: str, local: Path) -> int:
 
 
 def check_writable(store: str) -> None:
-    """Fail early, in this process, with one line, when the store cannot be written (no bucket, no rights)."""
+    """Fail early, here, with one line naming ``runtime.store``, when the store cannot be written (no such
+    bucket, no rights, no credentials), rather than once per photo on every worker."""
     if not store:
         return
     probe = join(store, ".pipeline-probe")
-    write_file(probe, b"")
-    fs, path = _fs(probe)
     try:
+        write_file(probe, b"")
+        fs, path = _fs(probe)
         fs.rm_file(path)
-    except Exception as exc:  # noqa: BLE001
-        raise _failure("delete", probe, exc) from None
+    except PipelineFailure as exc:
+        raise UserError(f"runtime.store: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - fsspec back ends raise their own types
+        raise UserError(f"runtime.store: {_failure('delete', probe, exc)}") from None

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from pipeline.core.errors import UserError
 from pipeline.stages.download.ratelimit import take_slot
 
 if TYPE_CHECKING:
@@ -148,7 +149,11 @@ class ClusterBoard:
 @contextmanager
 def cluster_board(client: Client, rate: float) -> Iterator[ClusterBoard]:
     """A board for one run at ``rate`` requests/s on ``client``'s scheduler, removed when the run ends."""
-    client.register_plugin(RateBoards())
+    try:
+        client.register_plugin(RateBoards())
+    except Exception as exc:  # noqa: BLE001 - raised on the scheduler: most often the project is not installed there
+        raise UserError(f"the Dask scheduler cannot load the cluster's rate board ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}): install this project where the scheduler runs too (docs/scale.md)") from None
     name = uuid.uuid4().hex
     client.sync(client.scheduler.pipeline_rate_open, board=name, rate=rate, client=client.id)
     try:
