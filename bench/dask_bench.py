@@ -12,7 +12,7 @@ Dask cluster started beforehand as a user would (``dask scheduler`` + ``dask wor
    request: the download itself) and over the stage's wall time (start-up included: importing
    ``distributed`` alone takes the dask stage about half a second, a fifth of a 2-second run).
 2. **Scaling** without saturating the cores: workers bound by latency (4 connections each, 50 ms: at most
-   80 images/s a worker), small photos, 600 per worker, shards of 100, on 1, 2 and 4 workers. Images/s is
+   80 images/s a worker), small photos, 800 per worker, shards of 50, on 1, 2 and 4 workers. Images/s is
    measured at the server, between the first and the last request (stage start-up excluded).
 3. **The rate**: ``download.rate`` 150/s for 4 such workers (320/s of capacity): the achieved rate at the
    server and the most requests in any 1-second window (limit rate + 1 = 151).
@@ -268,10 +268,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="photos for part 1 (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of parts 1 and 3 (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="part 2's cluster sizes")
-    parser.add_argument("--per-worker", type=int, default=600, help="photos per worker in part 2 (default 600)")
-    parser.add_argument("--shard-size", type=int, default=100,
-                        help="runtime.shard_size in parts 2 and 3 (default 100: 6 shards per worker in part 2; with 4 "
-                             "connections, shards of 25 lose ~13%% to each shard's last, half-empty round)")
+    parser.add_argument("--per-worker", type=int, default=800, help="photos per worker in part 2 (default 800)")
+    parser.add_argument("--shard-size", type=int, default=50,
+                        help="runtime.shard_size in parts 2 and 3 (default 50: 16 shards per worker in part 2, so a "
+                             "worker that finishes its last shard early idles for a short time; with 4 connections "
+                             "every shard also loses part of its last round)")
     parser.add_argument("--rate", type=float, default=150.0, help="part 3's download.rate (default 150)")
     parser.add_argument("--rate-images", type=int, default=1500, help="photos in part 3 (default 1500: 10 s)")
     parser.add_argument("--cache", default=str(REPO / "bench" / "out" / "mirror-cache"),

@@ -1,16 +1,17 @@
 """The cluster's rate board (pipeline/stages/download/cluster.py), the local engines' call shape and the
 engine settings, without a cluster and without the wall clock.
 
-The :class:`Pacer` that lives on the scheduler is run on a fake clock whose sleeps wake late, as a busy
-scheduler's do: its grants keep every 1-second window at rate + 1, reach the rate, go first come first
-served, skip callers that went away and tell the ones still waiting when the run ends. The catch-up it
-allows is shown to be what keeps the rate: the local limiter's 0.04 loses it under the same late wake-ups.
-Measured rates at a real server are in the benchmark (bench/dask_bench.py) and the Dask tests.
+The board is replayed under a fake clock, as real workers use it: each worker process books a slot, sleeps
+until it (waking late, as a busy machine does), sends, and books the next; replies, wake-ups and the way to
+the server each take a little while, and now and then a worker stalls. Every 1-second window at the server
+keeps rate + 1, the rate is reached, and a worker that stops early strands nothing. A checker that finds no
+fault in a faulty design proves nothing, so the board without its margin is replayed under wider jitter and
+must be caught. Measured rates at a real server are in bench/dask_bench.py and tests/test_dask.py.
 """
 from __future__ import annotations
 
-import asyncio
 import bisect
+import heapq
 import os
 import random
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from pipeline.core.engine import open_engine
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.params import RuntimeParams, load_params
-from pipeline.stages.download.cluster import CLUSTER_CATCH_UP, Pacer, RunEnded
+from pipeline.stages.download.cluster import CLUSTER_MARGIN, LATE_LIMIT, RateBoards, RunEnded, Slots, book_slot
 from pipeline.stages.download.ratelimit import CATCH_UP
 
 
@@ -30,112 +31,97 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times))
 
 
-class LateClock:
-    """A fake monotonic clock; each sleep wakes up to ``late`` seconds after it should (seeded)."""
+def simulate(rate: float, workers: int, seed: int, jitter: float = 0.005, margin: float = CLUSTER_MARGIN,
+             seconds: float = 10.0, stop_after: dict[int, int] | None = None, stalls: float = 0.005) -> list[float]:
+    """Arrival times at the server of ``workers`` processes with more work than the rate.
 
-    def __init__(self, late: float, seed: int) -> None:
-        self.now, self.late, self.rng = 100.0, late, random.Random(seed)
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)  # callers granted just before run now, and see the time of their grant
-        self.now += seconds + self.rng.uniform(0.0, self.late)
-
-
-async def grants(pacer: Pacer, clock: LateClock, callers: int, seconds: float) -> dict[int, list[float]]:
-    """Each caller asks for a turn again as soon as it has one (more work than the rate), until ``seconds``."""
-    got: dict[int, list[float]] = {caller: [] for caller in range(callers)}
-    end = clock.now + seconds
-
-    async def caller(number: int) -> None:
-        while clock.now < end:
-            await pacer.turn()
-            got[number].append(clock.now)
-
-    await asyncio.gather(*(caller(n) for n in range(callers)))
-    return got
-
-
-def run(rate: float, callers: int, late: float, seed: int, catch_up: float = CLUSTER_CATCH_UP,
-        seconds: float = 10.0) -> dict[int, list[float]]:
-    clock = LateClock(late, seed)
-    pacer = Pacer(1.0 / rate, clock=clock, sleep=clock.sleep, catch_up=catch_up)
-    return asyncio.run(grants(pacer, clock, callers, seconds))
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_late_wakeups_keep_the_window_and_the_rate(seed: int) -> None:
-    """150/s for 4 workers, the pacer waking up to 1.5 ms late (a busy scheduler): never more than 151 in any
-    second, at least 95% of the rate, and every worker served in turn."""
-    got = run(150.0, 4, late=0.0015, seed=seed)
-    times = sorted(t for caller in got.values() for t in caller)
-    assert max_in_window(times) <= 151
-    assert (len(times) - 1) / (times[-1] - times[0]) >= 0.95 * 150
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) >= (1 - CLUSTER_CATCH_UP) / 150 - 1e-9
-    counts = sorted(len(caller) for caller in got.values())
-    assert counts[-1] - counts[0] <= 1, "first come, first served: no worker starves"
+    Worker ``w`` books at time t: its request reaches the board 0.1-1 ms later, the reply comes back as late,
+    it sleeps the wait and wakes up to ``jitter`` late (a ``stalls`` share of times up to 0.3 s: GC, a busy
+    core); woken
+    more than LATE_LIMIT late it books again, else it sends (0-1 ms) and the request reaches the server
+    0.1-1 ms later; then it books again. ``stop_after[w]``: worker w stops after that many requests.
+    """
+    rng = random.Random(seed)
+    clock = {"now": 0.0}
+    slots = Slots(1.0 / (rate * (1 - margin)), clock=lambda: clock["now"])
+    sent = {w: 0 for w in range(workers)}
+    queue = [(rng.uniform(0.1, 0.5), w) for w in range(workers)]  # when each worker first books
+    heapq.heapify(queue)
+    arrivals: list[float] = []
+    while queue:
+        asked, w = heapq.heappop(queue)
+        if asked > seconds or sent[w] >= (stop_after or {}).get(w, 1 << 30):
+            continue
+        clock["now"] = asked + rng.uniform(0.0001, 0.001)  # the request reaches the board
+        wait = slots.book()
+        due = clock["now"] + rng.uniform(0.0001, 0.001) + wait  # the reply is back: sleep until the slot
+        late = rng.uniform(0.0, jitter) + (rng.uniform(0.0, 0.3) if rng.random() < stalls else 0.0)
+        if wait > 0 and late > LATE_LIMIT:
+            heapq.heappush(queue, (due + late, w))  # too late for this slot: book another
+            continue
+        send = due + late + rng.uniform(0.0, 0.001)
+        arrivals.append(send + rng.uniform(0.0001, 0.001))
+        sent[w] += 1
+        heapq.heappush(queue, (send, w))
+    return sorted(arrivals)
 
 
-def test_the_local_catch_up_would_lose_the_rate_on_a_busy_scheduler() -> None:
-    """Why the cluster's board allows more catch-up than a local one: with 0.04 the same late wake-ups cost
-    a tenth of the rate (the check above would catch that)."""
-    rates = []
-    for seed in range(5):
-        times = sorted(t for caller in run(150.0, 4, late=0.0015, seed=seed, catch_up=CATCH_UP).values()
-                       for t in caller)
-        rates.append((len(times) - 1) / (times[-1] - times[0]))
-    assert max(rates) < 0.95 * 150
+def achieved(arrivals: list[float]) -> float:
+    return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
 
 
-def test_a_worker_that_stops_asking_strands_nothing() -> None:
-    """One caller alone after the others left gets every turn: the rate is one queue, not fixed shares."""
-    clock = LateClock(0.0, 0)
-    pacer = Pacer(0.1, clock=clock, sleep=clock.sleep)
-    times: list[float] = []
-
-    async def caller(turns: int) -> None:
-        for _ in range(turns):
-            await pacer.turn()
-            times.append(clock.now)
-
-    async def both() -> None:
-        await asyncio.gather(caller(5), caller(25))
-
-    asyncio.run(both())
-    assert len(times) == 30
-    # 10/s all the way, also once one caller is done (the idle board's first slot counts as taken a little
-    # earlier: take_slot's catch-up)
-    assert times[-1] - times[0] == pytest.approx((29 - CLUSTER_CATCH_UP) * 0.1)
+@pytest.mark.parametrize("seed", range(30))
+def test_four_workers_keep_every_second_at_rate_plus_one_and_reach_the_rate(seed: int) -> None:
+    """150/s for 4 workers that wake up to 5 ms late: never more than 151 in any second at the server, at
+    least 95% of the rate (the margin costs 2%, late wake-ups nothing: the slots are booked exactly)."""
+    arrivals = simulate(150.0, 4, seed)
+    assert max_in_window(arrivals) <= 151
+    assert achieved(arrivals) >= 0.95 * 150
 
 
-def test_waiters_that_went_away_are_skipped_and_the_others_told_when_the_run_ends() -> None:
-    clock = LateClock(0.0, 0)
-    pacer = Pacer(1.0, clock=clock, sleep=clock.sleep)
+@pytest.mark.parametrize("rate", [1.0, 5.0, 20.0])
+def test_low_rates_too(rate: float) -> None:
+    for seed in range(10):
+        arrivals = simulate(rate, 4, seed, seconds=30.0)
+        assert max_in_window(arrivals) <= rate + 1
+        assert achieved(arrivals) >= 0.95 * rate
 
-    async def scenario() -> tuple[list[str], BaseException | None]:
-        order: list[str] = []
-        await pacer.turn()  # the first turn is free: the board was idle
-        first = asyncio.create_task(pacer.turn())
-        gone = asyncio.create_task(pacer.turn())
-        await asyncio.sleep(0)
-        gone.cancel()  # a killed worker's request
-        await first
-        order.append(f"first at {clock.now - 100:.0f}")
-        waiting = asyncio.create_task(pacer.turn())
-        await asyncio.sleep(0)
-        pacer.close()
-        try:
-            await waiting
-        except RunEnded as exc:
-            return order, exc
-        return order, None
 
-    order, ended = asyncio.run(scenario())
-    assert order == ["first at 1"]
-    assert isinstance(ended, RunEnded)
+def test_without_the_margin_the_server_would_count_rate_plus_two() -> None:
+    """The check above can fail: the same board booking the full rate, under 10 ms of wake-up jitter."""
+    worst = max(max_in_window(simulate(150.0, 4, seed, jitter=0.010, margin=0.0)) for seed in range(10))
+    assert worst > 151
+
+
+def test_a_worker_that_stops_early_strands_nothing() -> None:
+    """Two workers, one of which stops after 20 requests: the other alone keeps the whole rate."""
+    arrivals = simulate(20.0, 2, seed=1, stop_after={0: 20}, stalls=0.0)
+    late = [t for t in arrivals if t > 3.0]  # long after worker 0 stopped
+    assert achieved(late) == pytest.approx(20 * (1 - CLUSTER_MARGIN), rel=0.02)
+
+
+def test_booked_slots_are_one_interval_apart_and_an_idle_board_starts_from_now() -> None:
+    interval = 0.1
+    next_free, wait = book_slot(0.0, 10.0, interval)  # idle for long: now (counted a little earlier)
+    assert wait == 0 and next_free == pytest.approx(10.0 + (1 - CATCH_UP) * interval)
+    after, wait = book_slot(next_free, 10.01, interval)  # booked at once, sent when the slot comes
+    assert after == pytest.approx(next_free + interval) and wait == pytest.approx(next_free - 10.01)
+    assert book_slot(after, 10.0, interval) == (pytest.approx(after + interval), pytest.approx(after - 10.0))
+
+
+def test_a_board_whose_run_ended_gives_no_more_slots() -> None:
+    boards = RateBoards()
+    boards.open("run-a", 10.0, client="client-1")
+    boards.open("run-b", 10.0, client="client-2")
+    assert boards.slot("run-a") == 0.0
+    assert boards.slot("run-a") > 0.0  # the next one is booked, one interval on
+    boards.remove_client(None, "client-1")  # the stage of run-a died
+    with pytest.raises(RunEnded):
+        boards.slot("run-a")
+    assert boards.slot("run-b") == 0.0
+    boards.close("run-b")
+    with pytest.raises(RunEnded):
+        boards.slot("run-b")
 
 
 # ---------------------------------------------------------------------------------------------------------

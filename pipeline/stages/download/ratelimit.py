@@ -6,7 +6,8 @@ has not come sleeps until it should have, then asks again; nothing is booked ahe
 
 - grants are spaced at least ``(1 - CATCH_UP)/rate`` apart *as they actually happened*: a stalled event
   loop or a slow process start delays the queue instead of releasing missed slots together as a burst;
-- every process asks the same board (:class:`SharedBoard`, one float in shared memory behind one lock), so
+- every process asks the same board (:class:`SharedBoard`, one float in shared memory behind one lock; on
+  a Dask cluster the scheduler's, :mod:`.cluster`), so
   there are no per-process shares to drift into step with each other or to be stranded when a process
   runs out of work early. (The earlier design split the rate into per-process lanes whose start offsets
   were fixed before the pool started; when start-up took longer than ``1/rate`` two lanes fired together
@@ -55,7 +56,8 @@ class Board(Protocol):
 @runtime_checkable
 class HeldBoard(Protocol):
     """A board far away (the cluster's, :mod:`.cluster`): one call that returns when the caller's turn has
-    come, since asking again and again over the network would cost a round trip per question."""
+    come (it books a slot there and sleeps here), since asking again and again over the network would cost
+    a round trip per question."""
 
     async def turn(self) -> None:
         """Return when this caller may send its request."""
