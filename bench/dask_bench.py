@@ -17,14 +17,17 @@ Dask cluster started beforehand as a user would (``dask scheduler`` + ``dask wor
 3. **The rate**: ``download.rate`` 150/s for 4 such workers (320/s of capacity): the achieved rate at the
    server and the most requests in any 1-second window (limit rate + 1 = 151).
 
+The mirror runs in this script's process (its request log gives the arrival times); Python's garbage collector
+is off during each run, so that a collection pausing the mirror cannot stamp queued requests as a burst.
 Other people's work shares the machine: each line shows the load average at its end and the CPU seconds
 that processes other than this benchmark's used meanwhile (system busy time minus ours); part 1 also shows
-our CPU per image: the stage, the cluster's processes and the mirror, all this script's children.
+our CPU per image: this script (the mirror) and its children (the stage, the cluster's processes).
 """
 from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import os
 import resource
 import shutil
@@ -151,11 +154,16 @@ def run_stage(name: str, folder: Path, selected: pd.DataFrame, source: dict, dow
     os.sync()
     if mirror is not None:
         mirror.clear_requests()
-    with CpuMeter() as cpu:
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pipeline.stages.download"], cwd=folder, env=ENV,
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - start
+    gc.collect()
+    gc.disable()  # the mirror's request log is the instrument: a collection pausing this process would stamp
+    try:          # the requests queued meanwhile as one burst that the network never carried
+        with CpuMeter() as cpu:
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "pipeline.stages.download"], cwd=folder, env=ENV,
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - start
+    finally:
+        gc.enable()
     if done.returncode:
         raise SystemExit(f"{name}: exit code {done.returncode}\n{done.stderr[-2000:]}")
     manifest = pd.read_parquet(folder / "data" / "images" / "manifest.parquet")

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core import paths, store
-from pipeline.core.engine import Engine, open_engine
+from pipeline.core.engine import DaskEngine, Engine, open_engine
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.io import read_table, sweep_temporaries
 from pipeline.core.machine import processes
@@ -128,7 +128,7 @@ def _board(engine: Engine, rate: float) -> Iterator[Board | HeldBoard | None]:
     """The rate's board for the engine's kind (None when the rate is off)."""
     if not rate:
         yield None
-    elif engine.kind == "dask":
+    elif isinstance(engine, DaskEngine):
         from pipeline.stages.download.cluster import cluster_board  # imports distributed
 
         with cluster_board(engine.client, rate) as board:
