@@ -4,7 +4,7 @@
 
 Every contender is the real stage, ``python -m pipeline.stages.download``, as its own process, joining a
 Dask cluster started beforehand as a user would (``dask scheduler`` + ``dask worker --nworkers N``, on
-127.0.0.1), so cluster start-up is not in the figures (it is printed once: what a LocalCluster costs).
+127.0.0.1), so cluster start-up is not in the figures (it is printed once).
 
 1. **Throughput**, the download bench's setting (bench/download_bench.py): 2,000 photos of ~180 KB from a
    mirror with 50 ms latency, rate off, 64 connections per process, shards of 1,000: the local engine with
