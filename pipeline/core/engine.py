@@ -92,8 +92,8 @@ class PoolEngine(Engine):
 
     kind = "pool"
 
-    def __init__(self, workers: int, what: str) -> None:
-        self.workers, self.what = workers, what
+    def __init__(self, workers: int, what: str, advice: str = "") -> None:
+        self.workers, self.what, self.advice = workers, what, advice
 
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
             on_result: OnResult | None = None) -> list[Any]:
@@ -111,7 +111,7 @@ class PoolEngine(Engine):
                 futures = {pool.submit(_pool_task, task, job): index for index, job in enumerate(jobs)}
                 _wait_all(futures, results, inbox, on_message, on_result)
         except BrokenProcessPool:
-            raise PipelineFailure(f"a {self.what} process died (out of memory?)") from None
+            raise PipelineFailure(f"a {self.what} process died (out of memory?){self.advice}") from None
         finally:
             messages.put(_END)
             reader.join(timeout=10)
@@ -169,8 +169,8 @@ class DaskEngine(Engine):
 
     kind = "dask"
 
-    def __init__(self, client: Client, what: str) -> None:
-        self.client, self.what = client, what
+    def __init__(self, client: Client, what: str, advice: str = "") -> None:
+        self.client, self.what, self.advice = client, what, advice
         self.workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()))
 
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
@@ -204,8 +204,8 @@ class DaskEngine(Engine):
                         on_result(index, results[index])
         except KilledWorker as exc:
             raise PipelineFailure(f"Dask workers died {_allowed_failures()} times running one {self.what} task "
-                                  f"(the last: {exc.last_worker.address if exc.last_worker else 'unknown'}); "
-                                  "out of memory?") from None
+                                  f"(the last: {exc.last_worker.address if exc.last_worker else 'unknown'}): "
+                                  f"out of memory?{self.advice}") from None
         except (CancelledError, asyncio.CancelledError, CommClosedError) as exc:
             self._check_connected()
             raise PipelineFailure(f"the Dask run stopped: {type(exc).__name__}; run again to resume") from None
@@ -277,13 +277,14 @@ def scheduler_address(runtime: RuntimeParams) -> str:
 
 
 @contextmanager
-def open_engine(runtime: RuntimeParams, processes: int, what: str) -> Iterator[Engine]:
-    """The engine ``runtime.engine`` asks for; ``processes`` is the local engine's size (1 = inline)."""
+def open_engine(runtime: RuntimeParams, processes: int, what: str, advice: str = "") -> Iterator[Engine]:
+    """The engine ``runtime.engine`` asks for; ``processes`` is the local engine's size (1 = inline).
+    ``what`` names the work in messages; ``advice`` ends the one line said when workers die (``; try ...``)."""
     if runtime.engine == "local":
-        yield InlineEngine() if processes <= 1 else PoolEngine(processes, what)
+        yield InlineEngine() if processes <= 1 else PoolEngine(processes, what, advice)
         return
     with _dask_client(runtime, what) as client:
-        yield DaskEngine(client, what)
+        yield DaskEngine(client, what, advice)
 
 
 @contextmanager

@@ -262,7 +262,8 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
             store.clear(out)  # the store's crops are this run's, as data/crops is
         for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
             (new / folder).mkdir()
-        with open_engine(runtime, min(workers, len(todo)), "crop") as engine:
+        advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
+        with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
             results = list(run_tasks(build_tasks(todo, out), params, engine))
         if store.is_remote(out):
             store.fetch_tree(out, new)

@@ -98,7 +98,7 @@ def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bo
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
     journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
     workers = min(processes(params.runtime.download_processes), sum(1 for _, _, rows in plan if rows))
-    with open_engine(params.runtime, workers, "download") as engine, \
+    with open_engine(params.runtime, workers, "download", "; run again to resume") as engine, \
             Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
             Home(plan, shards_dir, bar, journal_here) as home:
         _fetch(engine, home.jobs(), ShardSettings.from_params(params), images, None if journal_here else shards_dir,
