@@ -126,8 +126,11 @@ _pool_messages: Any = None
 
 def _forward(source: Any, inbox: queue.Queue[Any]) -> None:
     """Move the pool's messages into a queue the waiting loop reads without blocking."""
-    while (message := source.get()) != _END:
-        inbox.put(message)
+    try:
+        while (message := source.get()) != _END:
+            inbox.put(message)
+    except Exception:  # noqa: BLE001 - a message cut short by a worker killed mid-write: the rest are lost,
+        return          # as messages may be (the results and the journals are what count)
 
 
 def _init_pool(parent: int, context: Any, messages: Any) -> None:

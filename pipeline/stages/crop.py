@@ -262,9 +262,11 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
             store.clear(out)  # the store's crops are this run's, as data/crops is
         for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
             (new / folder).mkdir()
-        advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
-        with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
-            results = list(run_tasks(build_tasks(todo, out), params, engine))
+        results = []
+        if len(todo):  # else no engine (a cluster to start or join) for nothing
+            advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
+            with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
+                results = list(run_tasks(build_tasks(todo, out), params, engine))
         if store.is_remote(out):
             store.fetch_tree(out, new)
         done = [box for result in results for box in result.boxes]  # in the order of todo's rows

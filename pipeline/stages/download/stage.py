@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,14 @@ def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bo
     (:class:`~.home.Home`). Returns the parts and the records of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
     journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
-    workers = min(processes(params.runtime.download_processes), sum(1 for _, _, rows in plan if rows))
-    with open_engine(params.runtime, workers, "download", "; run again to resume") as engine, \
-            Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
+    busy = sum(1 for _, _, rows in plan if rows)
+    opened = open_engine(params.runtime, min(processes(params.runtime.download_processes), busy), "download",
+                         "; run again to resume") if busy else nullcontext(None)  # nothing to fetch: no cluster
+    with opened as engine, Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
             Home(plan, shards_dir, bar, journal_here) as home:
-        _fetch(engine, home.jobs(), ShardSettings.from_params(params), images, None if journal_here else shards_dir,
-               home.on_message, home.on_result)
+        if engine is not None:
+            _fetch(engine, home.jobs(), ShardSettings.from_params(params), images,
+                   None if journal_here else shards_dir, home.on_message, home.on_result)
     return home.finished_parts(), home.tried
 
 
