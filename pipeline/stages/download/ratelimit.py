@@ -33,14 +33,14 @@ from typing import Protocol, runtime_checkable
 CATCH_UP = 0.04
 
 
-def take_slot(next_free: float, now: float, interval: float, catch_up: float = CATCH_UP) -> tuple[float, float]:
+def take_slot(next_free: float, now: float, interval: float) -> tuple[float, float]:
     """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now.
 
-    Slots stay at least ``interval`` apart and a grant happens at most ``catch_up * interval`` after its slot,
-    so n + 1 grants span at least ``(n - catch_up) * interval``: with ``catch_up`` < 1 a 1-second window
-    never holds more than ``floor(rate + catch_up) + 1`` of them (rate + 1 for a whole rate).
+    Slots stay at least ``interval`` apart and a grant happens at most ``CATCH_UP * interval`` after its slot,
+    so n + 1 grants span at least ``(n - CATCH_UP) * interval``: a 1-second window never holds more than
+    ``floor(rate + CATCH_UP) + 1`` of them (rate + 1 for a whole rate).
     """
-    slot = max(next_free, now - catch_up * interval)
+    slot = max(next_free, now - CATCH_UP * interval)
     if slot > now:
         return next_free, slot - now
     return slot + interval, 0.0
@@ -107,6 +107,7 @@ class RateLimiter:
         self.rate = rate
         self.interval = 1.0 / rate if rate else 0.0
         self.board = board or LocalBoard()
+        self._held = isinstance(self.board, HeldBoard)
         self._sleep = sleep
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,7 +124,7 @@ class RateLimiter:
         if not self.rate:
             return
         async with self._loop_lock():
-            if isinstance(self.board, HeldBoard):
+            if self._held:
                 await self.board.turn()
                 return
             while (delay := self.board.take(self.interval)) > 0:
