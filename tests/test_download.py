@@ -184,6 +184,7 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
 
 
 def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
+    from pipeline.core.engine import open_engine
     from pipeline.core.params import load_params
     from pipeline.stages.download.runner import ShardSettings
     from pipeline.stages.download.stage import _fetch, images_table
@@ -192,10 +193,14 @@ def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, 
     images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
                              params.source)
     plan = shards.plan_shards(images, shard_size=5)
-    jobs = [(s.images, shards.journal_path(tmp_path, s.index)) for s in plan]
+    jobs = [(s.index, s.images) for s in plan]
     seen: list[str] = []
-    tables = _fetch(jobs, ShardSettings.from_params(params), 2, tmp_path, lambda record: seen.append(record["ImageID"]))
+    finished: list[int] = []
+    with open_engine(params.runtime, 2, "download") as engine:
+        tables = _fetch(engine, jobs, ShardSettings.from_params(params), str(tmp_path), tmp_path,
+                        lambda message: seen.append(message["record"]["ImageID"]), lambda job, _: finished.append(job))
     assert sorted(seen) == sorted(image.ImageID for image in images)
+    assert sorted(finished) == list(range(len(plan)))
     assert [t.column("ImageID").to_pylist() for t in tables] == [sorted(i.ImageID for i in s.images) for s in plan]
 
 

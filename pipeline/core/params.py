@@ -16,6 +16,7 @@ means the default.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.errors import UserError
-from pipeline.core.safe import check_http_url, check_package_name
+from pipeline.core.safe import check_http_url, check_package_name, public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
@@ -31,6 +32,30 @@ TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "
                     "evaluate")
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+_SCHEDULER = re.compile(r"^((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
+_URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://[^\s/][^\s]*$")
+
+
+def check_scheduler_address(address: str) -> str:
+    """Empty, or what ``dask worker`` is given: ``tcp://host:8786``, ``tls://host:port`` or ``host:port``."""
+    if address and not _SCHEDULER.match(address):
+        raise ValueError(f"must look like tcp://host:8786 (a Dask scheduler's address), got {public_url(address)!r}")
+    return address
+
+
+def check_store_url(store: str) -> str:
+    """Empty (data/ here, or a shared file system at the same path everywhere), or an object store's fsspec URL
+    (``s3://bucket/prefix``, ``gs://...``): one put per file, so no partial file is ever seen. Not a plain
+    folder elsewhere (``file://``): writes there are not atomic, and the workspace itself can be shared."""
+    if not store:
+        return store
+    match = _URL_SCHEME.match(store)
+    if not match or match.group(1) in ("http", "https", "file", "local"):
+        raise ValueError("must be empty (data/ on a path every worker shares) or an object store URL such as "
+                         f"s3://bucket/prefix, got {public_url(store)!r}")
+    return store.rstrip("/")
+
+
 Seconds = Annotated[float, Field(gt=0)]
 
 
@@ -210,6 +235,16 @@ class RuntimeParams(Section):
     #: first backoff delay in seconds, doubled per retry (with jitter), capped by ``max_backoff``
     backoff: float = Field(1.0, ge=0.0)
     max_backoff: float = Field(60.0, ge=0.0)
+    #: where download and crop shards run: ``local`` (this machine's processes) or ``dask`` (a Dask cluster)
+    engine: Literal["local", "dask"] = "local"
+    #: the Dask scheduler to join (``tcp://host:8786``); empty = ``DASK_SCHEDULER_ADDRESS``, else a
+    #: ``distributed.LocalCluster`` started on this machine
+    scheduler: Annotated[str, AfterValidator(check_scheduler_address)] = ""
+    #: worker processes of that LocalCluster (0 = one per usable core)
+    dask_workers: int = Field(0, ge=0, le=256)
+    #: where workers put photos and crops: empty = data/ here (on a cluster, a file system every worker
+    #: mounts at the same path), or an object store's fsspec URL such as ``s3://bucket/prefix`` (docs/scale.md)
+    store: Annotated[str, AfterValidator(check_store_url)] = ""
 
 
 class Params(Section):

@@ -15,7 +15,8 @@ width and height, clamped to the picture and rounded to whole pixels. A crop who
 Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.imaging`).
 
 Speed: each photo is read and decoded **once** for all of its boxes (a photo often holds several), by a pool
-of worker processes (``runtime.crop_processes``, 0 = every core) fed chunks of photos. JPEGs are written with 4:2:0
+of worker processes (``runtime.crop_processes``, 0 = every core) or a Dask cluster (``runtime.engine: dask``,
+docs/scale.md) fed chunks of photos. JPEGs are written with 4:2:0
 chroma subsampling (libjpeg's usual choice for photos; the cheapest to encode). While a photo is decoded we
 also take its perceptual hash, which the clean stage compares with Flickr's placeholder picture.
 
@@ -29,25 +30,22 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 from PIL import Image
 
-from pipeline.core import paths
+from pipeline.core import paths, store
+from pipeline.core.engine import Engine, open_engine
 from pipeline.core.errors import PipelineFailure, UserError, run_cli
 from pipeline.core.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.io import read_parquet, replace_dir, write_parquet
 from pipeline.core.locks import stage_lock
-from pipeline.core.machine import die_with_parent, processes
-from pipeline.core.params import CropParams, load_params
+from pipeline.core.machine import processes
+from pipeline.core.params import CropParams, RuntimeParams, load_params
 from pipeline.core.progress import Progress
 from pipeline.core.safe import is_image_id, join_inside, label_dirname
 from pipeline.core.status import KEPT_ON_DISK, Crop
@@ -128,7 +126,7 @@ def crop_image(task: ImageTask, params: CropParams) -> ImageResult:
 
 def _read(path: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return store.read_file(path)  # a path, or an object store URL (runtime.store)
     except OSError as exc:
         raise ImageProblem(f"cannot read {Path(path).name}: {exc.strerror}") from None
 
@@ -147,6 +145,9 @@ def _cut(image: Image.Image, box: BoxTask, degrees: int, params: CropParams) -> 
     # Written straight to its name: the whole folder is built aside and swapped in at the end (replace_dir),
     # so a crash never leaves a half-written crop in data/crops; a temp file + rename per crop would only add
     # a file-system operation per crop.
+    if store.is_remote(box.out):  # one put: an object store never shows half a crop
+        store.write_file(box.out, encode_jpeg(crop, params.jpeg_quality))
+        return BoxResult(Crop.OK, "", *crop.size)
     try:
         Path(box.out).write_bytes(encode_jpeg(crop, params.jpeg_quality))
     except OSError as exc:  # disk full, permissions: the run cannot succeed, unlike a bad photo
@@ -173,30 +174,23 @@ def crop_chunk(tasks: Sequence[ImageTask], params: CropParams) -> list[ImageResu
     return [crop_image(task, params) for task in tasks]
 
 
-def run_tasks(tasks: Sequence[ImageTask], params: CropParams, workers: int) -> Iterator[ImageResult]:
-    """Results in task order, from a process pool fed chunks of photos (in-process for one worker)."""
-    chunk = max(1, min(MAX_CHUNK, math.ceil(len(tasks) / (workers * 8))))
+def _crop_task(params: CropParams, tasks: Sequence[ImageTask], emit: Callable[[object], None]) -> list[ImageResult]:
+    """:func:`crop_chunk` as a task of :class:`pipeline.core.engine.Engine` (one chunk is a few seconds of work:
+    its result is the progress, no message needed)."""
+    return crop_chunk(tasks, params)
+
+
+def run_tasks(tasks: Sequence[ImageTask], params: CropParams, engine: Engine) -> Iterator[ImageResult]:
+    """Results in task order, from chunks of photos run on ``engine`` (this process, a pool, a Dask cluster)."""
+    chunk = max(1, min(MAX_CHUNK, math.ceil(len(tasks) / (engine.workers * 8))))
     chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
-    work = partial(crop_chunk, params=params)
     with Progress(len(tasks), "crop", "img") as bar:
-        if workers == 1 or len(chunks) <= 1:
-            results: Iterator[list[ImageResult]] = map(work, chunks)
-            for part in results:
-                bar.update(len(part))
-                yield from part
-            return
-        try:
-            with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                for part in pool.map(work, chunks):
-                    bar.update(len(part))
-                    yield from part
-        except BrokenProcessPool:
-            raise PipelineFailure("a crop worker died (out of memory? try fewer crop.workers or a lower "
-                                  "crop.max_pixels)") from None
+        results = engine.run(_crop_task, params, chunks, on_result=lambda _, part: bar.update(len(part)))
+    for part in results:
+        yield from part
 
 
-def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.DataFrame:
+def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -> pd.DataFrame:
     """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo.
 
     Adds the private column ``source`` (absolute photo path, '' when none).
@@ -211,7 +205,7 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.D
     rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
     status = rows["ImageID"].map(got["status"]).fillna("")
     reason = rows["ImageID"].map(got["reason"]) if "reason" in got else pd.Series("", index=rows.index)
-    source = rows["ImageID"].map(got["path"].map(lambda rel: _existing(images_dir, rel))).fillna("")
+    source = rows["ImageID"].map(got["path"].map(_photo_finder(images_dir))).fillna("")
     valid_id = rows["ImageID"].map(is_image_id).astype(bool)
     kept = status.isin(KEPT_ON_DISK) & valid_id
     rows = rows.assign(
@@ -225,6 +219,15 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path) -> pd.D
         rows.loc[~valid_id, "reason"] = "ImageID is not 16 hex digits (it cannot name a file): skipped"
         print(f"warning: skipped {int((~valid_id).sum())} box(es) whose ImageID is not 16 hex digits", file=sys.stderr)
     return rows
+
+
+def _photo_finder(images: Path | str) -> Callable[[object], str]:
+    """Manifest path -> where the photo is ('' when it is not there): in a folder, or in an object store
+    (``runtime.store``), whose one listing answers for every photo."""
+    if isinstance(images, str) and store.is_remote(images):
+        listed = store.sizes(images)
+        return lambda relative: store.join(images, relative) if relative in listed else ""
+    return lambda relative: _existing(Path(images), relative)
 
 
 def _existing(images_dir: Path, relative: object) -> str:
@@ -242,18 +245,35 @@ def _not_downloaded_reason(status: str, reason: str, source: str) -> str:
 
 
 def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, workers: int = 1,
-             images_dir: Path = paths.IMAGES_DIR, crops_dir: Path = paths.CROPS_DIR) -> pd.DataFrame:
-    """Cut every box with a photo into ``crops_dir`` (rebuilt) and write its manifest; return the manifest."""
-    rows = plan(boxes, downloads, images_dir)
+             images_dir: Path = paths.IMAGES_DIR, crops_dir: Path = paths.CROPS_DIR,
+             runtime: RuntimeParams | None = None) -> pd.DataFrame:
+    """Cut every box with a photo into ``crops_dir`` (rebuilt) and write its manifest; return the manifest.
+
+    ``runtime`` chooses the engine (``workers``: the local engine's processes) and the store: with photos in
+    an object store, the crops are made there too and then copied into ``crops_dir``, where clean and split
+    read them.
+    """
+    runtime = runtime or RuntimeParams()
+    photos = store.folder(runtime.store, store.IMAGES, images_dir) if runtime.store else images_dir
+    rows = plan(boxes, downloads, photos)
     rows["crop_path"] = [
         f"{label_dirname(label)}/{image}_{index}.jpg" if src else ""
         for label, image, index, src in zip(rows["Label"], rows["ImageID"], rows["BoxIndex"], rows["source"])
     ]
     with replace_dir(crops_dir) as new:
         todo = rows[rows["source"] != ""]
+        out = store.folder(runtime.store, store.CROPS, new)
+        if store.is_remote(out):
+            store.clear(out)  # the store's crops are this run's, as data/crops is
         for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
             (new / folder).mkdir()
-        results = list(run_tasks(build_tasks(todo, new), params, workers))
+        results = []
+        if len(todo):  # else no engine (a cluster to start or join) for nothing
+            advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
+            with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
+                results = list(run_tasks(build_tasks(todo, out), params, engine))
+        if store.is_remote(out):
+            store.fetch_tree(out, new)
         done = [box for result in results for box in result.boxes]  # in the order of todo's rows
         for column, values in zip(("status", "reason", "width", "height"), zip(*done)):
             rows.loc[todo.index, column] = list(values)
@@ -264,7 +284,7 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
     return manifest
 
 
-def build_tasks(todo: pd.DataFrame, out_dir: Path) -> list[ImageTask]:
+def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:
     """One task per photo, its boxes in row order, from rows sorted by ImageID.
 
     Plain lists, not a pandas groupby: per-group DataFrames cost milliseconds each, which for thousands of
@@ -276,7 +296,7 @@ def build_tasks(todo: pd.DataFrame, out_dir: Path) -> list[ImageTask]:
     sources, rotations = todo["source"].tolist(), todo["Rotation"].tolist()
     tasks = []
     for start, end in zip(starts, starts[1:] + [len(images)]):
-        boxes = tuple(BoxTask(float(x0), float(x1), float(y0), float(y1), str(out_dir / rel))
+        boxes = tuple(BoxTask(float(x0), float(x1), float(y0), float(y1), store.join(str(out_dir), rel))
                       for x0, x1, y0, y1, rel in zip(*(column[start:end] for column in columns)))
         rotation = rotations[start]
         tasks.append(ImageTask(sources[start], None if pd.isna(rotation) else float(rotation), boxes))
@@ -299,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stage_lock("crop"):
         boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
         downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-        manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes))
+        manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes),
+                            runtime=params.runtime)
     counts = manifest["status"].value_counts()
     print(f"{counts.get('ok', 0)} crops written to {paths.CROPS_DIR}; "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if s != "ok"))

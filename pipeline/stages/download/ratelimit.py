@@ -6,7 +6,8 @@ has not come sleeps until it should have, then asks again; nothing is booked ahe
 
 - grants are spaced at least ``(1 - CATCH_UP)/rate`` apart *as they actually happened*: a stalled event
   loop or a slow process start delays the queue instead of releasing missed slots together as a burst;
-- every process asks the same board (:class:`SharedBoard`, one float in shared memory behind one lock), so
+- every process asks the same board (:class:`SharedBoard`, one float in shared memory behind one lock; on
+  a Dask cluster the scheduler's, :mod:`.cluster`), so
   there are no per-process shares to drift into step with each other or to be stranded when a process
   runs out of work early. (The earlier design split the rate into per-process lanes whose start offsets
   were fixed before the pool started; when start-up took longer than ``1/rate`` two lanes fired together
@@ -24,7 +25,7 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: A late wake-up may start the next interval this much (as a fraction of the interval) before the
 #: moment it actually woke, to win back timer overshoot (~1 ms per sleep would cost 2% at 20/s).
@@ -33,7 +34,12 @@ CATCH_UP = 0.04
 
 
 def take_slot(next_free: float, now: float, interval: float) -> tuple[float, float]:
-    """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now."""
+    """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now.
+
+    Slots stay at least ``interval`` apart and a grant happens at most ``CATCH_UP * interval`` after its slot,
+    so n + 1 grants span at least ``(n - CATCH_UP) * interval``: a 1-second window never holds more than
+    ``floor(rate + CATCH_UP) + 1`` of them (rate + 1 for a whole rate).
+    """
     slot = max(next_free, now - CATCH_UP * interval)
     if slot > now:
         return next_free, slot - now
@@ -45,6 +51,16 @@ class Board(Protocol):
 
     def take(self, interval: float) -> float:
         """Take the slot if it has come (return 0), else return how long to wait before asking again."""
+
+
+@runtime_checkable
+class HeldBoard(Protocol):
+    """A board far away (the cluster's, :mod:`.cluster`): one call that returns when the caller's turn has
+    come (it books a slot there and sleeps here), since asking again and again over the network would cost
+    a round trip per question."""
+
+    async def turn(self) -> None:
+        """Return when this caller may send its request."""
 
 
 class LocalBoard:
@@ -84,13 +100,14 @@ class RateLimiter:
     The callers of one process queue on an asyncio lock, so only one of them at a time asks the board.
     """
 
-    def __init__(self, rate: float, board: Board | None = None,
+    def __init__(self, rate: float, board: Board | HeldBoard | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not rate >= 0:  # also NaN
             raise ValueError(f"rate must be a number >= 0, got {rate}")
         self.rate = rate
         self.interval = 1.0 / rate if rate else 0.0
         self.board = board or LocalBoard()
+        self._held = isinstance(self.board, HeldBoard)
         self._sleep = sleep
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,5 +124,8 @@ class RateLimiter:
         if not self.rate:
             return
         async with self._loop_lock():
+            if self._held:
+                await self.board.turn()
+                return
             while (delay := self.board.take(self.interval)) > 0:
                 await self._sleep(delay)

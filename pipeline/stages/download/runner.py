@@ -1,11 +1,14 @@
-"""Download one shard: ``run_shard(rows, settings, images_dir, journal) -> manifest part``.
+"""Download one shard: ``run_shard(rows, settings, images) -> manifest part``, and :func:`shard_task`, the same as
+a task of :mod:`pipeline.core.engine` (this process, a local pool, or a Dask cluster).
 
 ``run_shard`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
-map it over shards: the stage runs them in this process or hands them to a process pool whose workers
-share one rate (:class:`~.ratelimit.SharedBoard`).
+map it over shards. ``images`` is where the photos go: a folder (an absolute path, for workers elsewhere) or
+an object store URL (:mod:`pipeline.core.store`). Each finished image's record goes to ``on_record`` at once
+(the engine sends it home, where the stage appends it to the shard's journal and moves the progress bar).
 
-Inside a shard, ``settings.connections`` coroutines share one aiohttp session and one rate limiter. Hashing
-and writing run in a thread so the event loop keeps other downloads moving meanwhile.
+Inside a shard, ``settings.connections`` coroutines share one aiohttp session and one rate limiter, whose
+board is shared by every shard of the run (:class:`ShardContext`). Hashing and writing run in a thread so
+the event loop keeps other downloads moving meanwhile.
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core import store
 from pipeline.core.http import HttpPolicy
 from pipeline.core.params import Params
 from pipeline.core.safe import is_http_url, public_url
 from pipeline.core.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
-from pipeline.stages.download.ratelimit import Board, RateLimiter
-from pipeline.stages.download.shards import Image, manifest_table
+from pipeline.stages.download.ratelimit import Board, HeldBoard, RateLimiter
+from pipeline.stages.download.shards import Image, journal_path, manifest_table
 from pipeline.stages.download.verify import Verdict, verify
 from pipeline.stages.download.writer import Journal, image_path, write_image
 
@@ -43,40 +47,59 @@ class ShardSettings:
         return cls(HttpPolicy.for_images(params), params.download.rate, params.runtime.connections)
 
 
-def run_shard(rows: Sequence[Image], settings: ShardSettings, images_dir: Path, journal: Path, *,
+def run_shard(rows: Sequence[Image], settings: ShardSettings, images_dir: Path | str, journal: Path | None = None, *,
               limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pa.Table:
-    """Download every image in ``rows`` and return their manifest rows.
+    """Download every image in ``rows`` into ``images_dir`` (a folder or a store URL); return their manifest rows.
 
-    Each finished image is appended to ``journal`` at once, so a killed run loses nothing it finished.
-    ``limiter`` lets shards share one rate; without one the shard has its own.
+    Each finished image goes to ``on_record`` at once and, when ``journal`` is given, is appended to it, so
+    a killed run loses nothing it finished. ``limiter`` lets shards share one rate; without one the shard
+    has its own.
     """
     limiter = limiter or RateLimiter(settings.rate)
-    with Journal(journal) as log:
+    with Journal(journal) if journal is not None else _NoJournal() as log:
         def finished(record: Record) -> None:
             log.append(record)
             if on_record is not None:
                 on_record(record)
 
-        records = asyncio.run(_download(rows, settings, images_dir, limiter, finished))
+        records = asyncio.run(_download(rows, settings, str(images_dir), limiter, finished))
     return manifest_table(records)
 
 
-#: the limiter of a pool worker, made by :func:`init_worker` from the board the stage shares
-_worker_limiter: RateLimiter | None = None
+class _NoJournal:
+    def __enter__(self) -> _NoJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def append(self, record: Record) -> None:
+        pass
 
 
-def init_worker(rate: float, board: Board) -> None:
-    """Process-pool initializer: this worker's limiter asks the stage's shared board."""
-    global _worker_limiter
-    _worker_limiter = RateLimiter(rate, board)
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of a run shares: its settings, where the photos go, the rate's board (None when the
+    rate is off; one process's, a pool's shared memory, or the cluster's) and the folder of the journals
+    when the workers reach it (None: the stage journals the records they send home)."""
+
+    settings: ShardSettings
+    images: str
+    board: Board | HeldBoard | None
+    journals: str | None
 
 
-def run_shard_in_worker(rows: Sequence[Image], settings: ShardSettings, images_dir: Path, journal: Path) -> pa.Table:
-    """:func:`run_shard` in a pool worker, under the rate shared by every worker of the pool."""
-    return run_shard(rows, settings, images_dir, journal, limiter=_worker_limiter)
+def shard_task(context: ShardContext, job: tuple[int, Sequence[Image]], emit: Callable[[Any], None]) -> pa.Table:
+    """One shard as a task of :class:`pipeline.core.engine.Engine`: ``job`` is ``(shard index, rows)``; each
+    record is emitted as ``{"shard": index, "record": record}``."""
+    index, rows = job
+    limiter = RateLimiter(context.settings.rate, context.board)
+    journal = journal_path(Path(context.journals), index) if context.journals else None
+    return run_shard(rows, context.settings, context.images, journal, limiter=limiter,
+                     on_record=lambda record: emit({"shard": index, "record": record}))
 
 
-async def _download(rows: Sequence[Image], settings: ShardSettings, images_dir: Path, limiter: RateLimiter,
+async def _download(rows: Sequence[Image], settings: ShardSettings, images_dir: str, limiter: RateLimiter,
                     finished: Callable[[Record], None]) -> list[Record]:
     records: list[Record] = []
     todo = iter(rows)
@@ -98,21 +121,29 @@ async def _download(rows: Sequence[Image], settings: ShardSettings, images_dir: 
     return records
 
 
-async def _one_image(row: Image, fetcher: Fetcher, images_dir: Path) -> Record:
+async def _one_image(row: Image, fetcher: Fetcher, images_dir: str) -> Record:
     if not is_http_url(row.url):
-        await asyncio.to_thread(write_image, images_dir, row.ImageID, None, None)
+        if not store.is_remote(images_dir):
+            await asyncio.to_thread(write_image, Path(images_dir), row.ImageID, None, None)
         return _record(row, Fetched(Download.BAD_URL, "not an http(s) URL", 0, "", None, 0), None)
     fetched = await fetcher.fetch(row.url)
     verdict = await asyncio.to_thread(_settle, row, fetched, images_dir)
     return _record(row, fetched, verdict)
 
 
-def _settle(row: Image, fetched: Fetched, images_dir: Path) -> Verdict | None:
-    """Verify the body (if any) and make the folder match: the body under its name, or no file at all."""
+def _settle(row: Image, fetched: Fetched, images_dir: str) -> Verdict | None:
+    """Verify the body (if any) and make the folder match: the body under its name, or no file at all.
+
+    In an object store the body is put under its name; other files of the image are removed by the stage
+    at the end, from one listing, instead of by a request per image here."""
     verdict = None if fetched.body is None else verify(
         fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)
     keep = verdict is not None and verdict.keep
-    write_image(images_dir, row.ImageID, verdict.ext if keep else None, fetched.body if keep else None)
+    if store.is_remote(images_dir):
+        if keep:
+            store.write_file(store.join(images_dir, f"{row.ImageID}.{verdict.ext}"), fetched.body)
+    else:
+        write_image(Path(images_dir), row.ImageID, verdict.ext if keep else None, fetched.body if keep else None)
     return verdict
 
 

@@ -94,7 +94,7 @@ def load_records(shards_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path) -> bool:
+def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path, listed: dict[str, int] | None = None) -> bool:
     """May a re-run skip this image? Only when its answer was final, for the same URL (as recorded: without credentials), and any kept
     file is still there with the recorded size (a short file after a power cut is fetched again)."""
     if record is None or record.get("url") != public_url(url) or record.get("status") in RETRIED_ON_RERUN:
@@ -104,6 +104,8 @@ def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path) -> bo
     path = record.get("path")
     if path not in {f"{record['ImageID']}.{ext}" for ext in IMAGE_EXTENSIONS}:  # a doctored record names no other file
         return False
+    if listed is not None:  # photos in an object store: one listing of it says what is there
+        return listed.get(path) == record.get("bytes")
     file = images_dir / path
     return file.is_file() and file.stat().st_size == record.get("bytes")
 

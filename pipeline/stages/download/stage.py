@@ -5,31 +5,30 @@ or ``kill -9``) skips every image whose answer is already recorded and fetches o
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core import paths
+from pipeline.core import paths, store
+from pipeline.core.engine import DaskEngine, Engine, open_engine
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.io import read_table, sweep_temporaries
 from pipeline.core.locks import locked
-from pipeline.core.machine import die_with_parent, processes
+from pipeline.core.machine import processes
 from pipeline.core.params import Params, SourceParams
 from pipeline.core.progress import Progress
 from pipeline.core.safe import is_image_id
 from pipeline.core.sources import SUBSETS, join_url
 from pipeline.stages.download import aside, shards
-from pipeline.stages.download.ratelimit import RateLimiter, SharedBoard
-from pipeline.stages.download.runner import Record, ShardSettings, init_worker, run_shard, run_shard_in_worker
+from pipeline.stages.download.ratelimit import Board, HeldBoard, LocalBoard, SharedBoard
+from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
 from pipeline.stages.download.shards import Image
-from pipeline.stages.download.writer import JournalTail
+from pipeline.stages.download.home import Home, Plan
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")
@@ -73,20 +72,26 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     if dropped:
         print(f"warning: skipped {dropped} image(s) whose ImageID is not 16 hex digits", file=sys.stderr)
     shards_dir = images_dir / "shards"
+    photos = store.folder(params.runtime.store, store.IMAGES, images_dir)  # where the workers put them
+    store.check_writable(params.runtime.store)
     try:
         shards_dir.mkdir(parents=True, exist_ok=True)
         swept = sweep_temporaries(images_dir) + sweep_temporaries(shards_dir)
         if swept:
             print(f"removed {swept} partial file(s) left by an interrupted run", file=sys.stderr)
-        known = {**aside.restore(images_dir, (image.ImageID for image in images)), **shards.load_records(shards_dir)}
-        plan = [(shard, *_split_done(shard, known, images_dir))
+        known = shards.load_records(shards_dir)
+        listed = store.sizes(photos) if store.is_remote(photos) else None
+        if listed is None:  # photos in a folder: those an earlier run set aside come back, with their records
+            known = {**aside.restore(Path(photos), (image.ImageID for image in images)), **known}
+        plan = [(shard, *_split_done(shard, known, images_dir, listed))
                 for shard in shards.plan_shards(images, params.runtime.shard_size)]
-        parts, tried = _run(plan, params, images_dir, shards_dir, progress)
+        parts, tried = _run(plan, params, photos, shards_dir, progress)
         manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
-        moved = aside.set_aside(images_dir, manifest, known)
+        _tidy(photos, manifest)
+        moved = aside.set_aside(Path(photos), manifest, known) if listed is None else 0
         if moved:
-            print(f"moved {moved} photo(s) no longer selected to {aside.aside_dir(images_dir)} (a later run that "
-                  "selects them takes them back)", file=sys.stderr)
+            print(f"moved {moved} photo(s) no longer selected to {aside.aside_dir(Path(photos))} (a later run "
+                  "that selects them takes them back)", file=sys.stderr)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
     if tried and all(record["status"] == "failed" for record in tried):
@@ -95,83 +100,78 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     return manifest
 
 
-def _run(plan: list[tuple[shards.Shard, list[Record], list[Image]]], params: Params, images_dir: Path,
-         shards_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
-    """Fetch what each shard still needs and write every shard's manifest part.
-
-    Returns the parts and the records of the images requested now.
-    """
-    counts: Counter[str] = Counter()
-    parts, tried = [], []
+def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
+    """Fetch what each shard still needs; every shard's manifest part is written as soon as it is complete
+    (:class:`~.home.Home`). Returns the parts and the records of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
-    with Progress(total, "download", "img", initial=done, enabled=progress) as bar:
-        def on_record(record: Record) -> None:
-            counts[record["status"]] += 1
-            bar.note(_brief(counts))
-            bar.update()
-
-        jobs = [(todo, shards.journal_path(shards_dir, shard.index)) for shard, _, todo in plan if todo]
-        fetched = iter(_fetch(jobs, ShardSettings.from_params(params), params.runtime.download_processes,
-                              images_dir, on_record))
-        for shard, done_records, todo in plan:
-            fresh = next(fetched).to_pylist() if todo else []
-            part = shards.manifest_table(done_records + fresh)
-            shards.write_part(shards_dir, shard.index, part)
-            parts.append(part)
-            tried += [record for record in fresh if record["attempts"] > 0]
-    return parts, tried
+    journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
+    busy = sum(1 for _, _, rows in plan if rows)
+    opened = open_engine(params.runtime, min(processes(params.runtime.download_processes), busy), "download",
+                         "; run again to resume") if busy else nullcontext(None)  # nothing to fetch: no cluster
+    with opened as engine, Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
+            Home(plan, shards_dir, bar, journal_here) as home:
+        if engine is not None:
+            _fetch(engine, home.jobs(), ShardSettings.from_params(params), images,
+                   None if journal_here else shards_dir, home.on_message, home.on_result)
+    return home.finished_parts(), home.tried
 
 
-def _fetch(jobs: list[tuple[list[Image], Path]], settings: ShardSettings, requested_processes: int,
-           images_dir: Path, on_record: Callable[[Record], None]) -> list[pa.Table]:
-    """Run the shards (``(rows, journal)`` each) and return their tables in the same order.
+def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: ShardSettings, images: str,
+           journals: Path | None, on_message: Callable[[Any], None],
+           on_result: Callable[[int, pa.Table], None]) -> list[pa.Table]:
+    """Run the shards (``(index, rows)`` each) on ``engine``; return their tables in order. The workers
+    journal each record in ``journals`` as it finishes (None: the caller journals the messages).
 
-    In this process, or in a pool of ``runtime.download_processes`` (0 = one per usable core): a single event
-    loop spends a whole core on 700 images/s, so a second one on a second core is what a higher rate needs.
-    Each shard is a task of its own, so a process that runs out of work takes the next shard, and every
-    process asks one shared board for its slots, so the rate holds for the pool as a whole. Records of other
-    processes reach ``on_record`` by reading their journals every 0.2 s.
+    Locally in this process, or in a pool of ``runtime.download_processes`` (0 = one per usable core): a
+    single event loop spends a whole core on 700 images/s, so a second one on a second core is what a higher
+    rate needs. Or on a Dask cluster (``runtime.engine: dask``). Each shard is a task of its own, so a process
+    that runs out of work takes the next shard, and every process asks one board for its slots (shared
+    memory in a pool, the scheduler on a cluster: :mod:`.cluster`), so the rate holds for all of them.
     """
-    workers = min(processes(requested_processes), len(jobs))
-    if workers <= 1:
-        limiter = RateLimiter(settings.rate)
-        return [run_shard(rows, settings, images_dir, journal, limiter=limiter, on_record=on_record)
-                for rows, journal in jobs]
-    tail = JournalTail(journal for _, journal in jobs)
-    board = SharedBoard()
-    initargs = (os.getpid(), settings.rate, board)
-    with ProcessPoolExecutor(workers, initializer=_init_pool_worker, initargs=initargs) as pool:
-        futures = [pool.submit(run_shard_in_worker, rows, settings, images_dir, journal) for rows, journal in jobs]
-        while wait(futures, timeout=0.2).not_done:
-            for record in tail.read():
-                on_record(record)
-        for record in tail.read():
-            on_record(record)
-        try:
-            return [future.result() for future in futures]
-        except BrokenProcessPool:
-            raise PipelineFailure("a download process died (out of memory?); run again to resume") from None
+    with _board(engine, settings.rate) as board:
+        context = ShardContext(settings, images, board, str(journals.absolute()) if journals else None)
+        return engine.run(shard_task, context, jobs, on_message, on_result)
 
 
-def _init_pool_worker(parent: int, rate: float, board: SharedBoard) -> None:
-    die_with_parent(parent)
-    init_worker(rate, board)
+@contextmanager
+def _board(engine: Engine, rate: float) -> Iterator[Board | HeldBoard | None]:
+    """The rate's board for the engine's kind (None when the rate is off)."""
+    if not rate:
+        yield None
+    elif isinstance(engine, DaskEngine):
+        from pipeline.stages.download.cluster import cluster_board  # imports distributed
+
+        with cluster_board(engine.client, rate) as board:
+            yield board
+    else:
+        yield SharedBoard() if engine.kind == "pool" else LocalBoard()
 
 
-def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path) -> tuple[list[Record], list[Image]]:
-    """The shard's records a re-run keeps, and the images it still has to fetch."""
+def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path,
+                listed: dict[str, int] | None = None) -> tuple[list[Record], list[Image]]:
+    """The shard's records a re-run keeps, and the images it still has to fetch (``listed``: the sizes of the
+    photos in an object store, when they are kept there)."""
     done, todo = [], []
     for image in shard.images:
         record = known.get(image.ImageID)
-        if shards.is_finished(record, image.url, images_dir):
+        if shards.is_finished(record, image.url, images_dir, listed):
             done.append(record)
         else:
             todo.append(image)
     return done, todo
 
 
-def _brief(counts: Counter[str]) -> str:
-    return " ".join(f"{status}={n}" for status, n in counts.most_common())
+def _tidy(photos: str, manifest: pa.Table) -> None:
+    """After every shard is done: remove what killed workers left (hidden temporary files in a folder), and
+    in an object store the files of an image the manifest does not vouch for (another extension, or none
+    kept), from one listing instead of a request per image during the run."""
+    if not store.is_remote(photos):
+        sweep_temporaries(Path(photos))
+        return
+    vouched = dict(zip(manifest.column("ImageID").to_pylist(), manifest.column("path").to_pylist()))
+    strays = [name for name in store.sizes(photos)
+              if name.partition(".")[0] in vouched and vouched[name.partition(".")[0]] != name]
+    store.remove(photos, strays)
 
 
 def summary_table(manifest: pa.Table) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -88,24 +88,27 @@ def _records(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     return records
 
 
-class JournalTail:
-    """The records appended to some journals since this was made: how the stage follows shards that run in
-    other processes (for its progress bar) without any channel besides the journals they write anyway."""
+class Journals:
+    """The journals of a run's shards, written by the stage as the records come home from the workers
+    (whichever process or machine fetched them): one open file per shard still running."""
 
-    def __init__(self, paths: Iterable[Path]) -> None:
-        self._offsets = {path: path.stat().st_size if path.exists() else 0 for path in paths}
+    def __init__(self, path_of: Callable[[int], Path]) -> None:
+        self.path_of = path_of
+        self._open: dict[int, Journal] = {}
 
-    def read(self) -> list[dict[str, Any]]:
-        """Records whose line is complete and was not returned before."""
-        new: list[dict[str, Any]] = []
-        for path, offset in self._offsets.items():
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-            except FileNotFoundError:  # its shard has not started yet
-                continue
-            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
-            self._offsets[path] = offset + end
-            new += _records(chunk[:end].splitlines())
-        return new
+    def __enter__(self) -> Journals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for index in list(self._open):
+            self.close(index)
+
+    def append(self, index: int, record: dict[str, Any]) -> None:
+        if index not in self._open:
+            self._open[index] = Journal(self.path_of(index)).__enter__()
+        self._open[index].append(record)
+
+    def close(self, index: int) -> None:
+        journal = self._open.pop(index, None)
+        if journal is not None:
+            journal.__exit__(None, None, None)
