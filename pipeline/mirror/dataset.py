@@ -444,9 +444,9 @@ def build(root: Path, spec: Spec, progress: bool = False) -> list[ImageRecord]:
 def _progress(plans: list[_Plan], enabled: bool) -> Iterator[_Plan]:
     if not enabled:
         return iter(plans)
-    from tqdm import tqdm
+    from pipeline.core.progress import track  # a bar on a terminal, a line every few seconds in a log
 
-    return iter(tqdm(plans, desc="drawing mirror images", unit="img"))
+    return track(plans, "drawing mirror images", "img")
 
 
 def _load(index: Path, spec: Spec) -> list[ImageRecord] | None:
