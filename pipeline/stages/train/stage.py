@@ -1,6 +1,6 @@
 """The train stage's work: set up from params, fine-tune, and write the stage's files.
 
-``python -m pipeline.train`` runs it; ``python -m pipeline.lr_find`` shares its set-up so the rate it
+``python -m pipeline.stages.train`` runs it; ``python -m pipeline.lr_find`` shares its set-up so the rate it
 suggests is found on exactly the model and batches training will use.
 """
 from __future__ import annotations
