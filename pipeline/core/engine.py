@@ -233,14 +233,8 @@ def _allowed_failures() -> int:
 
 
 def _drain_batches(inbox: queue.Queue[Any], on_message: OnMessage | None) -> None:
-    while True:
-        try:
-            batch = inbox.get_nowait()
-        except queue.Empty:
-            return
-        if on_message is not None:
-            for message in json.loads(batch):
-                on_message(message)
+    """:func:`_drain` for a queue of JSON batches of messages (what Dask workers send)."""
+    _drain(inbox, None if on_message is None else lambda batch: [on_message(m) for m in json.loads(batch)])
 
 
 class _EventEmitter:
