@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -29,6 +30,8 @@ class HostileServer:
     files: dict[str, bytes]
     answers: dict[str, Answer] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    #: the User-Agent of every request, in order
+    agents: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pristine = dict(self.files)
@@ -40,11 +43,23 @@ class HostileServer:
         return f"http://127.0.0.1:{self.port}/openimages"
 
     def reset(self) -> None:
-        self.files, self.answers, self.hits = dict(self.pristine), {}, {}
+        self.files, self.answers, self.hits, self.agents = dict(self.pristine), {}, {}, []
+
+    def url(self, path: str) -> str:
+        """The URL of a path served outside the Open Images layout (``/status/503/x``)."""
+        return f"http://127.0.0.1:{self.port}{path}"
 
     # --- what a test can make a path do ---------------------------------------------------------------
     def serve(self, path: str, body: bytes) -> None:
         self.files[path] = body
+
+    def first(self, path: str, status: int, headers: dict[str, str] | None = None) -> None:
+        """Answer ``status`` (with ``headers``) to the first request of ``path``, then serve its file."""
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if self.hits[path] == 1:
+                return web.Response(status=status, headers=headers or {})
+            return web.Response(body=self.files[path])
+        self.answers[path] = answer
 
     def redirect(self, path: str, location: str) -> None:
         async def answer(request: web.Request) -> web.StreamResponse:
@@ -87,6 +102,7 @@ class HostileServer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path[len(PREFIX):] if request.path.startswith(PREFIX) else request.path
         self.hits[path] = self.hits.get(path, 0) + 1
+        self.agents.append(request.headers.get("User-Agent", ""))
         if path in self.answers:
             return await self.answers[path](request)
         if path in self.files:
@@ -104,6 +120,8 @@ class HostileServer:
         self.port = site._server.sockets[0].getsockname()[1]
         self.ready.set()
         self.loop.run_forever()
+        for task in asyncio.all_tasks(self.loop):  # a drip or a silence still answering: end it quietly
+            task.cancel()
         self.loop.run_until_complete(runner.cleanup())
 
 
@@ -113,15 +131,24 @@ def v6_files(mirror: Mirror) -> dict[str, bytes]:
     return {path: requests.get(f"{mirror.base_url}/{path}", timeout=30).content for path in paths}
 
 
-@pytest.fixture(scope="module")
-def hostile_server(mirror: Mirror) -> Iterator[HostileServer]:
-    server = HostileServer(v6_files(mirror))
+@contextmanager
+def serving(files: dict[str, bytes]) -> Iterator[HostileServer]:
+    """A :class:`HostileServer` running on its own thread while the block runs."""
+    server = HostileServer(files)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert server.ready.wait(10)
-    yield server
-    server.loop.call_soon_threadsafe(server.loop.stop)
-    thread.join(10)
+    try:
+        yield server
+    finally:
+        server.loop.call_soon_threadsafe(server.loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def hostile_server(mirror: Mirror) -> Iterator[HostileServer]:
+    with serving(v6_files(mirror)) as server:
+        yield server
 
 
 @pytest.fixture

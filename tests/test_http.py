@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from hostile import HostileServer, serving
 
 from pipeline.core.errors import PipelineFailure
 from pipeline.core.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
@@ -79,60 +78,14 @@ def test_the_minimum_progress_rule_cuts_a_drip_but_not_a_burst_of_silence() -> N
     guard.feed(20_000)
 
 
-class Hostile:
-    """A tiny server on 127.0.0.1 with a script per path, recording each request's user agent."""
-
-    def __init__(self) -> None:
-        self.hits: dict[str, int] = {}
-        self.agents: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
-        self.hits[path] = n = self.hits.get(path, 0) + 1
-        self.agents.append(request.headers.get("User-Agent", ""))
-        status = int(path.split("/")[2]) if path.startswith("/status/") else 200
-        if path.startswith("/status/") and n == 1:  # the first answer is the status, the next is the file
-            headers = {"Retry-After": "0"} if status in (429, 503) else {}
-            return web.Response(status=status, headers=headers)
-        if path == "/date-retry" and n == 1:
-            return web.Response(status=503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
-        if path == "/drip":
-            response = web.StreamResponse(headers={"Content-Length": "100000"})
-            await response.prepare(request)
-            for _ in range(100):
-                await response.write(b"x")
-                await asyncio.sleep(0.05)
-            return response
-        return web.Response(body=b"\xff\xd8\xff" + b"data" * 100)
-
-    def run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+BODY = b"\xff\xd8\xff" + b"data" * 100
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
-    server = Hostile()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    server.ready.wait(10)
-    yield server
-    server.loop.call_soon_threadsafe(server.loop.stop)
-    thread.join(10)
+def hostile() -> Iterator[HostileServer]:
+    with serving({}) as server:
+        server.drip("/drip", length=100_000, every=0.05)  # a byte every 50 ms: never idle long, never done
+        yield server
 
 
 QUICK = HttpPolicy(retries=3, backoff=0.01, max_backoff=1.0, read_timeout=5.0, deadline=20.0)
@@ -146,8 +99,11 @@ def image(url: str, policy: HttpPolicy = QUICK):
 
 
 @pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
-def test_both_clients_retry_the_same_statuses_and_send_one_user_agent(hostile: Hostile, tmp_path: Path,
+def test_both_clients_retry_the_same_statuses_and_send_one_user_agent(hostile: HostileServer, tmp_path: Path,
                                                                       status: int) -> None:
+    for path in (f"/status/{status}/image", f"/status/{status}/file"):
+        hostile.serve(path, BODY)
+        hostile.first(path, status, {"Retry-After": "0"} if status in (429, 503) else {})
     got = image(hostile.url(f"/status/{status}/image"))
     assert got.status == "" and got.attempts == 2 and got.body.startswith(b"\xff\xd8\xff")
     result = fetch(hostile.url(f"/status/{status}/file"), tmp_path / "file", QUICK, progress=False)
@@ -155,19 +111,24 @@ def test_both_clients_retry_the_same_statuses_and_send_one_user_agent(hostile: H
     assert set(hostile.agents[-4:]) == {USER_AGENT}
 
 
-def test_a_status_outside_the_policy_is_not_retried_by_either_client(hostile: Hostile, tmp_path: Path) -> None:
+def test_a_status_outside_the_policy_is_not_retried_by_either_client(hostile: HostileServer, tmp_path: Path) -> None:
+    for path in ("/status/501/image", "/status/501/file"):
+        hostile.serve(path, BODY)
+        hostile.first(path, 501)
     got = image(hostile.url("/status/501/image"))
     assert got.status == "failed" and got.attempts == 1
     with pytest.raises(PipelineFailure, match="HTTP 501"):
         fetch(hostile.url("/status/501/file"), tmp_path / "file", QUICK, progress=False)
 
 
-def test_retry_after_as_a_date_in_the_past_means_now(hostile: Hostile, tmp_path: Path) -> None:
+def test_retry_after_as_a_date_in_the_past_means_now(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.serve("/date-retry", BODY)
+    hostile.first("/date-retry", 503, {"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"})
     result = fetch(hostile.url("/date-retry"), tmp_path / "file", QUICK, progress=False)
     assert result.attempts == 2
 
 
-def test_a_dripping_server_is_cut_by_both_clients(hostile: Hostile, tmp_path: Path) -> None:
+def test_a_dripping_server_is_cut_by_both_clients(hostile: HostileServer, tmp_path: Path) -> None:
     policy = HttpPolicy(retries=1, backoff=0.01, max_backoff=1.0, read_timeout=5.0, min_speed=1000.0,
                         stall_window=0.5, deadline=60.0)
     started = time.monotonic()
@@ -179,7 +140,7 @@ def test_a_dripping_server_is_cut_by_both_clients(hostile: Hostile, tmp_path: Pa
     assert time.monotonic() - started < 50  # four cut attempts, not four 5-second bodies (a generous bound)
 
 
-def test_the_deadline_ends_a_transfer_that_keeps_being_cut(hostile: Hostile, tmp_path: Path) -> None:
+def test_the_deadline_ends_a_transfer_that_keeps_being_cut(hostile: HostileServer, tmp_path: Path) -> None:
     policy = HttpPolicy(retries=100, backoff=0.01, max_backoff=0.05, read_timeout=5.0, min_speed=1000.0,
                         stall_window=0.3, deadline=1.0)
     got = image(hostile.url("/drip"), policy)
