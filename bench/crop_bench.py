@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -42,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from measure import busy_cpu_seconds, own_cpu_seconds  # noqa: E402
 
 from pipeline.core import paths
 from pipeline.core.imaging import image_phash, load_image, rotation_degrees, to_rgb, upright  # noqa: E402
@@ -146,23 +146,13 @@ class Run:
     others_cpu: float
 
 
-def _busy() -> float:
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def _own() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 @contextmanager
 def measured(runs: list[Run]) -> Iterator[None]:
-    busy, own, start = _busy(), _own(), time.perf_counter()
+    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     yield
     wall = time.perf_counter() - start
-    own_cpu = _own() - own
-    runs.append(Run(wall, own_cpu, max(0.0, _busy() - busy - own_cpu)))
+    own_cpu = own_cpu_seconds() - own
+    runs.append(Run(wall, own_cpu, max(0.0, busy_cpu_seconds() - busy - own_cpu)))
 
 
 def breakdown(boxes: pd.DataFrame, downloads: pd.DataFrame, root: Path, out: Path,

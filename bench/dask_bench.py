@@ -26,10 +26,8 @@ our CPU per image: this script (the mirror) and its children (the stage, the clu
 from __future__ import annotations
 
 import argparse
-import bisect
 import gc
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -40,15 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from measure import busy_cpu_seconds, own_cpu_seconds  # noqa: E402
+
 from pipeline.core.io import write_parquet  # noqa: E402
 from pipeline.core.sources import layout  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
+from pipeline.mirror.log import max_in_window  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_PROGRESS_SECONDS": "3600"}
 
@@ -74,30 +74,12 @@ class CpuMeter:
     """CPU seconds of this benchmark (itself, its finished children, its live descendants) and of the machine."""
 
     def __enter__(self) -> CpuMeter:
-        self.ours, self.busy = ours_cpu(), busy_cpu()
+        self.ours, self.busy = own_cpu_seconds(), busy_cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.ours_used = ours_cpu() - self.ours
-        self.other = max(0.0, busy_cpu() - self.busy - self.ours_used)
-
-
-def busy_cpu() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def ours_cpu() -> float:
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total += kids.ru_utime + kids.ru_stime
-    for child in me.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
+        self.ours_used = own_cpu_seconds() - self.ours
+        self.other = max(0.0, busy_cpu_seconds() - self.busy - self.ours_used)
 
 
 def free_port() -> int:
@@ -131,11 +113,6 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times)) if times else 0
 
 
 def selection(base_url: str, truth: pd.DataFrame, n: int) -> pd.DataFrame:

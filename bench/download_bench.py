@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from measure import busy_cpu_seconds, waited_children_cpu_seconds  # noqa: E402
 
 from pipeline.core.io import write_parquet  # noqa: E402
 from pipeline.core.sources import layout  # noqa: E402
@@ -54,25 +55,14 @@ class Result:
         return self.got / self.wall
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent not idle, since boot."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(name: str, images: int, cmd: list[str], mirror: psutil.Process, count, cwd: Path | None = None,
             env: dict | None = None) -> Result:
     """Run ``cmd`` to completion and account its wall time and CPU; ``count()`` says how many images it got."""
-    mirror_before, busy_before, kids_before = sum(mirror.cpu_times()[:2]), busy_cpu_seconds(), children_cpu()
+    mirror_before, busy_before, kids_before = sum(mirror.cpu_times()[:2]), busy_cpu_seconds(), waited_children_cpu_seconds()
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    client = children_cpu() - kids_before
+    client = waited_children_cpu_seconds() - kids_before
     mirror_cpu = sum(mirror.cpu_times()[:2]) - mirror_before
     other = busy_cpu_seconds() - busy_before - client - mirror_cpu
     if done.returncode != 0:

@@ -10,7 +10,6 @@ ends), the achieved rate between the first and last arrival, and the smallest ga
 from __future__ import annotations
 
 import argparse
-import bisect
 import os
 import shutil
 import subprocess
@@ -27,11 +26,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.core.io import write_parquet  # noqa: E402
 from pipeline.core.sources import layout  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times))
+from pipeline.mirror.log import max_in_window  # noqa: E402
 
 
 def selection(mirror: Mirror) -> pd.DataFrame:

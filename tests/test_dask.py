@@ -12,7 +12,6 @@ millisecond of jitter is nothing against the 200 ms between requests; exact clai
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import os
@@ -35,7 +34,7 @@ import pytest
 import yaml
 from crop_inputs import write_inputs
 from download_inputs import write_selection
-from s3server import aws_env, s3_server  # noqa: F401 - a fixture
+from s3server import aws_env, free_port, s3_server  # noqa: F401 - a fixture
 
 from pipeline.core import paths
 from pipeline.core.errors import run_cli
@@ -46,6 +45,7 @@ from pipeline.stages.crop import main as crop_main
 from pipeline.stages.download import shards
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.writer import read_journal
+from pipeline.mirror.log import max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES, CROPS = paths.IMAGES_DIR, paths.CROPS_DIR
@@ -189,11 +189,6 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_records_nothing_twice(clust
     client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker for the next tests
 
 
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times))
-
-
 def test_the_rate_holds_across_workers_and_a_worker_that_finishes_early_strands_nothing(cluster, clean_mirror,
                                                                                          workspace, monkeypatch):
     """5/s for the cluster, shards of 10, 10 and 4 images on 2 workers: the worker that takes the short shard
@@ -249,12 +244,6 @@ def test_a_store_that_cannot_be_written_is_bad_input_before_any_download(cluster
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: runtime.store: cannot write s3://no-such-bucket-here/run/")
     assert not clean_mirror.requests
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stage_env() -> dict[str, str]:

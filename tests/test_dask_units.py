@@ -10,7 +10,6 @@ must be caught. Measured rates at a real server are in bench/dask_bench.py and t
 """
 from __future__ import annotations
 
-import bisect
 import heapq
 import os
 import random
@@ -24,11 +23,7 @@ from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.params import RuntimeParams, load_params
 from pipeline.stages.download.cluster import CLUSTER_MARGIN, LATE_LIMIT, RateBoards, RunEnded, Slots, book_slot
 from pipeline.stages.download.ratelimit import CATCH_UP
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times))
+from pipeline.mirror.log import max_in_window
 
 
 def simulate(rate: float, workers: int, seed: int, jitter: float = 0.005, margin: float = CLUSTER_MARGIN,

@@ -10,7 +10,6 @@ share one board; that is shown with a frozen shared clock. Measured rates at a r
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import multiprocessing
 import random
@@ -18,12 +17,7 @@ import random
 import pytest
 
 from pipeline.stages.download.ratelimit import CATCH_UP, LocalBoard, RateLimiter, SharedBoard, take_slot
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most events in any closed window of ``window`` seconds."""
-    times = sorted(times)
-    return max(bisect.bisect_right(times, t + window) - i for i, t in enumerate(times))
+from pipeline.mirror.log import max_in_window
 
 
 def pool_start(rng: random.Random, processes: int) -> list[float]:
