@@ -12,7 +12,7 @@ matrix with numpy (variable-length fields padded with NUL bytes), the NULs are s
 vectorised pass and the chunk is written at once; no per-row Python.
 
 The files are laid out as the metadata stage's raw cache (``<out>/data/metadata/raw/<official path>``)
-next to a ``params.yaml``, so ``python -m pipeline.stages.metadata.stage`` in ``<out>`` converts them without a
+next to a ``params.yaml``, so ``python -m pipeline.stages.metadata`` in ``<out>`` converts them without a
 download.  Usage: ``python bench/gen_openimages.py [--out bench/out/ws] [--seed 0] [--scale 1.0]``.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ box CSV of 14,610,229 rows / 2.3 GB and an image table of 1,743,042 rows / 635 M
 - ``pandas``: (a) the naive way: ``pandas.read_csv`` of both files, ``isin``, merge
 - ``polars``: (b) ``polars.scan_csv`` of both, lazy filter + join
 - ``duckdb``: (c) duckdb SQL over the CSVs
-- ``convert``: (d) ``python -m pipeline.stages.metadata.stage``: our one-time conversion to the Parquet cache
+- ``convert``: (d) ``python -m pipeline.stages.metadata``: our one-time conversion to the Parquet cache
 - ``select``: (e) ``python -m pipeline.stages.select``: our selection from that cache
 
 All contenders compute the same answer (the boxes of Hamburger, Sandwich and Submarine sandwich, the
@@ -83,7 +83,7 @@ LABELS = {"read": "read bytes", "pandas": "(a) pandas", "polars": "(b) polars", 
 
 def command(name: str) -> list[str]:
     if name == "convert":
-        return [sys.executable, "-m", "pipeline.stages.metadata.stage"]
+        return [sys.executable, "-m", "pipeline.stages.metadata"]
     if name == "select":
         return [sys.executable, "-m", "pipeline.stages.select"]
     return [sys.executable, "-c", PROGRAMS[name]]

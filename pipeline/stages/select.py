@@ -65,13 +65,19 @@ def _arrow(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def _numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A numeric Arrow column without nulls as numpy, zero-copy, without ``to_numpy()`` (which imports pandas)."""
+def _numpy(column: pa.Array | pa.ChunkedArray, fill: float | int | None = None) -> np.ndarray:
+    """A numeric Arrow column as numpy, without ``to_numpy()`` (which imports pandas): zero-copy when it has no
+    nulls; nulls become ``fill`` (a copy), and without a ``fill`` they are an error."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if array.null_count:
-        raise ValueError(f"unexpected nulls in a {array.type} column")
     dtype = _NUMPY_TYPES[str(array.type)]
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    values = np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    if not array.null_count:
+        return values
+    if fill is None:
+        raise ValueError(f"unexpected nulls in a {array.type} column")
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+    valid = bits[array.offset:array.offset + len(array)].astype(bool)
+    return np.where(valid, values, fill).astype(dtype)
 
 
 def _strings(values: Sequence[str]) -> pa.Array:
@@ -138,12 +144,12 @@ def _empty_boxes() -> pa.Table:
 def usable_rows(table: pa.Table) -> tuple[np.ndarray, dict[str, int]]:
     """Rows later stages can use, and how many were not, by reason: the metadata comes from the internet, and
     an ImageID names a file, a box's coordinates make a crop (NaN or infinity in either would not)."""
-    valid_id = pc.fill_null(pc.match_substring_regex(table.column("ImageID"), IMAGE_ID_PATTERN), False)
-    keep = _numpy(pc.cast(valid_id, pa.int8())).astype(bool)
+    valid_id = pc.match_substring_regex(table.column("ImageID"), IMAGE_ID_PATTERN)  # null for a null ImageID
+    keep = _numpy(pc.cast(valid_id, pa.int8()), fill=0).astype(bool)
     bad = {"ImageID is not 16 hex digits": int((~keep).sum())}
     finite = np.ones(table.num_rows, dtype=bool)
     for column in ("XMin", "XMax", "YMin", "YMax"):
-        finite &= np.isfinite(_numpy(pc.fill_null(table.column(column), np.float32("nan"))))
+        finite &= np.isfinite(_numpy(table.column(column), fill=np.nan))
     bad["coordinates are not finite numbers"] = int((keep & ~finite).sum())
     return keep & finite, {reason: n for reason, n in bad.items() if n}
 
@@ -153,9 +159,9 @@ def keep_mask(table: pa.Table, options: SelectParams) -> np.ndarray:
     keep = np.ones(table.num_rows, dtype=bool)
     for option, flag in _EXCLUDE.items():
         if getattr(options, option):
-            keep &= _numpy(table.column(flag)) != 1
+            keep &= _numpy(table.column(flag), fill=-1) != 1
     if options.min_box_area > 0:
-        x0, x1, y0, y1 = (_numpy(table.column(c)).astype(np.float64) for c in ("XMin", "XMax", "YMin", "YMax"))
+        x0, x1, y0, y1 = (_numpy(table.column(c), fill=np.nan).astype(np.float64) for c in ("XMin", "XMax", "YMin", "YMax"))
         keep &= (x1 - x0) * (y1 - y0) >= options.min_box_area
     return keep
 
