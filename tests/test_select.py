@@ -221,3 +221,15 @@ def test_a_label_without_boxes_gives_an_empty_table_and_a_warning(cache: Path, w
     frame = run_select(workspace, labels=["Pizza"])
     assert frame.empty and list(frame.columns) == select.OUTPUT_COLUMNS
     assert "warning: no boxes selected for 'Pizza'" in capsys.readouterr().err
+
+
+def test_the_stage_never_imports_pandas(cache: Path, workspace) -> None:
+    """Its speed depends on it (pandas costs 0.3 s to import, half of a selection from the full V6 cache): a
+    pyarrow scalar, ``pa.array()`` or ``to_numpy()`` in the stage's path would import it silently."""
+    code = ("import sys, runpy\nsys.argv = ['select', '--labels', 'Hamburger', 'Sandwich']\n"
+            "try:\n    runpy.run_module('pipeline.stages.select', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('pandas' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=workspace.path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert SELECTED.exists() and result.stdout.strip().splitlines()[-1] == "False"
