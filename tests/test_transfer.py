@@ -140,8 +140,9 @@ def test_an_unreachable_server_gives_up_after_the_retries(tmp_path: Path) -> Non
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(PipelineFailure, match="gave up after 4 attempts"):
+    with pytest.raises(PipelineFailure, match="gave up after 4 attempts") as failed:
         fetch(f"http://127.0.0.1:{port}/x.csv", tmp_path / "x.csv", FAST, progress=False)
+    assert "is the network up and source.base_url right?" in str(failed.value)  # what the user can check
 
 
 def test_only_http_urls_are_fetched(tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ from pipeline.core.safe import is_http_url, public_url, require_http_url
 
 CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_CONNECTION_FAILED = "connection failed"
+#: what a user can check when no server answered at all (offline, a typo in the URL, a mirror not started)
+_NO_SERVER = "; is the network up and source.base_url right? (fetch: --base-url for a mirror)"
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 #: what reading a body can raise when the connection breaks or stalls
 _BODY_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, ConnectionError, TimeoutError)
@@ -86,7 +89,8 @@ def fetch(url: str, dest: Path, policy: HttpPolicy, session: requests.Session | 
             try:
                 time.sleep(tries.failed(str(exc), exc.after, progressed))
             except GiveUp as stop:
-                raise PipelineFailure(f"{shown}: {stop}") from None
+                unreachable = str(exc).startswith(_CONNECTION_FAILED)
+                raise PipelineFailure(f"{shown}: {stop}" + (_NO_SERVER if unreachable else "")) from None
             continue
         except GiveUp as stop:
             raise PipelineFailure(f"{shown}: {stop}") from None
@@ -130,7 +134,7 @@ def _attempt(session: requests.Session, url: str, part: Path, meta_path: Path, p
     except (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema, requests.exceptions.InvalidURL):
         raise PipelineFailure(f"{shown}: redirected to a URL that is not http(s)") from None
     except _TRANSIENT as exc:
-        raise _Retry(f"connection failed: {type(exc).__name__}") from None
+        raise _Retry(f"{_CONNECTION_FAILED}: {type(exc).__name__}") from None
     with response:
         if not is_http_url(response.url):
             raise PipelineFailure(f"{shown}: redirected to a URL that is not http(s)")
