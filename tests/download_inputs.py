@@ -1,10 +1,14 @@
-"""A download-stage input made from the mirror's own image tables (what select copies into the selection)."""
+"""Download-stage inputs made from the mirror's own image tables (what select copies into the selection)."""
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from crop_inputs import write_inputs
 
+from pipeline.core import paths
 from pipeline.core.io import write_parquet
 from pipeline.core.sources import layout
 from pipeline.mirror import Mirror
@@ -20,3 +24,17 @@ def write_selection(m: Mirror, boxes_per_image: int = 2, where: Path = Path("dat
     selected = pd.concat([images] * boxes_per_image, ignore_index=True).assign(Label="Hamburger")
     write_parquet(selected, where)
     return images
+
+
+def write_boxes_and_images(mirror: Mirror, where: Path, labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """``data/selected.parquet`` under ``where`` as select writes it: each box of the mirror's labels (or only of
+    ``labels``, display names) with its image's columns; returns it."""
+    boxes, _ = write_inputs(mirror, where / "scratch")
+    if labels is not None:
+        boxes = boxes[boxes["Label"].isin(labels)]
+    tables = [pd.read_csv(f"{mirror.base_url}/{path}", dtype={"ImageID": str}) for path in layout("v6").images.values()]
+    images = pd.concat(tables, ignore_index=True).drop_duplicates("ImageID")
+    selected = boxes.merge(images[["ImageID", "OriginalURL", "OriginalSize", "OriginalMD5"]], on="ImageID")
+    write_parquet(selected, where / paths.SELECTED)
+    shutil.rmtree(where / "scratch")
+    return selected

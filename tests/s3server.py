@@ -10,6 +10,7 @@ Test modules import the fixtures they need: ``from s3server import s3_server, aw
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -103,17 +104,12 @@ class S3Server:
         return f"s3://{name}"
 
 
-class CutProxy:
-    """A TCP proxy in front of ``upstream_port`` that dies once ``cut_after`` request bytes went through.
+class _Proxy:
+    """A TCP proxy on a free 127.0.0.1 port in front of ``upstream_port``; subclasses see each chunk a client
+    sends (:meth:`_passes`) before it goes on, and may stop it there."""
 
-    Dying means: stop accepting, and close every open connection, exactly what a client sees when
-    the S3 server process goes away in the middle of an upload.
-    """
-
-    def __init__(self, upstream_port: int, cut_after: int) -> None:
+    def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.sent = 0
         self.cut = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -124,6 +120,10 @@ class CutProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _passes(self, chunk: bytes) -> bool:
+        """Called with each chunk a client sends, before it is forwarded; False: drop that connection."""
+        return True
 
     def _accept(self) -> None:
         while not self.cut.is_set():
@@ -141,16 +141,11 @@ class CutProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, counts: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while chunk := src.recv(65536):
-                if counts:
-                    with self._lock:
-                        self.sent += len(chunk)
-                        over = self.sent >= self.cut_after
-                    if over:
-                        self.close()
-                        return
+                if from_client and not self._passes(chunk):
+                    return
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -165,6 +160,65 @@ class CutProxy:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             _close(sock)
+
+
+class CutProxy(_Proxy):
+    """A proxy in front of ``upstream_port`` that dies once ``cut_after`` request bytes went through.
+
+    Dying means: stop accepting, and close every open connection, exactly what a client sees when
+    the S3 server process goes away in the middle of an upload.
+    """
+
+    def __init__(self, upstream_port: int, cut_after: int) -> None:
+        self.cut_after = cut_after
+        self.sent = 0
+        super().__init__(upstream_port)
+
+    def _passes(self, chunk: bytes) -> bool:
+        with self._lock:
+            self.sent += len(chunk)
+            over = self.sent >= self.cut_after
+        if over:
+            self.close()
+        return not over
+
+
+_REQUEST_LINE = re.compile(rb"^(?:GET|PUT|POST|HEAD|DELETE) \S+ HTTP/1\.[01]\r?$", re.M)
+
+
+class GateProxy(_Proxy):
+    """A proxy in front of ``upstream_port`` that holds one request until the test lets it go: the first whose
+    request line (``GET /bucket?list-type=2&prefix=... HTTP/1.1``) matches ``hold``, once a request line
+    matching ``after`` went through. A test thus stops a real client (a stage in a subprocess) at an exact
+    point of its work, does something meanwhile, and lets it go on: :attr:`held` is set while it waits,
+    :meth:`release` lets it go (and every later request passes)."""
+
+    def __init__(self, upstream_port: int, after: bytes, hold: bytes, limit: float = 120.0) -> None:
+        self.after, self.hold, self.limit = re.compile(after), re.compile(hold), limit
+        self.seen_after = False
+        self.held = threading.Event()
+        self._go = threading.Event()
+        self.lines: list[bytes] = []  # every request line seen, for a failing test's message
+        super().__init__(upstream_port)
+
+    def _passes(self, chunk: bytes) -> bool:
+        for line in _REQUEST_LINE.findall(chunk):
+            with self._lock:
+                self.lines.append(line.rstrip())
+                stop = self.seen_after and not self.held.is_set() and bool(self.hold.search(line))
+                self.seen_after = self.seen_after or bool(self.after.search(line))
+                if stop:
+                    self.held.set()
+            if stop:
+                self._go.wait(self.limit)  # bounded: a test that never releases does not hang this thread
+        return True
+
+    def release(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self.release()
+        super().close()
 
 
 def _close(sock: socket.socket) -> None:

@@ -165,7 +165,8 @@ def test_a_pool_process_that_dies_is_one_line_failure() -> None:
     ({"scheduler": "http://host:8786"}, "runtime.scheduler must look like tcp://host:8786"),
     ({"scheduler": "tcp://host:port"}, "runtime.scheduler must look like tcp://host:8786"),
     ({"store": "/mnt/shared"}, "runtime.store must be empty (data/ on a path every worker shares) or an object store"),
-    ({"store": "https://bucket.example.com/x"}, "runtime.store must be empty"),
+    ({"store": "https://bucket.example.com/x"}, "runtime.store cannot be 'https://bucket.example.com/x': https:// is "
+                                                "read-only"),
     ({"store": "s3://"}, "runtime.store must be empty"),
     ({"dask_workers": -1}, "runtime.dask_workers must be at least 0"),
 ])

@@ -34,6 +34,16 @@ TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 _SCHEDULER = re.compile(r"^((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
 _URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://[^\s/][^\s]*$")
+_PROTOCOL = re.compile(r"^([a-z][a-z0-9+.-]*)://")
+#: object stores (fsspec protocols) that every process and machine shares and where a put shows the whole
+#: object or nothing: S3 (and S3-compatible stores through AWS_ENDPOINT_URL_S3), Google Cloud Storage, Azure
+SHARED_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+_NOT_SHARED = {
+    "memory": "one process's memory, which no worker or other process sees",
+    "file": "a folder on one machine, not an object store",
+    "local": "a folder on one machine, not an object store",
+    "http": "read-only", "https": "read-only",
+}
 
 
 def check_scheduler_address(address: str) -> str:
@@ -44,13 +54,21 @@ def check_scheduler_address(address: str) -> str:
 
 
 def check_store_url(store: str) -> str:
-    """Empty (data/ here, or a shared file system at the same path everywhere), or an object store's fsspec URL
-    (``s3://bucket/prefix``, ``gs://...``): one put per file, so no partial file is ever seen. Not a plain
-    folder elsewhere (``file://``): writes there are not atomic, and the workspace itself can be shared."""
+    """Empty (data/ here, or a shared file system at the same path everywhere), or an object store that every
+    process and machine reaches and that shows an object only whole (``SHARED_STORES``): the workers put
+    photos and crops there and the stage, other workers and other runs read them (pipeline.core.store).
+    Anything else is refused with a line saying why: ``memory://`` lives in one process (the stage would find
+    none of its workers' photos), a plain folder (``file://``) is what the empty value is for, http is
+    read-only, and other file systems (sftp, hdfs...) are one machine's disk or show files half written."""
     if not store:
         return store
-    match = _URL_SCHEME.match(store)
-    if not match or match.group(1) in ("http", "https", "file", "local"):
+    protocol = _PROTOCOL.match(store)
+    if protocol and protocol.group(1) not in SHARED_STORES:
+        why = _NOT_SHARED.get(protocol.group(1), "not an object store every process and machine shares with "
+                                                 "whole-object writes")
+        raise ValueError(f"cannot be {public_url(store)!r}: {protocol.group(0)} is {why}; use one of "
+                         f"{', '.join(p + '://' for p in SHARED_STORES)}, or leave it empty for data/ here")
+    if not _URL_SCHEME.match(store):
         raise ValueError("must be empty (data/ on a path every worker shares) or an object store URL such as "
                          f"s3://bucket/prefix, got {public_url(store)!r}")
     return store.rstrip("/")

@@ -24,6 +24,12 @@ Output (``docs/architecture.md``): ``data/crops/<label_dirname>/<ImageID>_<BoxIn
 ``data/crops/manifest.parquet`` with one row per selected box. The folder is built aside and swapped in whole
 (:func:`pipeline.core.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
 holds a crop from an earlier run's boxes or params.
+
+With ``runtime.store`` (an object store that other workspaces' runs share at the same time) the photos are
+read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.store`) and the workers put
+the crops in this run's own folder ``<store>/crops/<machine>.<pid>.<random>``, which the stage copies into
+``data/crops`` and then removes; a run killed before that leaves its folder to the next run on its machine.
+No run ever empties ``<store>/crops`` or touches another live run's folder.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import io
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -198,14 +205,17 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
     missing = [c for c in BOX_COLUMNS if c not in boxes.columns]
     if missing:
         raise UserError(f"{paths.SELECTED} lacks column(s) {', '.join(missing)}: re-run the select stage")
-    lacking = [c for c in ("ImageID", "status", "path") if c not in downloads.columns]
+    in_store = isinstance(images_dir, str) and store.is_remote(images_dir)
+    lacking = [c for c in ("ImageID", "status", "path", *(["md5"] if in_store else [])) if c not in downloads.columns]
     if lacking:
         raise UserError(f"{paths.IMAGES_MANIFEST} lacks column(s) {', '.join(lacking)}: re-run the download stage")
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
     rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
     status = rows["ImageID"].map(got["status"]).fillna("")
     reason = rows["ImageID"].map(got["reason"]) if "reason" in got else pd.Series("", index=rows.index)
-    source = rows["ImageID"].map(got["path"].map(_photo_finder(images_dir))).fillna("")
+    find, md5 = _photo_finder(images_dir), got["md5"] if "md5" in got else pd.Series("", index=got.index)
+    found = pd.Series([find(path, digest) for path, digest in zip(got["path"], md5)], index=got.index, dtype=object)
+    source = rows["ImageID"].map(found).fillna("")
     valid_id = rows["ImageID"].map(is_image_id).astype(bool)
     kept = status.isin(KEPT_ON_DISK) & valid_id
     rows = rows.assign(
@@ -221,13 +231,18 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
     return rows
 
 
-def _photo_finder(images: Path | str) -> Callable[[object], str]:
-    """Manifest path -> where the photo is ('' when it is not there): in a folder, or in an object store
-    (``runtime.store``), whose one listing answers for every photo."""
+def _photo_finder(images: Path | str) -> Callable[[object, object], str]:
+    """(manifest path, md5) -> where the photo is ('' when it is not there): in a folder by its path, or in an
+    object store (``runtime.store``) by its content's name (:func:`pipeline.core.store.photo_name`), one
+    listing of which answers for every photo."""
     if isinstance(images, str) and store.is_remote(images):
         listed = store.sizes(images)
-        return lambda relative: store.join(images, relative) if relative in listed else ""
-    return lambda relative: _existing(Path(images), relative)
+
+        def in_store(relative: object, md5: object) -> str:
+            name = store.photo_name(md5, str(relative).rpartition(".")[2])
+            return store.join(images, name) if name in listed else ""
+        return in_store
+    return lambda relative, _: _existing(Path(images), relative)
 
 
 def _existing(images_dir: Path, relative: object) -> str:
@@ -260,11 +275,8 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
         f"{label_dirname(label)}/{image}_{index}.jpg" if src else ""
         for label, image, index, src in zip(rows["Label"], rows["ImageID"], rows["BoxIndex"], rows["source"])
     ]
-    with replace_dir(crops_dir) as new:
+    with replace_dir(crops_dir) as new, _crops_folder(runtime.store, new) as out:
         todo = rows[rows["source"] != ""]
-        out = store.folder(runtime.store, store.CROPS, new)
-        if store.is_remote(out):
-            store.clear(out)  # the store's crops are this run's, as data/crops is
         for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
             (new / folder).mkdir()
         results = []
@@ -282,6 +294,19 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
         manifest = rows[COLUMNS].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
         write_parquet(manifest, new / paths.CROPS_MANIFEST.name)
     return manifest
+
+
+@contextmanager
+def _crops_folder(store_url: str, new: Path) -> Iterator[str]:
+    """Where the workers put the crops: ``new`` (the folder that becomes data/crops), or with an object store
+    this run's own folder there, ``<store>/crops/<run>``, removed once the crops are copied home. Other runs
+    share the store and crop at the same time: none ever empties ``<store>/crops``, or a folder of another
+    live run (:func:`pipeline.core.store.run_folder`)."""
+    if not store_url:
+        yield str(new.absolute())
+        return
+    with store.run_folder(store.join(store_url, store.CROPS)) as own:
+        yield own
 
 
 def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:

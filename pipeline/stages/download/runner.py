@@ -134,14 +134,16 @@ async def _one_image(row: Image, fetcher: Fetcher, images_dir: str) -> Record:
 def _settle(row: Image, fetched: Fetched, images_dir: str) -> Verdict | None:
     """Verify the body (if any) and make the folder match: the body under its name, or no file at all.
 
-    In an object store the body is put under its name; other files of the image are removed by the stage
-    at the end, from one listing, instead of by a request per image here."""
+    In an object store, which other runs share, the body is put under its content's name
+    (:func:`pipeline.core.store.photo_name`) and nothing is ever removed: the same name always holds the same
+    bytes, so no run can overwrite or delete a photo another run's manifest vouches for."""
     verdict = None if fetched.body is None else verify(
         fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)
     keep = verdict is not None and verdict.keep
     if store.is_remote(images_dir):
-        if keep:
-            store.write_file(store.join(images_dir, f"{row.ImageID}.{verdict.ext}"), fetched.body)
+        name = store.photo_name(verdict.md5, verdict.ext) if keep else None
+        if name:
+            store.write_file(store.join(images_dir, name), fetched.body)
     else:
         write_image(Path(images_dir), row.ImageID, verdict.ext if keep else None, fetched.body if keep else None)
     return verdict

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core import store
 from pipeline.core.io import write_parquet
 from pipeline.core.safe import public_url
 from pipeline.core.status import KEPT_ON_DISK, RETRIED_ON_RERUN
@@ -104,8 +105,9 @@ def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path, liste
     path = record.get("path")
     if path not in {f"{record['ImageID']}.{ext}" for ext in IMAGE_EXTENSIONS}:  # a doctored record names no other file
         return False
-    if listed is not None:  # photos in an object store: one listing of it says what is there
-        return listed.get(path) == record.get("bytes")
+    if listed is not None:  # photos in an object store, named by their content: one listing says what is there
+        name = store.photo_name(record.get("md5"), path.rpartition(".")[2])
+        return name is not None and listed.get(name) == record.get("bytes")
     file = images_dir / path
     return file.is_file() and file.stat().st_size == record.get("bytes")
 

@@ -2,6 +2,10 @@
 
 Each ImageID is fetched once however many of its boxes were selected. A re-run (after success, a crash
 or ``kill -9``) skips every image whose answer is already recorded and fetches only the rest.
+
+With ``runtime.store`` the photos go to ``<store>/images`` instead, named by their content, where other
+workspaces' runs put theirs at the same time: this stage never removes anything there, and a re-run finds
+what it has from its records and one listing (:mod:`pipeline.core.store` argues the layout).
 """
 from __future__ import annotations
 
@@ -87,11 +91,9 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
                 for shard in shards.plan_shards(images, params.runtime.shard_size)]
         parts, tried = _run(plan, params, photos, shards_dir, progress)
         manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
-        _tidy(photos, manifest)
-        moved = aside.set_aside(Path(photos), manifest, known) if listed is None else 0
-        if moved:
-            print(f"moved {moved} photo(s) no longer selected to {aside.aside_dir(Path(photos))} (a later run "
-                  "that selects them takes them back)", file=sys.stderr)
+        if listed is None:  # a folder: what killed workers left goes, what is no longer selected is set aside
+            _tidy(Path(photos), manifest, known)
+        # an object store is never tidied: other runs share it, and its names are contents (core/store.py)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
     if tried and all(record["status"] == "failed" for record in tried):
@@ -161,17 +163,14 @@ def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path,
     return done, todo
 
 
-def _tidy(photos: str, manifest: pa.Table) -> None:
-    """After every shard is done: remove what killed workers left (hidden temporary files in a folder), and
-    in an object store the files of an image the manifest does not vouch for (another extension, or none
-    kept), from one listing instead of a request per image during the run."""
-    if not store.is_remote(photos):
-        sweep_temporaries(Path(photos))
-        return
-    vouched = dict(zip(manifest.column("ImageID").to_pylist(), manifest.column("path").to_pylist()))
-    strays = [name for name in store.sizes(photos)
-              if name.partition(".")[0] in vouched and vouched[name.partition(".")[0]] != name]
-    store.remove(photos, strays)
+def _tidy(photos: Path, manifest: pa.Table, known: dict[str, Record]) -> None:
+    """After every shard is done: remove the hidden temporary files killed workers left, and move the photos
+    the manifest no longer lists out of the folder (:mod:`.aside`)."""
+    sweep_temporaries(photos)
+    moved = aside.set_aside(photos, manifest, known)
+    if moved:
+        print(f"moved {moved} photo(s) no longer selected to {aside.aside_dir(photos)} (a later run "
+              "that selects them takes them back)", file=sys.stderr)
 
 
 def summary_table(manifest: pa.Table) -> str:
