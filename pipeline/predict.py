@@ -32,6 +32,7 @@ from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import ModelInfo, load_checkpoint
 from pipeline.core.progress import Progress
+from pipeline.core.safe import printable
 
 BATCH = 32
 DEFAULT_CSV = Path("predictions.csv")
@@ -118,11 +119,6 @@ def predict_with(model: torch.nn.Module, info: ModelInfo, images: Sequence[Path]
             results += [next(it) if t is not None else None for t in decoded]
             bar.update(len(chunk))
     return results
-
-
-def printable(text: str) -> str:
-    """A file name as text that can be written anywhere: bytes that were not UTF-8 become ``\\udcXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def tsv_field(text: str) -> str:
