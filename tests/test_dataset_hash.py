@@ -63,7 +63,8 @@ def build_dataset(workspace: Path, settings: dict, monkeypatch: pytest.MonkeyPat
         mp.chdir(workspace)
         for main in DATASET_STAGES:
             assert run_cli(main, []) == 0, main.__module__
-        attempts = dict(zip(*pq.read_table(paths.IMAGES_MANIFEST, columns=["ImageID", "attempts"]).to_pydict().values()))
+        manifest = pq.read_table(paths.IMAGES_MANIFEST, columns=["ImageID", "attempts"]).to_pydict()
+        attempts = dict(zip(manifest["ImageID"], manifest["attempts"]))
     published = subprocess.run([sys.executable, "-m", "pipeline.stages.package"], cwd=workspace, capture_output=True,
                                text=True, timeout=120, env=isolated_env(workspace / "home"), check=False)
     assert published.returncode == 0, published.stderr[-3000:]
@@ -76,7 +77,9 @@ def test_transient_faults_do_not_change_the_dataset_top_hash(faulty_mirror: Mirr
     transient = set(truth.loc[truth["fault"].isin(TRANSIENT), "ImageID"])
     faulty_mirror.reset_faults()  # the first run meets every transient fault ...
     first, first_attempts = build_dataset(tmp_path / "first", params(faulty_mirror), monkeypatch)
-    second, second_attempts = build_dataset(tmp_path / "second", params(faulty_mirror), monkeypatch)  # ... not the second
+    # ... the second comes after them
+    second, second_attempts = build_dataset(tmp_path / "second", params(faulty_mirror), monkeypatch)
     retried = {image for image in transient if first_attempts.get(image, 0) > 1}
-    assert retried and all(second_attempts[image] == 1 for image in retried)  # two runs that went differently
-    assert first == second
+    assert {"rate_limited", "server_error"} <= set(truth.loc[truth["ImageID"].isin(retried), "fault"])
+    assert all(second_attempts[image] == 1 for image in retried)  # two runs that went differently ...
+    assert first == second  # ... to one dataset

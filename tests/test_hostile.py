@@ -122,7 +122,8 @@ def test_a_class_list_without_two_columns_is_one_line(hostile, workspace, capsys
 
 #: bodies that arrive whole (a length, every byte of it) and are not the file: an error page, noise
 GARBAGE = random.Random(0).randbytes(200_000)
-BOX_HEADER = b"ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n"
+BOX_HEADER = (b"ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,"
+              b"IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n")
 
 
 @pytest.mark.parametrize("rel, body, message", [

@@ -183,9 +183,10 @@ def add_download_weather(ws: Path, attempts: int, last_error: tuple[str, int]) -
     images = pd.read_parquet(ws / "data/images/manifest.parquet")
     failed = image_id(99)
     reason, status = last_error
+    gave_up = {"ImageID": failed, "Subset": "train", "status": "failed", "path": "", "reason": reason,
+               "http_status": status, "final_url": "u", "attempts": attempts}
     images = pd.concat([images.assign(reason="", http_status=200, final_url="u", attempts=attempts),
-                        pd.DataFrame([{"ImageID": failed, "Subset": "train", "status": "failed", "path": "",
-                                       "reason": reason, "http_status": status, "final_url": "u", "attempts": attempts}])])
+                        pd.DataFrame([gave_up])])
     write_parquet(images, ws / "data/images/manifest.parquet")
     cleaned = pd.read_parquet(ws / "data/clean/manifest.parquet").assign(download_status="ok", reason="", detail="")
     gone = {"ImageID": failed, "BoxIndex": 0, "Label": LABELS[0], "keep": False, "reject_reason": "not_downloaded",

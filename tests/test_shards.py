@@ -172,7 +172,8 @@ def test_a_shard_changed_in_place_is_refused_until_the_shards_stage_runs_again(s
     with pytest.raises(UserError) as info:
         train(p, no_cache, workdir / "data/splits", folder)
     assert str(info.value) == (f"{shard}: not the shard the shards stage wrote (its sha256 differs from "
-                               f"{folder / 'index.json'}'s); re-run the shards stage (python -m pipeline.stages.shards)")
+                               f"{folder / 'index.json'}'s); "
+                               "re-run the shards stage (python -m pipeline.stages.shards)")
     run_stage(workdir, max_images=5)  # the advice, followed
     assert train(p, no_cache, workdir / "data/splits", folder).metrics["data"] == "shards"
 

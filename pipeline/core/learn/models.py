@@ -241,7 +241,8 @@ def _preprocessing_problem(data: dict) -> str:
 
 def _weights_problem(state: object) -> str:
     """What is wrong with ``state_dict`` as such ('' when nothing); whether it fits the arch is torch's to say."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         return "state_dict must map names to tensors"
     broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     return f"weight {broken!r} holds NaN or infinity" if broken else ""

@@ -81,6 +81,7 @@ def check_unique_keys(split: Split, root: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
+    """A shard's sha256, read in blocks (a shard can be gigabytes)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
