@@ -23,6 +23,7 @@ from s3server import isolated_env
 
 import pipeline
 from pipeline.core.io import write_parquet
+from pipeline.stages.package import dataset
 from pipeline.stages.package.provenance import DATASET_STAGES, code_version
 
 NAME = "tests/local-ds"
@@ -174,6 +175,44 @@ def test_same_inputs_same_top_hash_anywhere_and_no_second_version(ws: Path, env:
     retrained = build(ws, env)
     assert retrained["top_hash"] == first["top_hash"] and retrained["model"]["top_hash"] != first["model"]["top_hash"]
     assert registered(ws, NAME) == [first["top_hash"]]
+
+
+def add_download_weather(ws: Path, attempts: int, last_error: tuple[str, int]) -> None:
+    """Give ``ws``'s manifests what a run records about how its downloads went: attempts per photo, and a photo
+    whose download gave up on ``last_error`` (reason, HTTP status), repeated by the clean manifest."""
+    images = pd.read_parquet(ws / "data/images/manifest.parquet")
+    failed = image_id(99)
+    reason, status = last_error
+    gave_up = {"ImageID": failed, "Subset": "train", "status": "failed", "path": "", "reason": reason,
+               "http_status": status, "final_url": "u", "attempts": attempts}
+    images = pd.concat([images.assign(reason="", http_status=200, final_url="u", attempts=attempts),
+                        pd.DataFrame([gave_up])])
+    write_parquet(images, ws / "data/images/manifest.parquet")
+    cleaned = pd.read_parquet(ws / "data/clean/manifest.parquet").assign(download_status="ok", reason="", detail="")
+    gone = {"ImageID": failed, "BoxIndex": 0, "Label": LABELS[0], "keep": False, "reject_reason": "not_downloaded",
+            "crop_path": "", "download_status": "failed", "reason": f"failed: {reason}", "detail": f"failed: {reason}"}
+    write_parquet(pd.concat([cleaned, pd.DataFrame([gone])]), ws / "data/clean/manifest.parquet")
+
+
+def test_how_the_downloads_went_is_not_part_of_the_dataset(tmp_path: Path, env: dict[str, str]) -> None:
+    built_here = []
+    for name, attempts, last_error in [("calm", 1, ("HTTP 500 (gave up after 6 attempts)", 500)),
+                                       ("stormy", 3, ("no answer for 30 s (runtime.read_timeout)", 0))]:
+        ws = tmp_path / name
+        ws.mkdir()
+        write_inputs(ws, {"name": NAME, "registry": ""})
+        add_download_weather(ws, attempts, last_error)
+        built_here.append((ws, build(ws, env)["top_hash"]))
+    (calm, first), (_, second) = built_here
+    assert first == second
+    stored = {e["logical_key"]: Path(url2pathname(urlsplit(e["physical_keys"][0]).path))
+              for e in manifest(calm, first)[1:]}
+    images = pd.read_parquet(stored["manifests/images.parquet"])
+    assert "attempts" not in images.columns and len(images) == len(crops())  # every photo, and the failed one
+    assert images.loc[images["status"] == "failed", ["reason", "http_status", "final_url"]].values.tolist() == [
+        [dataset.FAILED_REASON, 0, ""]]
+    cleaned = pd.read_parquet(stored["manifests/clean.parquet"])
+    assert (cleaned.loc[cleaned["download_status"] == "failed", "detail"] == f"failed: {dataset.FAILED_REASON}").all()
 
 
 def test_names_follow_the_labels_and_a_name_keeps_its_labels(tmp_path: Path, env: dict[str, str]) -> None:

@@ -74,7 +74,14 @@ def check_store_url(store: str) -> str:
     return store.rstrip("/")
 
 
-Seconds = Annotated[float, Field(gt=0)]
+#: the longest any timeout, deadline or backoff may be: a week. Anything longer is a typo, and a value like
+#: 1e300 overflows the socket and event-loop clocks it reaches (an OverflowError deep in a transfer)
+MAX_SECONDS = 7 * 24 * 3600.0
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+#: every seed reaches numpy's and torch's generators; numpy's global seed takes 0..2**32-1 and no more
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: the side, in pixels, images are squashed to for the model (train.img_size, and a model file's img_size)
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 1024
 
 
 def _one_or_many(value: Any) -> Any:
@@ -122,7 +129,7 @@ class SelectParams(Section):
     min_box_area: float = Field(0.0, ge=0.0, le=1.0)
     #: at most this many boxes per label, drawn with ``seed`` (0 = no limit)
     limit_per_label: int = Field(0, ge=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DownloadParams(Section):
@@ -163,7 +170,7 @@ class SplitParams(Section):
     train: float = Field(0.7, ge=0.0, le=1.0)
     val: float = Field(0.15, ge=0.0, le=1.0)
     test: float = Field(0.15, ge=0.0, le=1.0)
-    seed: int = 0
+    seed: Seed = 0
     #: a label with fewer clean crops than this stops the split with a clear message
     min_per_label: int = Field(10, ge=1)
 
@@ -186,12 +193,12 @@ class TrainParams(Section):
     #: epochs with the backbone frozen (head only), then ``epochs`` with all layers unfrozen
     freeze_epochs: int = Field(1, ge=0)
     epochs: int = Field(3, ge=0)
-    img_size: int = Field(224, ge=16, le=1024)
+    img_size: int = Field(224, ge=MIN_IMG_SIZE, le=MAX_IMG_SIZE)
     batch_size: int = Field(64, ge=1)
     #: peak learning rate of the head; earlier layer groups get smaller ones (discriminative rates)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvaluateParams(Section):
@@ -251,8 +258,8 @@ class RuntimeParams(Section):
     #: attempts after the first, for transient failures (timeouts, resets, 429, 5xx)
     retries: int = Field(5, ge=0, le=100)
     #: first backoff delay in seconds, doubled per retry (with jitter), capped by ``max_backoff``
-    backoff: float = Field(1.0, ge=0.0)
-    max_backoff: float = Field(60.0, ge=0.0)
+    backoff: float = Field(1.0, ge=0.0, le=MAX_SECONDS)
+    max_backoff: float = Field(60.0, ge=0.0, le=MAX_SECONDS)
     #: where download and crop shards run: ``local`` (this machine's processes) or ``dask`` (a Dask cluster)
     engine: Literal["local", "dask"] = "local"
     #: the Dask scheduler to join (``tcp://host:8786``); empty = ``DASK_SCHEDULER_ADDRESS``, else a

@@ -10,6 +10,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 DATA = Path("data")
 METADATA_DIR = DATA / "metadata"          # downloaded CSV/JSON + the Parquet cache
 METADATA_RAW = METADATA_DIR / "raw"       # <official path under source.base_url>, as downloaded
+METADATA_REJECTED = METADATA_DIR / "rejected"  # <official path>: a raw file that could not be converted, set aside
 BOXES_DIR = METADATA_DIR / "boxes"        # LabelName=<URI-encoded MID>/part-0.parquet
 IMAGES_TABLE = METADATA_DIR / "images.parquet"
 CLASSES_TABLE = METADATA_DIR / "classes.parquet"

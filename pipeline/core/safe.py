@@ -109,6 +109,11 @@ def scrub(text: str) -> str:
     return _TOKENS_IN_TEXT.sub(r"\1***", _CREDENTIALS_IN_TEXT.sub(r"\1***@", text))
 
 
+def printable(text: str) -> str:
+    """A file name as text that can be written anywhere: bytes that were not UTF-8 become ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def join_inside(base: Path, relative: object) -> Path | None:
     """``base / relative`` when ``relative`` is a plain relative path that stays inside ``base``, else None.
 

@@ -86,6 +86,7 @@ def publish_both(params: Params) -> int:
         readme, credits_csv = staging / "README.md", staging / "ATTRIBUTION.csv"
         readme.write_text(dataset_readme(name, meta))
         credits.to_csv(credits_csv, index=False, lineterminator="\n")
+        files.update(dataset.decided_manifests(staging))
         data = publish(registry, name, {**files, "README.md": readme, "ATTRIBUTION.csv": credits_csv}, meta,
                        params.package.message, accept_latest=same_labels(name, display, params.package.allow_other_labels))
         print(_said(name, registry, data, "dataset"))
