@@ -7,6 +7,9 @@ home (a download record, say); the engine hands each one to ``on_message`` *in t
 journal a re-run resumes from and the one progress bar are written here, whichever machine did the work.
 Messages are best-effort (the last few of a task may arrive after its result, or not at all when a worker
 dies); the result is what counts, so ``on_result`` is told as soon as each job is done.
+``engine.rate_board(key, rate)`` hands a stage the request-rate board its tasks share with every other run
+that names the same key (:mod:`pipeline.core.rate`): this machine's for the local engines, the scheduler's for
+Dask, so a stage never needs to know which engine it runs on.
 
 - ``inline`` (``runtime.engine: local`` with one process): a plain loop, nothing to start.
 - ``pool``: a ``ProcessPoolExecutor`` whose workers die with this process; ``context`` reaches them through
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.machine import die_with_parent, usable_cores
+from pipeline.core.rate import Board, HeldBoard, machine_board
 from pipeline.core.safe import public_url
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
@@ -71,6 +75,15 @@ class Engine(ABC):
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
             on_result: OnResult | None = None) -> list[Any]:
         """``task`` must be a module-level function (the pool and Dask pickle it by name)."""
+
+    @contextmanager
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+        """The request-rate board (:mod:`pipeline.core.rate`) this engine's tasks share with every run that
+        names the same ``key``, joined by this run at ``rate`` (> 0) requests/s while the block runs; it
+        travels to the tasks in their ``context``. Here: this machine's board, which every process of this
+        user on this machine shares (an engine whose tasks run elsewhere keeps its board elsewhere)."""
+        with machine_board(key, rate) as board:
+            yield board
 
 
 class InlineEngine(Engine):
@@ -224,6 +237,15 @@ class DaskEngine(Engine):
                     future.cancel()
                 self.client.unsubscribe_topic(topic)
         return results
+
+    @contextmanager
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+        """The scheduler's board for ``key`` (:mod:`pipeline.core.rate_cluster`): the workers may be on other
+        machines, whose clocks and files are not this one's; every run on this scheduler shares it."""
+        from pipeline.core.rate_cluster import cluster_board  # imports distributed
+
+        with cluster_board(self.client, key, rate) as board:
+            yield board
 
     def _check_connected(self) -> None:
         if self.client.status not in ("running", "newly-created"):
