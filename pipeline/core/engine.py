@@ -190,8 +190,9 @@ class DaskEngine(Engine):
 
     kind = "dask"
 
-    def __init__(self, client: Client, what: str, advice: str = "") -> None:
+    def __init__(self, client: Client, what: str, advice: str = "", on_this_machine: bool = False) -> None:
         self.client, self.what, self.advice = client, what, advice
+        self.on_this_machine = on_this_machine  # a LocalCluster started here: every worker is on this machine
         self.workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()))
 
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
@@ -240,8 +241,14 @@ class DaskEngine(Engine):
 
     @contextmanager
     def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
-        """The scheduler's board for ``key`` (:mod:`pipeline.core.rate_cluster`): the workers may be on other
-        machines, whose clocks and files are not this one's; every run on this scheduler shares it."""
+        """The scheduler's board for ``key`` (:mod:`pipeline.core.rate_cluster`), which every run on this
+        scheduler shares: the workers may be on other machines, whose clocks and files are not this one's. A
+        LocalCluster started by this run has its workers here and no other run on its scheduler, so it takes
+        this machine's board instead, shared with the other runs of the machine."""
+        if self.on_this_machine:
+            with super().rate_board(key, rate) as board:
+                yield board
+            return
         from pipeline.core.rate_cluster import cluster_board  # imports distributed
 
         with cluster_board(self.client, key, rate) as board:
@@ -309,12 +316,13 @@ def open_engine(runtime: RuntimeParams, processes: int, what: str, advice: str =
     if runtime.engine == "local":
         yield InlineEngine() if processes <= 1 else PoolEngine(processes, what, advice)
         return
-    with _dask_client(runtime, what) as client:
-        yield DaskEngine(client, what, advice)
+    with _dask_client(runtime, what) as (client, started_here):
+        yield DaskEngine(client, what, advice, on_this_machine=started_here)
 
 
 @contextmanager
-def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[Client]:
+def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[tuple[Client, bool]]:
+    """A client of the scheduler ``runtime`` names, or of a LocalCluster started here (then True)."""
     _quiet_dask_logs()
     from distributed import Client, LocalCluster
 
@@ -337,7 +345,7 @@ def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[Client]:
         print(f"{what}: started a Dask LocalCluster of {n} worker process(es) at {cluster.scheduler_address}"
               f"{_dashboard(client, local=True)}", file=sys.stderr)
     try:
-        yield client
+        yield client, cluster is not None
     finally:
         _close(client, cluster)
 
