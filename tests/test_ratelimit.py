@@ -90,7 +90,7 @@ def simulate_fixed_shares(rate: float, processes: int, seed: int, seconds: float
 def at_the_server(grants: list[float], seed: int, late_share: float = 0.02, late_by: float = 0.09) -> list[float]:
     """When the granted requests reach the server: 0.1-1 ms after their grants, and a ``late_share`` of them
     up to ``late_by`` later still (a process descheduled between its grant and its send on a loaded machine;
-    bench/rate_bench.py measured up to about 50 ms)."""
+    bench/rate_bench.py measured up to 64 ms)."""
     rng = random.Random(seed + 10_000)
     return sorted(t + rng.uniform(0.0001, 0.001) + (rng.uniform(0.0, late_by) if rng.random() < late_share else 0.0)
                   for t in grants)

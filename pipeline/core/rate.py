@@ -22,8 +22,8 @@ two requests rate + 1 apart are delayed by one interval (48 ms at 20/s) more tha
 machine did that (22 in a second at 20/s). Those delays are a matter of milliseconds whatever the rate, so the
 allowance is a time too: every board spaces its slots so that rate + 1 gaps span at least ``1 + ALLOWANCE``
 seconds (:func:`board_interval`). The server then counts rate + 2 in a second only if two requests' delays
-differ by more than :data:`ALLOWANCE` (100 ms): twice the most measured on a 2-core machine running six times
-as many busy processes as it has cores (``bench/rate_bench.py``, BENCHMARKS.md). It costs nothing at whole
+differ by more than :data:`ALLOWANCE` (100 ms): half again the most measured, 64 ms, with two runs on one Dask
+scheduler on a 2-core machine at a load average of 9-13 (``bench/rate_bench.py``, BENCHMARKS.md). It costs nothing at whole
 rates up to 9/s (their interval is room enough), 5% at 20/s and at most 9% at high rates: a request
 sent a little early is a promise broken, one sent a little later is not. (A fraction of the rate, the first
 margin, protected high rates less: 2% left 27 ms at 150/s, but 69 ms at 20/s.)
