@@ -34,8 +34,11 @@ from download_inputs import write_boxes_and_images, write_selection
 from s3server import aws_env, free_port, s3_server  # noqa: F401 - a fixture
 
 from pipeline.core import paths
+from pipeline.core.engine import InlineEngine, open_engine
 from pipeline.core.errors import run_cli
 from pipeline.core.io import read_parquet, write_parquet
+from pipeline.core.params import RuntimeParams
+from pipeline.core.rate import MachineBoard
 from pipeline.mirror import Mirror
 from pipeline.stages.crop import main as crop_main
 from pipeline.stages.download import shards
@@ -303,3 +306,12 @@ def test_an_empty_scheduler_starts_a_local_cluster_here(clean_mirror, workspace,
                      r"(dashboard: http://|no dashboard)", err)
     manifest = read_parquet(IMAGES / "manifest.parquet")
     assert set(manifest["ImageID"]) == set(selection["ImageID"]) and (manifest["status"] == "ok").all()
+
+
+def test_a_local_cluster_started_here_books_on_this_machines_board(monkeypatch):
+    """Its workers are all on this machine and its scheduler serves no other run: it books on the machine's
+    board, which the local engine's runs share, not on a board of its own on a private scheduler."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with open_engine(RuntimeParams(engine="dask", dask_workers=1), 1, "test") as engine, \
+            engine.rate_board("server", 5.0) as board, InlineEngine().rate_board("server", 5.0) as local:
+        assert isinstance(board, MachineBoard) and board.folder == local.folder

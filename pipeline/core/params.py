@@ -53,6 +53,13 @@ def check_scheduler_address(address: str) -> str:
     return address
 
 
+def check_rate_key(key: str) -> str:
+    """Empty, or a name of printable characters: it is shown in messages and sent to a scheduler."""
+    if len(key) > 200 or not key.isprintable():
+        raise ValueError(f"must be at most 200 printable characters, got {key[:40]!r}")
+    return key
+
+
 def check_store_url(store: str) -> str:
     """Empty (data/ here, or a shared file system at the same path everywhere), or an object store that every
     process and machine reaches and that shows an object only whole (``SHARED_STORES``): the workers put
@@ -270,6 +277,9 @@ class RuntimeParams(Section):
     #: where workers put photos and crops: empty = data/ here (on a cluster, a file system every worker
     #: mounts at the same path), or an object store's fsspec URL such as ``s3://bucket/prefix`` (docs/scale.md)
     store: Annotated[str, AfterValidator(check_store_url)] = ""
+    #: the name of the request-rate board this run books on: runs with the same name share ``download.rate``
+    #: (on one machine, or on one Dask scheduler); empty = the image server's domain (docs/scale.md)
+    rate_key: Annotated[str, AfterValidator(check_rate_key)] = ""
 
 
 class Params(Section):
