@@ -191,7 +191,13 @@ def test_the_rate_holds_across_workers_and_a_worker_that_finishes_early_strands_
     arrivals = sorted(r.t for r in clean_mirror.requests if r.path.startswith("/flickr/"))
     assert len(arrivals) == 24
     assert max_in_window(arrivals) <= 5 + 1
-    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) >= 0.9 * 5
+    # The short shard (the last 4 ImageIDs) runs mostly alone: with one board it gets the whole rate (gaps of
+    # 0.2 s), with fixed shares only its half (0.4 s). The median of its 3 gaps, not the run's total time: a
+    # pause of a loaded machine before the shard starts must not count, one late request neither.
+    short = set(selection["OriginalURL"].map(lambda url: urlsplit(url).path).iloc[-4:])
+    tail = sorted(r.t for r in clean_mirror.requests if r.path in short)
+    gaps = sorted(later - earlier for earlier, later in zip(tail, tail[1:]))
+    assert len(gaps) == 3 and gaps[1] <= 1.5 / 5, gaps
 
 
 def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, mirror, workspace):  # noqa: F811
