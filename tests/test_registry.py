@@ -197,11 +197,12 @@ def test_relink_on_a_damaged_manifest_is_one_line(built: dict, damaged: Path, ga
     assert f"{NAME}@{built['info']['top_hash']}" in one_line_error(result) and "manifest is damaged" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["--list"], ["--dest", "out"]])
-def test_list_and_install_of_a_damaged_registry_are_one_line(built: dict, damaged: Path, command: list[str]) -> None:
+@pytest.mark.parametrize("command, garbage", [(["--list"], "bytes"), (["--dest", "out"], "a bad entry")])
+def test_list_and_install_of_a_damaged_registry_are_one_line(built: dict, damaged: Path, command: list[str],
+                                                             garbage: str) -> None:
     manifest = damaged / ".quilt/packages" / built["info"]["top_hash"]
     kept = manifest.read_bytes()
-    manifest.write_bytes(GARBAGE["a bad entry"])
+    manifest.write_bytes(GARBAGE[garbage])  # (--list reads only a version's first line)
     result = run(damaged.parent, built["env"], "pipeline.pull", NAME, "--registry", str(damaged), *command)
     assert result.returncode == 1 and "manifest is damaged" in one_line_error(result)
     # A pointer that is not a top hash must not become a path quilt3 reads a "manifest" from.

@@ -8,6 +8,8 @@ telemetry.quiltdata.cloud, and this project's commands never reach out to the in
 manifest cache is switched off too: it downloads a manifest to one fixed temporary name and renames it
 into the cache, so two runs reading one S3 manifest at once (two pulls, two publishes) broke each other
 ("no package" from a file renamed away); without the cache each read has a temporary file of its own.
+Where only a version's own line is needed (its metadata and message: the checks before publishing,
+``--list``), only the manifest's first line is read, not the list of every file after it.
 
 Objects are stored by content, at ``<name>/objects/<sha256><extension>``, not by file name. A newer version
 then never overwrites an older version's bytes, even in a bucket without S3 versioning (MinIO's default), a
@@ -52,7 +54,9 @@ that only one of them should. So:
   lock (plain quilt3, an older version of this project) cannot make this one's version disappear.
 
 Failures (unknown package or hash, missing bucket, refused credentials, unreachable server, a bad AWS
-setting) become one-line errors here, so both commands report them the same way.
+setting, a manifest or pointer that is not quilt3's) become one-line errors here, so both commands report
+them the same way. A pointer must hold a top hash before anything is read by it: quilt3 would read a
+"manifest" from wherever a doctored one (``../../..``) points.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ import errno
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -96,6 +101,8 @@ PULL_STAGING = "pull"
 _LOCAL_TMP = ".pipeline/tmp"
 #: seconds tried for a version pointer's name before giving up
 _POINTER_TRIES = 10
+#: the longest first line of a manifest (a version's metadata) read
+_MAX_FIRST_LINE = 16 * 1024 * 1024
 
 
 def _quilt3() -> ModuleType:
@@ -274,23 +281,23 @@ def publish(registry: Registry, name: str, files: Mapping[str, Path], meta: dict
     check_name(name)
     with registry_errors(registry, name):
         _check_access(registry)
-        latest = _latest(registry, name)
-    if latest is not None and accept_latest is not None:
-        accept_latest(_user_meta(latest))
+        latest = _latest_hash(registry, name)
+        if latest is not None and accept_latest is not None:
+            accept_latest(_user_meta(_version_meta(registry, name, latest)))
     if not registry.is_s3:
         _sweep_local(registry, name)
     digests = {key: digest_file(path) for key, path in track(files.items(), "hashing", "file")}
     with registry_errors(registry, name):
         pkg = _new_package(registry, name, digests, meta, message)
         top_hash = pkg.top_hash
-        if latest is not None and latest.top_hash == top_hash:
+        if latest == top_hash:
             return Published(top_hash, added=False)
         _store_objects(registry, name, files, digests)
         manifest = io.BytesIO()
         pkg.dump(manifest)
         _write(registry, _backend(registry).manifest_pk(name, top_hash), manifest.getvalue())
         with _publish_lock(registry, name) as fence:
-            return _register(registry, name, top_hash, latest.top_hash if latest else None, accept_latest, fence)
+            return _register(registry, name, top_hash, latest, accept_latest, fence)
 
 
 def _check_access(registry: Registry) -> None:
@@ -355,12 +362,6 @@ def _pointed_hash(data: bytes, registry: Registry, name: str, pointer: str) -> s
     return text
 
 
-def _latest(registry: Registry, name: str) -> quilt3.Package | None:
-    """The latest version of ``name``, or None when there is none yet."""
-    top_hash = _latest_hash(registry, name)
-    return None if top_hash is None else _browse(registry, name, top_hash)
-
-
 def _browse(registry: Registry, name: str, top_hash: str) -> quilt3.Package:
     """A version's manifest, read; one that is not a quilt3 manifest (damaged, or not one at all) is a
     one-line failure instead of whatever quilt3's parser trips over."""
@@ -376,9 +377,38 @@ def _browse(registry: Registry, name: str, top_hash: str) -> quilt3.Package:
                           f"manifest ({problem})")
 
 
-def _user_meta(pkg: quilt3.Package) -> dict:
-    meta = pkg._meta.get("user_meta")  # noqa: SLF001 - the manifest's own line; see versions()
-    return meta if isinstance(meta, dict) else {}
+def _version_meta(registry: Registry, name: str, top_hash: str) -> dict:
+    """A version's own line (its package metadata and message): the manifest's first line, read without
+    the rest, which lists every file (a dataset's can be large; checks and ``--list`` need only this)."""
+    line = _first_line(_backend(registry).manifest_pk(name, top_hash))
+    try:
+        meta = json.loads(line)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise PipelineFailure(f"{name}@{top_hash} in {registry.shown}: its manifest is damaged, not a quilt3 "
+                              "manifest (its first line is not a JSON object)")
+    return meta
+
+
+def _first_line(where: quilt3.util.PhysicalKey) -> bytes:
+    """The first line of a registry file (at most :data:`_MAX_FIRST_LINE` bytes of it)."""
+    if where.is_local():
+        with open(where.path, "rb") as f:
+            return f.readline(_MAX_FIRST_LINE)
+    params = {"Bucket": where.bucket, "Key": where.path}
+    client = _s3_clients().find_correct_client(_quilt3().data_transfer.S3Api.GET_OBJECT, where.bucket, params)
+    read = b""
+    with client.get_object(**params)["Body"] as body:
+        while b"\n" not in read and len(read) < _MAX_FIRST_LINE and (chunk := body.read(1 << 16)):
+            read += chunk
+    return read.split(b"\n", 1)[0][:_MAX_FIRST_LINE]
+
+
+def _user_meta(meta: dict) -> dict:
+    """The package metadata in a version's own line (what the publishing run gave)."""
+    user_meta = meta.get("user_meta")
+    return user_meta if isinstance(user_meta, dict) else {}
 
 
 def _new_package(registry: Registry, name: str, digests: Mapping[str, Digest], meta: dict,
@@ -438,7 +468,7 @@ def _register(registry: Registry, name: str, top_hash: str, seen: str | None,
     if latest == top_hash:
         return Published(top_hash, added=False)
     if latest is not None and latest != seen and accept_latest is not None:
-        accept_latest(_user_meta(_browse(registry, name, latest)))
+        accept_latest(_user_meta(_version_meta(registry, name, latest)))
     backend = _backend(registry)
     if backend.revision_pointers:  # quilt3's first layout: a version is a pointer named by its time
         _add_version_pointer(registry, backend, name, top_hash, fence)
@@ -518,10 +548,8 @@ def versions(registry: Registry, name: str) -> list[Version]:
             if not stamp.isdigit():  # "latest", or a stray file in the pointers' folder
                 continue
             top_hash = _pointed_hash(top_hash.encode(), registry, name, stamp)
-            pkg = _browse(registry, name, top_hash)
-            # The commit message is manifest-level metadata; quilt3 has no public accessor for it.
-            message = pkg._meta.get("message") or ""  # noqa: SLF001
-            found.append(Version(top_hash, int(stamp), message, top_hash == latest))
+            message = _version_meta(registry, name, top_hash).get("message") or ""
+            found.append(Version(top_hash, int(stamp), str(message), top_hash == latest))
     if not found:
         raise _not_found(registry, name, None)
     return sorted(found, key=lambda v: v.timestamp, reverse=True)
