@@ -248,6 +248,59 @@ def test_names_follow_the_labels_and_a_name_keeps_its_labels(tmp_path: Path, env
     assert forced["name"] == DERIVED and latest.read_text() == forced["top_hash"] != first["top_hash"]
 
 
+def test_a_derived_name_never_takes_a_models_name() -> None:
+    from pipeline.core.package_names import check_dataset_name
+    from pipeline.stages.package.naming import dataset_name
+
+    assert dataset_name(["Fashion model"]) == "openimages/fashion-model_dataset"  # not the model of fashion
+    assert dataset_name(["Model"]) == "openimages/model"  # its model is openimages/model-model
+    long = dataset_name([f"Model {i}" for i in range(12)] + ["Z model"])
+    assert len(long.split("/")[1]) <= 58 and not long.endswith("-model")
+    for name in ("openimages/fashion-model_dataset", "openimages/model", long):
+        assert check_dataset_name(name) == name
+
+
+#: the metadata of a latest version a dataset must not be published onto
+NOT_A_DATASET = {
+    "a model": ({"kind": "model", "model": {"arch": "resnet18"}}, "its latest version is a model package"),
+    "a model from before kinds were recorded": ({"model": {"arch": "resnet18"}, "dataset": {"name": "x/y"}},
+                                                "its latest version is a model package"),
+    "someone else's package": ({"note": "made by hand"}, "a package openimages-pipeline did not make"),
+}
+
+
+@pytest.mark.parametrize("latest", NOT_A_DATASET)
+def test_a_dataset_is_never_published_onto_another_kind(ws: Path, env: dict[str, str], latest: str) -> None:
+    from pipeline.core.registry import Registry, publish
+
+    meta, says = NOT_A_DATASET[latest]
+    registry = Registry.parse(str(ws / REGISTRY))
+    (ws / "other.txt").write_text("not a dataset")
+    there = publish(registry, NAME, {"other.txt": ws / "other.txt"}, meta, "there first").top_hash
+    write_inputs(ws, {"name": NAME, "registry": ""})
+    result = run(ws, env, "pipeline.stages.package")
+    assert result.returncode == 2
+    error = one_line_error(result)
+    assert NAME in error and says in error
+    assert registered(ws, NAME) == [there] and not (ws / "data/package.json").exists()
+
+
+def test_a_model_is_never_published_onto_a_dataset(ws: Path, env: dict[str, str]) -> None:
+    from pipeline.core.registry import Registry, publish
+
+    # A dataset that an older version of the pipeline let be called tests/local-ds-model.
+    registry = Registry.parse(str(ws / REGISTRY))
+    (ws / "other.txt").write_text("a dataset")
+    meta = {"dataset": {"labels": ["Cat"], "counts": {}}}
+    there = publish(registry, NAME + "-model", {"other.txt": ws / "other.txt"}, meta, "there first").top_hash
+    result = run(ws, env, "pipeline.stages.package")  # NAME, with a model
+    assert result.returncode == 2
+    error = one_line_error(result)
+    assert f"{NAME}-model: its latest version is a dataset package" in error
+    assert registered(ws, NAME + "-model") == [there]
+    assert len(registered(ws, NAME)) == 1  # the dataset itself was published
+
+
 def test_licences_with_counts_attribution_and_readme(built: dict) -> None:
     ws, info, out = built["ws"], built["info"], built["pulled"]
     photos = sorted({crop["photo"] for crop in crops()}, key=image_id)

@@ -87,6 +87,13 @@ def test_unknown_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
     ("runtime:\n  metadata_deadline: 1.0e+300\n", "runtime.metadata_deadline must be at most 604800.0"),
     ("runtime:\n  backoff: 1.0e+300\n", "runtime.backoff must be at most 604800.0"),
     ("runtime:\n  max_backoff: 1.0e+300\n", "runtime.max_backoff must be at most 604800.0"),
+    # every accepted name is a runnable argument and a plain folder name; a dataset never takes a model's name
+    ('package:\n  name: "a/b\\n"\n', "package.name must look like owner/dataset"),
+    ("package:\n  name: '-/-'\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: _team/food\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: team/food.v2\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: team/food-model\n", "package.name must not end in -model (reserved for models"),
+    (f"package:\n  name: team/{'x' * 59}\n", "package.name must have at most 58 characters after the slash"),
 ])
 def test_bad_values_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert message in one_line_error(write(tmp_path, text))

@@ -24,7 +24,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.errors import UserError
-from pipeline.core.safe import check_http_url, check_package_name, public_url
+from pipeline.core.package_names import check_dataset_name
+from pipeline.core.safe import check_http_url, public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
@@ -218,8 +219,8 @@ class EvaluateParams(Section):
 
 
 def _package_name(name: str) -> str:
-    """Empty (derive it from the labels) or owner/dataset."""
-    return check_package_name(name) if name else name
+    """Empty (derive it from the labels) or a dataset's owner/name (:mod:`pipeline.core.package_names`)."""
+    return check_dataset_name(name) if name else name
 
 
 class PackageParams(Section):

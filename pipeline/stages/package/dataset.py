@@ -24,6 +24,7 @@ from pipeline.core.io import read_table, write_parquet
 from pipeline.core.params import Params
 from pipeline.core.status import Download
 from pipeline.stages.package.licences import licence_counts
+from pipeline.stages.package.naming import DATASET
 from pipeline.stages.package.provenance import DATASET_PARAMS, DATASET_STAGES, code_version, recorded_params
 
 ATTRIBUTION_COLUMNS = ["ImageID", "Title", "Author", "AuthorProfileURL", "OriginalLandingURL", "License"]
@@ -160,6 +161,7 @@ def _spreadsheet_safe(text: str) -> str:
 def metadata(params: Params, counts: dict[str, dict[str, int]], credits: pd.DataFrame) -> dict:
     """The dataset package's metadata: deterministic, JSON-plain, no timestamps, nothing of the machine."""
     return {
+        "kind": DATASET,
         "dataset": {
             "labels": sorted(counts[paths.SPLIT_NAMES[0]]),
             "counts": counts,
