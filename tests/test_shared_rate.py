@@ -1,7 +1,7 @@
 """One ``download.rate`` for every run that shares a server: two download runs at once, each its own process
 tree, counted at the server (the mirror's request log).
 
-Both runs fetch disjoint halves (40 and 20 photos) of one mirror at ``download.rate: 10``, started together, so
+Both runs fetch disjoint parts (60 and 20 photos) of one mirror at ``download.rate: 10``, started together, so
 they download side by side for seconds: on one machine (a pool of 2 processes beside an inline run), and on
 one ``dask scheduler`` with two ``dask worker`` processes. With a board per run the server would see both
 rates added (about 20 in a second while they overlap); with one board per server it sees one. The bounds are
@@ -38,7 +38,7 @@ RUNTIME = {"connections": 4, "shard_size": 5, "retries": 2, "backoff": 0.05, "re
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     """A mirror of its own (no faults, small photos), so that no other test's requests are counted."""
     with Mirror(root=tmp_path_factory.mktemp("shared-rate-mirror"), labels=("Hamburger", "Sandwich"),
-                images_per_label=30, size=(96, 72), faults=False, seed=5) as m:
+                images_per_label=40, size=(96, 72), faults=False, seed=5) as m:
         yield m
 
 
@@ -97,9 +97,9 @@ def test_two_runs_on_one_machine_share_one_rate(server: Mirror, tmp_path: Path) 
     """A pool of 2 processes and an inline run, at 10/s each, against one server: 10/s together."""
     images = the_images(server)
     workspaces = [tmp_path / "pool", tmp_path / "inline"]
-    first = prepare(workspaces[0], server, images.iloc[:40], download_processes=2)
-    second = prepare(workspaces[1], server, images.iloc[40:60], download_processes=1)
-    assert len(first) == 40 and len(second) == 20
+    first = prepare(workspaces[0], server, images.iloc[:60], download_processes=2)
+    second = prepare(workspaces[1], server, images.iloc[60:80], download_processes=1)
+    assert len(first) == 60 and len(second) == 20
     server.clear_requests()
     run_side_by_side(workspaces)
     assert_one_rate_for_both(server, first, second)
@@ -117,7 +117,9 @@ def scheduler() -> Iterator[str]:
     processes = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                    "--no-dashboard"], **quiet)]
     try:
-        processes += [subprocess.Popen([*dask, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+        # 8 threads each: all 16 shards of both runs can run at once, so the second run's shards never queue
+        # behind the first's (the scheduler runs what was submitted first first) and the runs overlap
+        processes += [subprocess.Popen([*dask, "worker", address, "--nthreads", "8", "--no-nanny", "--no-dashboard"],
                                        **quiet) for _ in range(2)]
         deadline = time.monotonic() + 60
         while True:  # the scheduler needs a moment before it listens
@@ -140,8 +142,8 @@ def test_two_runs_on_one_scheduler_share_one_rate(server: Mirror, scheduler: str
     """Two stages joining one scheduler, at 10/s each, their shards on two worker processes: 10/s together."""
     images = the_images(server)
     workspaces = [tmp_path / "first", tmp_path / "second"]
-    first = prepare(workspaces[0], server, images.iloc[:40], engine="dask", scheduler=scheduler)
-    second = prepare(workspaces[1], server, images.iloc[40:60], engine="dask", scheduler=scheduler)
+    first = prepare(workspaces[0], server, images.iloc[:60], engine="dask", scheduler=scheduler)
+    second = prepare(workspaces[1], server, images.iloc[60:80], engine="dask", scheduler=scheduler)
     server.clear_requests()
     run_side_by_side(workspaces)
     assert_one_rate_for_both(server, first, second)
