@@ -164,13 +164,13 @@ class AuditParams(Section):
     #: an outlier's mean distance to its neighbours is above Q3 + this x IQR of everyone's
     outlier_iqr: float = Field(3.0, ge=0.0)
     #: blurry: variance of the Laplacian (0..255 luminance, at most 128 px a side) under this
-    blurry_threshold: float = Field(20.0, ge=0.0)
+    blurry_threshold: float = Field(30.0, ge=0.0)
     #: dark: the 99th percentile of luminance (0..1) under this
     dark_threshold: float = Field(0.15, ge=0.0, le=1.0)
     #: light: the 1st percentile of luminance (0..1) over this
     light_threshold: float = Field(0.9, ge=0.0, le=1.0)
     #: low information: entropy of the luminance histogram (bits, 0..8) under this
-    low_information_threshold: float = Field(2.0, ge=0.0, le=8.0)
+    low_information_threshold: float = Field(1.0, ge=0.0, le=8.0)
     #: odd aspect: shorter side / longer side under this
     odd_aspect_threshold: float = Field(0.2, ge=0.0, le=1.0)
 

@@ -32,7 +32,9 @@ from pipeline.core.audit.quality import quality_stats
 from pipeline.core.imaging import ImageProblem, load_image
 from pipeline.core.params import AuditParams
 
-ISSUES = ("label_issue", "outlier", "blurry", "dark", "light", "low_information", "odd_aspect")
+#: in the order that names a crop's issue when several apply with the same action: what is wrong with the
+#: picture itself first (a dark or flat crop also looks mislabelled, because nothing in it can be recognised)
+ISSUES = ("dark", "light", "low_information", "blurry", "odd_aspect", "label_issue", "outlier")
 QUALITY = ("blurry", "dark", "light", "low_information", "odd_aspect")
 #: quality statistics where a HIGH value is the issue (the others: a low one)
 HIGH_IS_BAD = frozenset({"light"})

@@ -2,7 +2,8 @@
 
 Logical keys: ``splits/...`` (all of ``data/splits``: class folders, ``splits.parquet``, ``labels.json``),
 ``shards/...`` (the same images as WebDataset tar shards and their ``index.json``, when the shards stage ran),
-``manifests/{selected,images,clean}.parquet``, ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
+``manifests/{selected,images,clean,audit}.parquet`` (audit: the ledger of every curation decision, which
+``python -m pipeline.pull NAME --diff A B`` reads), ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
 belong to the model (:mod:`.model`), which differs between a CPU and a GPU, while this package must be a
 function of its inputs only.
 """
@@ -26,6 +27,7 @@ MANIFESTS = {
     "manifests/selected.parquet": paths.SELECTED,
     "manifests/images.parquet": paths.IMAGES_MANIFEST,
     "manifests/clean.parquet": paths.CLEAN_MANIFEST,
+    "manifests/audit.parquet": paths.AUDIT_LEDGER,
 }
 ANNOTATIONS_LICENSE = "CC BY 4.0 (Google LLC)"
 # A spreadsheet runs a cell that starts with one of these as a formula; the text comes from Flickr.
