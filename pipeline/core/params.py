@@ -2,7 +2,7 @@
 
 Two kinds of settings (docs/architecture.md):
 
-- **tracked**, one section per stage (``source select download crop clean split shards train evaluate
+- **tracked**, one section per stage (``source select download crop clean audit split shards train evaluate
   package``): what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset
   package records them, so changing one re-runs the stages that read it;
 - **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
