@@ -134,7 +134,8 @@ def main() -> None:
         row = {
             "noise": f"{noise:.0%}", "flipped": int(truly.sum()), "flagged": k,
             "precision": _ratio((found & truly).sum(), k), "recall": _ratio((found & truly).sum(), truly.sum()),
-            "naive precision": _ratio((naive & truly).sum(), k), "naive recall": _ratio((naive & truly).sum(), truly.sum()),
+            "naive precision": _ratio((naive & truly).sum(), k),
+            "naive recall": _ratio((naive & truly).sum(), truly.sum()),
             "rejected": int(rejected.sum()),
             "lr top-1 noisy": lr_top1(vectors, labels, fit, split == "test", truth),
             "lr top-1 audited": lr_top1(vectors, labels, fit & ~rejected, split == "test", truth),
