@@ -113,7 +113,7 @@ def findings_of(labels: np.ndarray, measured: Measured, params: AuditParams) -> 
     """Per issue: ``(detected, score, threshold)`` arrays over the crops; label issues also their suggestion."""
     n = len(labels)
     found: dict[str, tuple[np.ndarray, ...]] = {}
-    issues = findings.label_issues(measured.features, labels, params.folds, params.seed) if n else None
+    issues = findings.label_issues(measured.features, labels, params.folds, params.seed)
     if issues is None:
         found["label_issue"] = (np.zeros(n, bool), np.full(n, np.nan), np.full(n, np.nan), np.full(n, -1))
     else:
@@ -130,14 +130,15 @@ def findings_of(labels: np.ndarray, measured: Measured, params: AuditParams) -> 
 
 def decide(labels: np.ndarray, classes: list[str], measured: Measured, params: AuditParams) -> pd.DataFrame:
     """The :data:`LEDGER_COLUMNS` for each measured crop (``labels``: class indices into ``classes``)."""
-    n = len(labels)
+    if not len(labels):
+        return pd.DataFrame({column: [] for column in LEDGER_COLUMNS})
     found = findings_of(labels, measured, params)
-    ranks = np.stack([np.where(found[k][0], ACTION_RANK[getattr(params, k)], 0) for k in ISSUES], axis=1) \
-        if n else np.zeros((0, len(ISSUES)), dtype=np.int64)
-    strictest = ranks.max(axis=1) if n else np.zeros(0, dtype=np.int64)
-    first = np.argmax(ranks == strictest[:, None], axis=1) if n else np.zeros(0, dtype=np.int64)
-    score = np.array([found[ISSUES[k]][1][i] for i, k in enumerate(first)], dtype=float)
-    threshold = np.array([found[ISSUES[k]][2][i] for i, k in enumerate(first)], dtype=float)
+    ranks = np.stack([np.where(found[k][0], ACTION_RANK[getattr(params, k)], 0) for k in ISSUES], axis=1)
+    strictest = ranks.max(axis=1)
+    first = np.argmax(ranks == strictest[:, None], axis=1)  # the first issue (in ISSUES order) that decided
+    rows = np.arange(len(labels))
+    score = np.stack([found[k][1] for k in ISSUES], axis=1)[rows, first]
+    threshold = np.stack([found[k][2] for k in ISSUES], axis=1)[rows, first]
     detected, quality, _, suggested = found["label_issue"]
     show = detected & (params.label_issue != "off")
     names = np.array(classes, dtype=object)
@@ -146,7 +147,7 @@ def decide(labels: np.ndarray, classes: list[str], measured: Measured, params: A
         "issue": np.where(strictest > 0, np.array(ISSUES, dtype=object)[first], ""),
         "score": np.where(strictest > 0, score, np.nan),
         "threshold": np.where(strictest > 0, threshold, np.nan),
-        "suggested_label": np.where(show, names[np.clip(suggested, 0, None).astype(int)] if n else names[:0], ""),
+        "suggested_label": np.where(show, names[np.clip(suggested, 0, None).astype(int)], ""),
         "label_quality": quality.astype(float),
         "sha256": measured.sha256,
     })

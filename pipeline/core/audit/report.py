@@ -7,6 +7,7 @@ are framed red, flagged ones orange. Only crops with an issue are shown; the cou
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ CAPTION = 30
 COLUMNS = 8
 #: most tiles in one sheet
 SHOWN = 24
+Caption = Callable[[pd.Series], list[str]]
 FRAME = {"rejected": (200, 30, 30), "flagged": (230, 140, 0), "kept": (120, 120, 120)}
 
 
@@ -40,7 +42,7 @@ def tile(path: Path, lines: list[str], decision: str) -> Image.Image:
     return canvas
 
 
-def contact_sheet(rows: pd.DataFrame, files: pd.Series, caption) -> Image.Image:
+def contact_sheet(rows: pd.DataFrame, files: pd.Series, caption: Caption) -> Image.Image:
     """``rows`` as tiles, :data:`COLUMNS` a row; ``caption(row)`` gives each tile's lines."""
     n = len(rows)
     sheet = Image.new("RGB", (COLUMNS * TILE, max(1, -(-n // COLUMNS)) * (TILE + CAPTION)), "white")
@@ -51,7 +53,7 @@ def contact_sheet(rows: pd.DataFrame, files: pd.Series, caption) -> Image.Image:
 
 
 def _label_caption(row: pd.Series) -> list[str]:
-    return [f"→ {row['suggested_label']}" if row["suggested_label"] else "(no suggestion)",
+    return [f"-> {row['suggested_label']}" if row["suggested_label"] else "(no suggestion)",
             f"quality {row['label_quality']:.3f}"]
 
 
@@ -80,7 +82,7 @@ def write_report(ledger: pd.DataFrame, files: pd.Series, out: Path, title: str) 
     return write_text(out / "index.html", page + "\n")
 
 
-def _section(heading: str, name: str, rows: pd.DataFrame, files: pd.Series, out: Path, caption) -> str:
+def _section(heading: str, name: str, rows: pd.DataFrame, files: pd.Series, out: Path, caption: Caption) -> str:
     with atomic_path(out / name) as tmp:
         contact_sheet(rows, files, caption).save(tmp, format="PNG")
     return f"<h2>{html.escape(heading)}</h2><img src='{name}' alt='{html.escape(heading)}'>"

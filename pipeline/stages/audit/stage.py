@@ -7,7 +7,7 @@ Each kind of issue has an action in the ``audit`` params (``off``, ``flag``, ``r
 
 Output (``docs/architecture.md``): ``data/audit/ledger.parquet``, one row per crop clean kept:
 ``ImageID BoxIndex Label crop_path`` and the ledger's columns (:mod:`pipeline.core.audit.ledger`);
-``data/audit/summary.json`` (counts; no timings, so equal inputs give equal bytes); ``reports/audit/``.
+``data/audit/summary.json`` (counts; no timings or cache hits, so equal inputs give equal bytes); ``reports/audit/``.
 Embeddings are cached in ``data/embeddings`` (persistent, by crop content), so changing an action or a
 threshold re-runs the audit without computing one again.
 """
@@ -60,7 +60,8 @@ def run(params: Params) -> dict:
                               "re-run the crop and clean stages (dvc repro clean)")
     with replace_dir(paths.AUDIT_DIR) as new:
         write_parquet(ledger, new / paths.AUDIT_LEDGER.name)
-        write_json(new / "summary.json", {k: v for k, v in summary.items() if k != "seconds"})
+        # counts only: what was computed or read from the cache, and how long it took, are the run's circumstances
+        write_json(new / "summary.json", {k: summary[k] for k in ("crops", "decisions", "issues")})
     with replace_dir(paths.AUDIT_REPORT) as new:
         write_report(ledger, pd.Series(files), new, "Audit of the clean crops")
     return summary
