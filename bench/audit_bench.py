@@ -12,12 +12,13 @@ Per noise level, in one run:
 - ``naive``: the K lowest given-label probabilities of one logistic regression trained on all the noisy
   labels (K = the number the audit flags), the same embeddings: what confident learning must beat;
 - ``test top-1`` (``--train``): the train stage (:func:`pipeline.stages.train.stage.train`, the params'
-  recipe at ``--train-size`` px) on the noisy splits, and on the splits without the audit's rejects; top-1 on
+  recipe at ``--train-size`` px, 1 frozen + ``--epochs`` epochs) on the noisy splits, and on the splits without the audit's rejects; top-1 on
   the true test labels. Without ``--train``, a logistic regression on the embeddings stands in (``lr top-1``).
 
 Cost: seconds per 1,000 images for embeddings (all computed: a fresh cache), quality checks and label issues.
 
-Usage: ``python bench/audit_bench.py [--size 32] [--train] [--out bench/out/audit]``
+Usage: ``python bench/audit_bench.py [--size 32] [--noise 0 0.1] [--train [--train-size 32] [--epochs 2]]
+[--out bench/out/audit]``
 """
 from __future__ import annotations
 
@@ -71,13 +72,13 @@ def write_splits(root: Path, files: list[Path], labels: np.ndarray, split: np.nd
         target.hardlink_to(files[i])
 
 
-def train_top1(root: Path, size: int) -> float:
+def train_top1(root: Path, size: int, epochs: int) -> float:
     """The train stage's recipe on ``root``'s splits; top-1 of its best epoch on ``root/test``."""
     from pipeline.core.learn.data import Normalize, make_batches, read_classes, read_split
     from pipeline.core.learn.device import pick_device, predict_logits
     from pipeline.stages.train.stage import train
 
-    recipe = TrainParams(img_size=size, batch_size=64, freeze_epochs=1, epochs=3)
+    recipe = TrainParams(img_size=size, batch_size=64, freeze_epochs=1, epochs=epochs)
     runtime = RuntimeParams(device="auto", loader_workers=0)
     trained = train(recipe, runtime, root)
     device = pick_device("auto")
@@ -98,8 +99,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=32, help="digits upscaled to this many px")
     parser.add_argument("--train", action="store_true", help="also train the train stage's model per setting")
-    parser.add_argument("--train-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=32, help="the train stage's img_size (digits are 8 px)")
+    parser.add_argument("--epochs", type=int, default=2, help="the train stage's unfrozen epochs (after 1 frozen)")
+    parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="fractions of labels flipped")
     parser.add_argument("--out", type=Path, default=Path("bench/out/audit"))
+    parser.add_argument("--reuse-embeddings", action="store_true",
+                        help="keep the embedding cache of an earlier run (its embedding cost is then not measured)")
     args = parser.parse_args()
     torch.manual_seed(0)
     images, truth = digit_images(args.size)
@@ -108,14 +113,15 @@ def main() -> None:
     audited = split != "test"
     params = AuditParams()
     cache = args.out / "embeddings"
-    shutil.rmtree(cache, ignore_errors=True)
+    if not args.reuse_embeddings:
+        shutil.rmtree(cache, ignore_errors=True)
     measured = measure(files, params.img_size, cache)  # every embedding, computed once into a fresh cache
     vectors = measured.features
     per_1000 = len(files) / 1000
     cost = {"read": measured.seconds["read"] / per_1000, "quality": measured.seconds["quality"] / per_1000,
             "embeddings": measured.seconds["embeddings"] / per_1000}
     rows = []
-    for noise in NOISE:
+    for noise in args.noise:
         labels = truth.copy()
         labels[audited] = flip_labels(truth[audited], noise, seed=int(noise * 100))
         flipped = labels != truth
@@ -144,9 +150,9 @@ def main() -> None:
         if args.train:
             keep_all = np.ones(len(truth), dtype=bool)
             write_splits(args.out / "splits", files, labels, split, keep_all)
-            row["train top-1 noisy"] = train_top1(args.out / "splits", args.train_size)
+            row["train top-1 noisy"] = train_top1(args.out / "splits", args.train_size, args.epochs)
             write_splits(args.out / "splits", files, labels, split, ~rejected)
-            row["train top-1 audited"] = train_top1(args.out / "splits", args.train_size)
+            row["train top-1 audited"] = train_top1(args.out / "splits", args.train_size, args.epochs)
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False), flush=True)
     print()
