@@ -111,7 +111,8 @@ def test_the_dataset_package_holds_every_file_and_its_provenance(built: dict) ->
     meta = meta_line["user_meta"]
     assert meta_line["message"] == "openimages-pipeline dataset"
     assert meta["source"]["version"] == "v6"
-    assert list(meta["params"]) == ["labels", "source", "select", "crop", "clean", "split", "shards"]  # what shaped it
+    # what shaped it
+    assert list(meta["params"]) == ["labels", "source", "select", "crop", "clean", "audit", "split", "shards"]
     assert meta["params"]["labels"] == list(LABELS)
     assert meta["dataset"]["counts"] == counts()
     assert meta["dataset"]["images"] == len(crops()) and meta["dataset"]["photos"] == len(crops()) - 1

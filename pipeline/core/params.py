@@ -2,7 +2,7 @@
 
 Two kinds of settings (docs/architecture.md):
 
-- **tracked**, one section per stage (``source select download crop clean split shards train evaluate
+- **tracked**, one section per stage (``source select download crop clean audit split shards train evaluate
   package``): what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset
   package records them, so changing one re-runs the stages that read it;
 - **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
@@ -29,7 +29,7 @@ from pipeline.core.safe import check_http_url, public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
-TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "split", "shards", "train",
+TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "audit", "split", "shards", "train",
                     "evaluate")
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
@@ -172,6 +172,42 @@ class CleanParams(Section):
     placeholder_distance: int = Field(24, ge=-1, le=256)
 
 
+Action = Literal["off", "flag", "reject"]
+
+
+class AuditParams(Section):
+    """What the audit looks for in the clean crops, and what it does with each kind of issue found.
+
+    Actions: ``off`` (not looked at), ``flag`` (recorded in the ledger and shown in the report, kept) or
+    ``reject`` (recorded with its reason and score, left out of the splits). Defaults: BENCHMARKS.md.
+    """
+
+    #: side the crops are squashed to for their embeddings (smaller is faster on a CPU)
+    img_size: int = Field(128, ge=32, le=512)
+    #: folds of the cross-validation giving each crop a prediction from a model that never saw it
+    folds: int = Field(5, ge=2, le=20)
+    seed: int = 0
+    label_issue: Action = "reject"
+    outlier: Action = "flag"
+    blurry: Action = "flag"
+    dark: Action = "reject"
+    light: Action = "reject"
+    low_information: Action = "reject"
+    odd_aspect: Action = "flag"
+    #: an outlier's mean distance to its neighbours is above Q3 + this x IQR of everyone's
+    outlier_iqr: float = Field(3.0, ge=0.0)
+    #: blurry: variance of the Laplacian (0..255 luminance, at most 128 px a side) under this
+    blurry_threshold: float = Field(30.0, ge=0.0)
+    #: dark: the 99th percentile of luminance (0..1) under this
+    dark_threshold: float = Field(0.15, ge=0.0, le=1.0)
+    #: light: the 1st percentile of luminance (0..1) over this
+    light_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    #: low information: entropy of the luminance histogram (bits, 0..8) under this
+    low_information_threshold: float = Field(1.0, ge=0.0, le=8.0)
+    #: odd aspect: shorter side / longer side under this
+    odd_aspect_threshold: float = Field(0.2, ge=0.0, le=1.0)
+
+
 class SplitParams(Section):
     """Train/val/test fractions, grouped and stratified."""
 
@@ -181,6 +217,8 @@ class SplitParams(Section):
     seed: Seed = 0
     #: a label with fewer clean crops than this stops the split with a clear message
     min_per_label: int = Field(10, ge=1)
+    #: photos of one photographer (AuthorProfileURL, else Author) land in one split: a series never straddles
+    group_by_author: bool = True
 
 
 class ShardsParams(Section):
@@ -293,6 +331,7 @@ class Params(Section):
     download: DownloadParams = DownloadParams()
     crop: CropParams = CropParams()
     clean: CleanParams = CleanParams()
+    audit: AuditParams = AuditParams()
     split: SplitParams = SplitParams()
     shards: ShardsParams = ShardsParams()
     train: TrainParams = TrainParams()

@@ -2,7 +2,8 @@
 
 Logical keys: ``splits/...`` (all of ``data/splits``: class folders, ``splits.parquet``, ``labels.json``),
 ``shards/...`` (the same images as WebDataset tar shards and their ``index.json``, when the shards stage ran),
-``manifests/{selected,images,clean}.parquet``, ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
+``manifests/{selected,images,clean,audit}.parquet`` (audit: the ledger of every curation decision, which
+``python -m pipeline.pull NAME --diff A B`` reads), ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
 belong to the model (:mod:`.model`), which differs between a CPU and a GPU, while this package must be a
 function of its inputs only. For the same reason the download and clean manifests travel as their content
 and decisions only (:func:`decided_manifests`): how many attempts a photo took, or which transient error
@@ -33,6 +34,7 @@ MANIFESTS = {
     "manifests/selected.parquet": paths.SELECTED,
     "manifests/images.parquet": paths.IMAGES_MANIFEST,
     "manifests/clean.parquet": paths.CLEAN_MANIFEST,
+    "manifests/audit.parquet": paths.AUDIT_LEDGER,
 }
 #: the manifests the package carries as their decisions (:func:`decided_manifests`), not byte for byte
 DECIDED = ("manifests/images.parquet", "manifests/clean.parquet")
