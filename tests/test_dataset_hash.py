@@ -17,17 +17,20 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from s3server import isolated_env
+from trainkit import needs_offline_weights
 
 from pipeline.core import paths
 from pipeline.core.errors import run_cli
 from pipeline.mirror import Mirror
 from pipeline.stages import clean, crop, select, shards
+from pipeline.stages.audit.__main__ import main as audit_main
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.metadata.stage import main as metadata_main
 from pipeline.stages.split.__main__ import main as split_main
 
 #: the stages that make the dataset, in dvc.yaml's order (package runs as a command, in its own process)
-DATASET_STAGES = (metadata_main, select.main, download_main, crop.main, clean.main, split_main, shards.main)
+DATASET_STAGES = (metadata_main, select.main, download_main, crop.main, clean.main, audit_main, split_main,
+                  shards.main)
 #: faults that only hit a photo's first requests: a retry gets the photo
 TRANSIENT = ("rate_limited", "server_error", "slow", "truncated")
 
@@ -71,6 +74,7 @@ def build_dataset(workspace: Path, settings: dict, monkeypatch: pytest.MonkeyPat
     return json.loads((workspace / "data/package.json").read_text())["top_hash"], attempts
 
 
+@needs_offline_weights  # the audit embeds every crop
 def test_transient_faults_do_not_change_the_dataset_top_hash(faulty_mirror: Mirror, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     truth = faulty_mirror.truth
