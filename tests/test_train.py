@@ -134,7 +134,7 @@ def test_fine_tune_only_trains_the_head_and_batchnorm_while_frozen(tmp_path):
     conv_before = setup.model.conv1.weight.detach().clone()
     bn_before = setup.model.bn1.weight.detach().clone()
     head_before = setup.model.fc.weight.detach().clone()
-    recipe = Recipe(lr=0.01, weight_decay=0.01, freeze_epochs=1, epochs=0, img_size=32, seed=0)
+    recipe = Recipe.of(TrainParams(lr=0.01, freeze_epochs=1, epochs=0, img_size=32))
     fine_tune(setup.model, setup.batches("train"), setup.batches("val"), recipe, setup.device, setup.normalize)
     assert torch.equal(setup.model.conv1.weight, conv_before)
     assert not torch.equal(setup.model.bn1.weight, bn_before)
