@@ -141,6 +141,20 @@ def test_fine_tune_only_trains_the_head_and_batchnorm_while_frozen(tmp_path):
     assert not torch.equal(setup.model.fc.weight, head_before)
 
 
+def test_lr_spread_sets_how_far_the_earliest_layers_move(tmp_path):
+    """train.lr_spread divides the earliest layers' rate: huge, conv1 hardly moves; 1, it moves as the head."""
+    root = make_splits(tmp_path / "splits", {"train": 8, "val": 2})
+    moved = {}
+    for spread in (1.0, 1e6):
+        p = TrainParams(**{**TINY_TRAIN, "batch_size": 4, "freeze_epochs": 0, "epochs": 1, "lr_spread": spread})
+        setup = prepare(p, RuntimeParams(**TINY_RUNTIME), root)
+        before = setup.model.conv1.weight.detach().clone()
+        fine_tune(setup.model, setup.batches("train"), setup.batches("val"), Recipe.of(p), setup.device,
+                  setup.normalize)
+        moved[spread] = (setup.model.conv1.weight - before).abs().max().item()
+    assert moved[1e6] < 1e-3 * moved[1.0]
+
+
 # ---------------------------------------------------------------- data
 def test_streamed_batches_give_the_same_images_as_the_cache(tmp_path):
     root = make_splits(tmp_path / "splits", {"train": 6, "val": 5})

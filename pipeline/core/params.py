@@ -178,7 +178,7 @@ class ShardsParams(Section):
 
 
 class TrainParams(Section):
-    """Fine-tuning recipe (fastai's fine_tune in plain PyTorch)."""
+    """Fine-tuning recipe (fastai's fine_tune in plain PyTorch, its numbers measured again: see ``loop.py``)."""
 
     arch: Literal["mobilenet_v2", "resnet18", "resnet50"] = "mobilenet_v2"
     #: ``imagenet`` (torchvision's weights, found offline when installed locally), ``none``, or a file path
