@@ -93,15 +93,19 @@ def test_top1(model: nn.Module, root: Path, size: int) -> float:
     return (logits.argmax(1) == targets).float().mean().item()
 
 
-def run_stage(root: Path, size: int, seed: int, overrides: dict) -> tuple[float, float, int]:
-    """(test top-1, seconds, epochs) of the train stage's code path with the shipped params + ``overrides``."""
+def run_stage(root: Path, size: int, seed: int, overrides: dict) -> tuple[float, float, float, int]:
+    """(test top-1, seconds, CPU seconds, epochs) of the train stage's code path with the shipped params +
+    ``overrides``."""
     p = TrainParams(**{**shipped_train_params(), "img_size": size, "seed": seed, **overrides})
+    cpu_started = time.process_time()
     result = train(p, RUNTIME, root)
-    return test_top1(result.model, root, size), result.metrics["seconds"], result.metrics["epochs"]
+    cpu = time.process_time() - cpu_started
+    return test_top1(result.model, root, size), result.metrics["seconds"], cpu, result.metrics["epochs"]
 
 
-def run_tutorial(root: Path, size: int, seed: int) -> tuple[float, float, int]:
-    """(test top-1, seconds, epochs) of the PyTorch tutorial's fine-tune, Adam on every layer."""
+def run_tutorial(root: Path, size: int, seed: int) -> tuple[float, float, float, int]:
+    """(test top-1, seconds, CPU seconds, epochs) of the PyTorch tutorial's fine-tune, Adam on every layer."""
+    cpu_started = time.process_time()  # like the stage's: from the model build to the best weights
     torch.manual_seed(seed)
     model = build_model("mobilenet_v2", len(read_classes(root).dirnames), "imagenet")
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -130,7 +134,8 @@ def run_tutorial(root: Path, size: int, seed: int) -> tuple[float, float, int]:
             best_acc, best_weights = accuracy, copy.deepcopy(model.state_dict())
     seconds = time.perf_counter() - started
     model.load_state_dict(best_weights)
-    return test_top1(model, root, size), seconds, TUTORIAL["epochs"]
+    cpu = time.process_time() - cpu_started
+    return test_top1(model, root, size), seconds, cpu, TUTORIAL["epochs"]
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -163,17 +168,18 @@ def main() -> None:
             print(f"{set_name}: {len(classes)} classes, {size} px, {counts}", flush=True)
             for seed in args.seeds:
                 for name, overrides in recipes:
-                    top1, seconds, epochs = (run_tutorial(root, size, seed) if overrides is None
-                                             else run_stage(root, size, seed, overrides))
-                    rows.append((set_name, seed, name, top1, seconds))
+                    top1, seconds, cpu, epochs = (run_tutorial(root, size, seed) if overrides is None
+                                                  else run_stage(root, size, seed, overrides))
+                    rows.append((set_name, seed, name, top1, seconds, cpu))
                     print(f"RESULT {set_name:9s} seed {seed}  {name:18s} top-1 {100 * top1:5.1f}%  "
-                          f"{seconds:6.1f} s  ({epochs} epochs)", flush=True)
+                          f"{seconds:6.1f} s  {cpu:6.1f} cpu-s  ({epochs} epochs)", flush=True)
     summarise(rows)
 
 
-def summarise(rows: list[tuple[str, int, str, float, float]]) -> None:
-    """Per set and recipe: mean top-1 and seconds, and the difference from ``tutorial`` paired by seed."""
-    print("\nset        recipe              mean top-1  vs tutorial   mean s  time ratio")
+def summarise(rows: list[tuple[str, int, str, float, float, float]]) -> None:
+    """Per set and recipe: mean top-1 and seconds, and the difference from ``tutorial`` paired by seed
+    (the CPU-time ratio is the fair one on a shared machine: other processes' load does not enter it)."""
+    print("\nset        recipe              mean top-1  vs tutorial   mean s  time ratio  mean cpu-s  cpu ratio")
     for set_name in dict.fromkeys(r[0] for r in rows):
         base = {r[1]: r for r in rows if r[0] == set_name and r[2] == "tutorial"}
         for name in dict.fromkeys(r[2] for r in rows if r[0] == set_name):
@@ -184,7 +190,10 @@ def summarise(rows: list[tuple[str, int, str, float, float]]) -> None:
             diff = (f"{100 * statistics.mean(r[3] - base[r[1]][3] for r in paired):+6.1f} pt" if paired
                     else "      -  ")
             ratio = (f"{statistics.mean(r[4] / base[r[1]][4] for r in paired):5.2f}" if paired else "    -")
-            print(f"{set_name:10s} {name:18s} {100 * top1:8.1f}%  {diff}   {seconds:6.1f}  {ratio}")
+            cpu = statistics.mean(r[5] for r in mine)
+            cpu_ratio = (f"{statistics.mean(r[5] / base[r[1]][5] for r in paired):5.2f}" if paired else "    -")
+            print(f"{set_name:10s} {name:18s} {100 * top1:8.1f}%  {diff}   {seconds:6.1f}  {ratio:>10s}  "
+                  f"{cpu:10.1f}  {cpu_ratio:>9s}")
 
 
 if __name__ == "__main__":
