@@ -191,10 +191,10 @@ class TrainParams(Section):
     #: peak learning rate of the head; earlier layer groups get smaller ones (discriminative rates)
     lr: float = Field(1e-2, gt=0.0)
     #: after unfreezing, the earliest layers learn at 1/lr_spread of the head's rate (fastai: 100)
-    lr_spread: float = Field(3.0, ge=1.0)
+    lr_spread: float = Field(2.0, ge=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     #: smallest random crop of the training augmentation, as a share of the image's area (1 = no crop)
-    min_scale: float = Field(0.75, gt=0.0, le=1.0)
+    min_scale: float = Field(0.85, gt=0.0, le=1.0)
     #: cross-entropy against targets softened by this much (0 = plain one-hot targets)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
