@@ -15,7 +15,8 @@ Dask cluster started beforehand as a user would (``dask scheduler`` + ``dask wor
    80 images/s a worker), small photos, 800 per worker, shards of 50, on 1, 2 and 4 workers. Images/s is
    measured at the server, between the first and the last request (stage start-up excluded).
 3. **The rate**: ``download.rate`` 150/s for 4 such workers (320/s of capacity): the achieved rate at the
-   server and the most requests in any 1-second window (limit rate + 1 = 151).
+   server and the most requests in any 1-second window (limit rate + 1 = 151). The target for the achieved
+   rate is 97% of the board's (which keeps room for delays on the way to the server: 137.2/s at 150/s).
 
 The mirror runs in this script's process (its request log gives the arrival times); Python's garbage collector
 is off during each run, so that a collection pausing the mirror cannot stamp queued requests as a burst.
@@ -46,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from measure import busy_cpu_seconds, own_cpu_seconds  # noqa: E402
 
 from pipeline.core.io import write_parquet  # noqa: E402
+from pipeline.core.rate import board_interval  # noqa: E402
 from pipeline.core.sources import layout  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 from pipeline.mirror.log import max_in_window  # noqa: E402
@@ -243,7 +245,8 @@ def report(a: list[Run], b: list[Run], c: list[Run], args: argparse.Namespace) -
         print("| round | achieved /s at the server | most in any 1 s | target | load | others' CPU s |")
         print("|---:|---:|---:|---|---:|---:|")
         for i, r in enumerate(c, 1):
-            print(f"| {i} | {r.server_rate:.1f} | {r.max_window} | {0.95 * args.rate:.1f}-{args.rate + 1:g}/s, "
+            print(f"| {i} | {r.server_rate:.1f} | {r.max_window} | {0.97 / board_interval(args.rate):.1f}-"
+                  f"{args.rate + 1:g}/s, "
                   f"<= {args.rate + 1:g} | {r.load:.1f} | {r.other_cpu:.1f} |")
 
 

@@ -32,6 +32,7 @@ from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import ModelInfo, load_checkpoint
 from pipeline.core.progress import Progress
+from pipeline.core.safe import printable
 
 BATCH = 32
 DEFAULT_CSV = Path("predictions.csv")
@@ -120,11 +121,6 @@ def predict_with(model: torch.nn.Module, info: ModelInfo, images: Sequence[Path]
     return results
 
 
-def printable(text: str) -> str:
-    """A file name as text that can be written anywhere: bytes that were not UTF-8 become ``\\udcXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def tsv_field(text: str) -> str:
     """``text`` as one field of a tab-separated line: quoted as CSV quotes (quotes doubled) when it holds a
     tab, a line break or a quote. (Python's csv writer with a ``\\n`` line end leaves a lone ``\\r`` bare.)"""
@@ -139,6 +135,15 @@ def _decode(path: Path, size: int, unreadable_ok: bool) -> torch.Tensor | None:
         if unreadable_ok:
             return None
         raise
+
+
+def csv_target(given: Path | None, found: Inputs) -> Path | None:
+    """Where the predictions' CSV goes (``--csv``, or the default when a labelled folder is scored), refused
+    before any image is scored when it is a folder."""
+    target = given or (DEFAULT_CSV if found.labelled else None)
+    if target is not None and target.is_dir():
+        raise UserError(f"--csv {target}: is a folder; give the name of the CSV file to write")
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = gather(args.paths, info)
     if not found.images:
         raise UserError(f"no image files ({', '.join(paths.IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}")
+    csv_path = csv_target(args.csv, found)
     in_folders = frozenset(p for p in found.images if p not in args.paths)
     ranked = predict_with(model, info, found.images, args.top, args.device, unreadable_ok=in_folders)
     rows = []
@@ -182,9 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         right = sum(r[4] == "true" for r in scored)
         print(f"accuracy {right / len(scored):.4f} ({right}/{len(scored)}) against the label folders of "
               f"{', '.join(map(str, found.labelled))}", file=sys.stderr)
-    csv_path = args.csv or (DEFAULT_CSV if found.labelled else None)
     if csv_path is not None:
-        write_csv(csv_path, CSV_COLUMNS, rows)
+        try:
+            write_csv(csv_path, CSV_COLUMNS, rows)
+        except OSError as exc:
+            raise UserError(f"--csv {csv_path}: cannot write it ({exc.strerror or exc})") from None
         print(f"predictions -> {csv_path}", file=sys.stderr)
     return 0
 

@@ -8,16 +8,19 @@ was trained on). Every file is checked against the package's hashes. ``--list`` 
 date, message). S3 settings are AWS's own (docs/s3.md).
 
 A local registry folder that was moved or copied still installs (objects are found by their content
-hash); ``--relink`` rewrites its manifests once so that plain quilt3 reads it too.
+hash); ``--relink`` rewrites its manifests once so that plain quilt3 reads it too. ``--diff A B`` says which
+crops came or went between two versions, per label, and why (:mod:`pipeline.core.audit.diff`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.core.audit.diff import crop_changes, describe
 from pipeline.core.errors import run_cli
 from pipeline.core.registry import Registry, Version, check_hash, check_name, install, relink, versions
 
@@ -46,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--relink", action="store_true",
                         help="rewrite a moved or copied local registry's manifests for where it is now, so plain "
                              "quilt3 reads it (no version changes)")
+    parser.add_argument("--diff", nargs=2, metavar=("HASH_A", "HASH_B"),
+                        help="say which crops came or went from version A to version B, per label, and why")
     args = parser.parse_args(argv)
     registry = Registry.parse(args.registry, "--registry")
     if args.relink:
@@ -57,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.name:
         parser.error("give a package name (owner/dataset)")
+    if args.diff:
+        if args.list or args.dest or args.top_hash:
+            parser.error("--diff takes only NAME and --registry")
+        return diff_versions(registry, check_name(args.name), *map(check_hash, args.diff))
     if args.list == (args.dest is not None):
         parser.error("give either --dest DIR or --list")
     if args.list and args.top_hash:
@@ -77,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train on it: torchvision.datasets.ImageFolder('{args.dest / 'splits' / 'train'}')")
     elif (args.dest / "model.pt").is_file():
         print(f"load it: pipeline.core.learn.models.load_checkpoint('{args.dest / 'model.pt'}')")
+    return 0
+
+
+def diff_versions(registry: Registry, name: str, old: str, new: str) -> int:
+    """Install both versions into a temporary folder (every file checked) and print what changed."""
+    with tempfile.TemporaryDirectory(prefix="pull-diff-") as tmp:
+        folders = [Path(tmp) / "a", Path(tmp) / "b"]
+        found = [install(registry, name, top_hash, folder) for top_hash, folder in zip((old, new), folders)]
+        print(f"{name}: {found[0].top_hash[:12]} -> {found[1].top_hash[:12]}")
+        print("\n".join(describe(crop_changes(*folders))))
     return 0
 
 

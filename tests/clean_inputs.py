@@ -82,6 +82,21 @@ def write_inputs(root: Path, rows: list[dict], split: dict | None = None) -> Non
     write_parquet(pd.DataFrame(clean), root / paths.CLEAN_MANIFEST)
     write_parquet(pd.DataFrame([{"ImageID": k, "Subset": "train", "status": "ok", "path": v}
                                 for k, v in images.items()]), root / paths.IMAGES_MANIFEST)
+    write_ledger(root, rows)
+    authors = {r["ImageID"]: r.get("author", "") for r in rows}
+    write_parquet(pd.DataFrame({"ImageID": list(authors), "Author": list(authors.values()),
+                                "AuthorProfileURL": ""}), root / paths.SELECTED)
+
+
+def write_ledger(root: Path, rows: list[dict]) -> None:
+    """The audit's ledger for the kept rows: ``kept``, or ``rejected`` for a row with an ``audit`` issue."""
+    kept = [r for r in rows if r["reject_reason"] == ""]
+    write_parquet(pd.DataFrame({
+        "ImageID": [r["ImageID"] for r in kept], "BoxIndex": [r["BoxIndex"] for r in kept],
+        "Label": [r["Label"] for r in kept],
+        "decision": ["rejected" if r.get("audit") else "kept" for r in kept],
+        "issue": [r.get("audit", "") for r in kept],
+    }), root / paths.AUDIT_LEDGER)
 
 
 def _write_photo(root: Path, image: str, reason: str) -> str:

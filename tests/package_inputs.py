@@ -33,6 +33,7 @@ COPIED = {
     "manifests/selected.parquet": "data/selected.parquet",
     "manifests/images.parquet": "data/images/manifest.parquet",
     "manifests/clean.parquet": "data/clean/manifest.parquet",
+    "manifests/audit.parquet": "data/audit/ledger.parquet",
 }
 #: the same for the model package
 MODEL_COPIED = {
@@ -111,6 +112,8 @@ def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75, m
     write_parquet(pd.DataFrame(selected), root / "data/selected.parquet")
     write_parquet(pd.DataFrame(images).drop_duplicates("ImageID"), root / "data/images/manifest.parquet")
     write_parquet(pd.DataFrame(clean), root / "data/clean/manifest.parquet")
+    ledger = pd.DataFrame(clean)[["ImageID", "BoxIndex", "Label", "crop_path"]].assign(decision="kept", issue="")
+    write_parquet(ledger, root / "data/audit/ledger.parquet")
     if model:
         write_model_outputs(root, eval_top1, labels)
 

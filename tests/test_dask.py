@@ -34,8 +34,11 @@ from download_inputs import write_boxes_and_images, write_selection
 from s3server import aws_env, free_port, s3_server  # noqa: F401 - a fixture
 
 from pipeline.core import paths
+from pipeline.core.engine import InlineEngine, open_engine
 from pipeline.core.errors import run_cli
 from pipeline.core.io import read_parquet, write_parquet
+from pipeline.core.params import RuntimeParams
+from pipeline.core.rate import MachineBoard
 from pipeline.mirror import Mirror
 from pipeline.stages.crop import main as crop_main
 from pipeline.stages.download import shards
@@ -188,7 +191,13 @@ def test_the_rate_holds_across_workers_and_a_worker_that_finishes_early_strands_
     arrivals = sorted(r.t for r in clean_mirror.requests if r.path.startswith("/flickr/"))
     assert len(arrivals) == 24
     assert max_in_window(arrivals) <= 5 + 1
-    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) >= 0.9 * 5
+    # The short shard (the last 4 ImageIDs) runs mostly alone: with one board it gets the whole rate (gaps of
+    # 0.2 s), with fixed shares only its half (0.4 s). The median of its 3 gaps, not the run's total time: a
+    # pause of a loaded machine before the shard starts must not count, one late request neither.
+    short = set(selection["OriginalURL"].map(lambda url: urlsplit(url).path).iloc[-4:])
+    tail = sorted(r.t for r in clean_mirror.requests if r.path in short)
+    gaps = sorted(later - earlier for earlier, later in zip(tail, tail[1:]))
+    assert len(gaps) == 3 and gaps[1] <= 1.5 / 5, gaps
 
 
 def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, mirror, workspace):  # noqa: F811
@@ -303,3 +312,12 @@ def test_an_empty_scheduler_starts_a_local_cluster_here(clean_mirror, workspace,
                      r"(dashboard: http://|no dashboard)", err)
     manifest = read_parquet(IMAGES / "manifest.parquet")
     assert set(manifest["ImageID"]) == set(selection["ImageID"]) and (manifest["status"] == "ok").all()
+
+
+def test_a_local_cluster_started_here_books_on_this_machines_board(monkeypatch):
+    """Its workers are all on this machine and its scheduler serves no other run: it books on the machine's
+    board, which the local engine's runs share, not on a board of its own on a private scheduler."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with open_engine(RuntimeParams(engine="dask", dask_workers=1), 1, "test") as engine, \
+            engine.rate_board("server", 5.0) as board, InlineEngine().rate_board("server", 5.0) as local:
+        assert isinstance(board, MachineBoard) and board.folder == local.folder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,34 @@ def test_a_class_list_without_two_columns_is_one_line(hostile, workspace, capsys
     code, _, err = run(metadata_main, capsys)
     assert code == 1 and message in error_line(err)
     assert not paths.CLASSES_TABLE.exists()
+
+
+#: bodies that arrive whole (a length, every byte of it) and are not the file: an error page, noise
+GARBAGE = random.Random(0).randbytes(200_000)
+BOX_HEADER = (b"ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,"
+              b"IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n")
+
+
+@pytest.mark.parametrize("rel, body, message", [
+    (LAY.images["train"], GARBAGE, "no column ImageID"),
+    (LAY.boxes["train"], BOX_HEADER + GARBAGE, "not a CSV file this stage can read"),  # was a traceback
+    (LAY.classes, GARBAGE[:5000], "not a class list"),  # was pyarrow's "Exception ignored" traceback, then the line
+    (LAY.hierarchy, b"<html><body>Down for maintenance</body></html>", "not a readable JSON hierarchy"),
+])
+def test_a_garbage_file_that_arrived_whole_is_set_aside_and_fetched_again_once_fixed(hostile, workspace, capsys,
+                                                                                      rel, body, message) -> None:
+    write_params(workspace, hostile)
+    hostile.serve(rel, body)
+    code, _, err = run(metadata_main, capsys)
+    line = error_line(err)
+    assert code == 1 and f"error: {raw(rel)}: {message}" in line
+    assert line.endswith(f"moved it to {paths.METADATA_REJECTED / rel} (look at it, then delete it): the next run "
+                         "fetches it again")
+    assert nothing_kept(rel) and (paths.METADATA_REJECTED / rel).read_bytes() == body
+    hostile.reset()  # the server is fixed: the file is fetched again, not taken for complete
+    code, out, _ = run(metadata_main, capsys)
+    assert code == 0 and f"downloaded  {rel}" in out
+    assert raw(rel).read_bytes() == hostile.pristine[rel]
 
 
 def test_a_hierarchy_3000_levels_deep_is_refused_in_one_line(hostile, workspace, capsys) -> None:

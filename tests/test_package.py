@@ -23,6 +23,7 @@ from s3server import isolated_env
 
 import pipeline
 from pipeline.core.io import write_parquet
+from pipeline.stages.package import dataset
 from pipeline.stages.package.provenance import DATASET_STAGES, code_version
 
 NAME = "tests/local-ds"
@@ -110,7 +111,8 @@ def test_the_dataset_package_holds_every_file_and_its_provenance(built: dict) ->
     meta = meta_line["user_meta"]
     assert meta_line["message"] == "openimages-pipeline dataset"
     assert meta["source"]["version"] == "v6"
-    assert list(meta["params"]) == ["labels", "source", "select", "crop", "clean", "split", "shards"]  # what shaped it
+    # what shaped it
+    assert list(meta["params"]) == ["labels", "source", "select", "crop", "clean", "audit", "split", "shards"]
     assert meta["params"]["labels"] == list(LABELS)
     assert meta["dataset"]["counts"] == counts()
     assert meta["dataset"]["images"] == len(crops()) and meta["dataset"]["photos"] == len(crops()) - 1
@@ -176,6 +178,44 @@ def test_same_inputs_same_top_hash_anywhere_and_no_second_version(ws: Path, env:
     assert registered(ws, NAME) == [first["top_hash"]]
 
 
+def add_download_weather(ws: Path, attempts: int, last_error: tuple[str, int]) -> None:
+    """Give ``ws``'s manifests what a run records about how its downloads went: attempts per photo, and a photo
+    whose download gave up on ``last_error`` (reason, HTTP status), repeated by the clean manifest."""
+    images = pd.read_parquet(ws / "data/images/manifest.parquet")
+    failed = image_id(99)
+    reason, status = last_error
+    gave_up = {"ImageID": failed, "Subset": "train", "status": "failed", "path": "", "reason": reason,
+               "http_status": status, "final_url": "u", "attempts": attempts}
+    images = pd.concat([images.assign(reason="", http_status=200, final_url="u", attempts=attempts),
+                        pd.DataFrame([gave_up])])
+    write_parquet(images, ws / "data/images/manifest.parquet")
+    cleaned = pd.read_parquet(ws / "data/clean/manifest.parquet").assign(download_status="ok", reason="", detail="")
+    gone = {"ImageID": failed, "BoxIndex": 0, "Label": LABELS[0], "keep": False, "reject_reason": "not_downloaded",
+            "crop_path": "", "download_status": "failed", "reason": f"failed: {reason}", "detail": f"failed: {reason}"}
+    write_parquet(pd.concat([cleaned, pd.DataFrame([gone])]), ws / "data/clean/manifest.parquet")
+
+
+def test_how_the_downloads_went_is_not_part_of_the_dataset(tmp_path: Path, env: dict[str, str]) -> None:
+    built_here = []
+    for name, attempts, last_error in [("calm", 1, ("HTTP 500 (gave up after 6 attempts)", 500)),
+                                       ("stormy", 3, ("no answer for 30 s (runtime.read_timeout)", 0))]:
+        ws = tmp_path / name
+        ws.mkdir()
+        write_inputs(ws, {"name": NAME, "registry": ""})
+        add_download_weather(ws, attempts, last_error)
+        built_here.append((ws, build(ws, env)["top_hash"]))
+    (calm, first), (_, second) = built_here
+    assert first == second
+    stored = {e["logical_key"]: Path(url2pathname(urlsplit(e["physical_keys"][0]).path))
+              for e in manifest(calm, first)[1:]}
+    images = pd.read_parquet(stored["manifests/images.parquet"])
+    assert "attempts" not in images.columns and len(images) == len(crops())  # every photo, and the failed one
+    assert images.loc[images["status"] == "failed", ["reason", "http_status", "final_url"]].values.tolist() == [
+        [dataset.FAILED_REASON, 0, ""]]
+    cleaned = pd.read_parquet(stored["manifests/clean.parquet"])
+    assert (cleaned.loc[cleaned["download_status"] == "failed", "detail"] == f"failed: {dataset.FAILED_REASON}").all()
+
+
 def test_names_follow_the_labels_and_a_name_keeps_its_labels(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -207,6 +247,59 @@ def test_names_follow_the_labels_and_a_name_keeps_its_labels(tmp_path: Path, env
                  labels=("Pizza", "Hot dog"))
     forced = build(ws, env)
     assert forced["name"] == DERIVED and latest.read_text() == forced["top_hash"] != first["top_hash"]
+
+
+def test_a_derived_name_never_takes_a_models_name() -> None:
+    from pipeline.core.package_names import check_dataset_name
+    from pipeline.stages.package.naming import dataset_name
+
+    assert dataset_name(["Fashion model"]) == "openimages/fashion-model_dataset"  # not the model of fashion
+    assert dataset_name(["Model"]) == "openimages/model"  # its model is openimages/model-model
+    long = dataset_name([f"Model {i}" for i in range(12)] + ["Z model"])
+    assert len(long.split("/")[1]) <= 58 and not long.endswith("-model")
+    for name in ("openimages/fashion-model_dataset", "openimages/model", long):
+        assert check_dataset_name(name) == name
+
+
+#: the metadata of a latest version a dataset must not be published onto
+NOT_A_DATASET = {
+    "a model": ({"kind": "model", "model": {"arch": "resnet18"}}, "its latest version is a model package"),
+    "a model from before kinds were recorded": ({"model": {"arch": "resnet18"}, "dataset": {"name": "x/y"}},
+                                                "its latest version is a model package"),
+    "someone else's package": ({"note": "made by hand"}, "a package openimages-pipeline did not make"),
+}
+
+
+@pytest.mark.parametrize("latest", NOT_A_DATASET)
+def test_a_dataset_is_never_published_onto_another_kind(ws: Path, env: dict[str, str], latest: str) -> None:
+    from pipeline.core.registry import Registry, publish
+
+    meta, says = NOT_A_DATASET[latest]
+    registry = Registry.parse(str(ws / REGISTRY))
+    (ws / "other.txt").write_text("not a dataset")
+    there = publish(registry, NAME, {"other.txt": ws / "other.txt"}, meta, "there first").top_hash
+    write_inputs(ws, {"name": NAME, "registry": ""})
+    result = run(ws, env, "pipeline.stages.package")
+    assert result.returncode == 2
+    error = one_line_error(result)
+    assert NAME in error and says in error
+    assert registered(ws, NAME) == [there] and not (ws / "data/package.json").exists()
+
+
+def test_a_model_is_never_published_onto_a_dataset(ws: Path, env: dict[str, str]) -> None:
+    from pipeline.core.registry import Registry, publish
+
+    # A dataset that an older version of the pipeline let be called tests/local-ds-model.
+    registry = Registry.parse(str(ws / REGISTRY))
+    (ws / "other.txt").write_text("a dataset")
+    meta = {"dataset": {"labels": ["Cat"], "counts": {}}}
+    there = publish(registry, NAME + "-model", {"other.txt": ws / "other.txt"}, meta, "there first").top_hash
+    result = run(ws, env, "pipeline.stages.package")  # NAME, with a model
+    assert result.returncode == 2
+    error = one_line_error(result)
+    assert f"{NAME}-model: its latest version is a dataset package" in error
+    assert registered(ws, NAME + "-model") == [there]
+    assert len(registered(ws, NAME)) == 1  # the dataset itself was published
 
 
 def test_licences_with_counts_attribution_and_readme(built: dict) -> None:

@@ -75,6 +75,25 @@ def test_unknown_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
     ("train:\n  lr: .nan\n", "train.lr must be a finite number"),
     ("train:\n  lr: 0\n", "train.lr must be more than 0"),
     (f"package:\n  name: openimages/{'x' * 300}\n", "package.name must look like owner/dataset"),
+    # every seed reaches numpy's and torch's generators: 0..2**32-1
+    ("select:\n  seed: -1\n", "select.seed must be at least 0, got -1"),
+    ("split:\n  seed: -1\n", "split.seed must be at least 0, got -1"),
+    ("train:\n  seed: 4294967296\n", "train.seed must be at most 4294967295, got 4294967296"),
+    # timeouts, deadlines and backoffs: at most a week (1e300 overflowed the clocks they reach)
+    ("runtime:\n  read_timeout: 1.0e+300\n", "runtime.read_timeout must be at most 604800.0, got 1e+300"),
+    ("runtime:\n  connect_timeout: 1.0e+300\n", "runtime.connect_timeout must be at most 604800.0"),
+    ("runtime:\n  stall_window: 1.0e+300\n", "runtime.stall_window must be at most 604800.0"),
+    ("runtime:\n  image_deadline: 1.0e+300\n", "runtime.image_deadline must be at most 604800.0"),
+    ("runtime:\n  metadata_deadline: 1.0e+300\n", "runtime.metadata_deadline must be at most 604800.0"),
+    ("runtime:\n  backoff: 1.0e+300\n", "runtime.backoff must be at most 604800.0"),
+    ("runtime:\n  max_backoff: 1.0e+300\n", "runtime.max_backoff must be at most 604800.0"),
+    # every accepted name is a runnable argument and a plain folder name; a dataset never takes a model's name
+    ('package:\n  name: "a/b\\n"\n', "package.name must look like owner/dataset"),
+    ("package:\n  name: '-/-'\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: _team/food\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: team/food.v2\n", "package.name must look like owner/dataset"),
+    ("package:\n  name: team/food-model\n", "package.name must not end in -model (reserved for models"),
+    (f"package:\n  name: team/{'x' * 59}\n", "package.name must have at most 58 characters after the slash"),
 ])
 def test_bad_values_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert message in one_line_error(write(tmp_path, text))
@@ -153,6 +172,8 @@ def test_commands_stop_with_exit_2_and_one_line_naming_the_key(tmp_path: Path, m
     (b"labels: [Caf\xe9]\n", "not UTF-8 text"),
     (b"source:\n  base_url: 'http://[::1'\n", "source.base_url must be an http(s) URL"),
     (b"download:\n  rate: .nan\n", "download.rate must be a finite number"),
+    (b"split:\n  seed: -1\n", "split.seed must be at least 0"),
+    (b"runtime:\n  read_timeout: 1.0e+300\n", "runtime.read_timeout must be at most 604800.0"),
 ])
 def test_a_stage_given_a_bad_params_file_says_so_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     write(tmp_path, content)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
+import pytest
 import torch
+from PIL import Image
 from trainkit import one_thread, trained  # noqa: F401
 
 from pipeline import predict
 from pipeline.core.errors import run_cli
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer
+from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
 
 
 def test_predicts_what_the_model_predicted_before_it_was_saved(trained, capsys):
@@ -122,3 +126,62 @@ def test_names_with_tabs_newlines_and_quotes_stay_one_parseable_line(trained, tm
     assert all(len(r) == 5 for r in rows)
     assert out.count("\n") == len(names) + 1  # the name with a newline is inside quotes
     assert out.splitlines()[-1] == "plain.jpg\t" + "\t".join(rows[-1][1:])  # plain names are not quoted
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> tuple[dict, Path]:
+    """A whole model file's contents (an untrained 2-label mobilenet_v2 at 32 px) and a photo to score."""
+    root = tmp_path_factory.mktemp("tiny-model")
+    info = ModelInfo("mobilenet_v2", ["Hamburger", "Submarine sandwich"], ["Hamburger", "Submarine_sandwich"], 32,
+                     list(IMAGENET_MEAN), list(IMAGENET_STD))
+    save_checkpoint(root / "model.pt", build_model("mobilenet_v2", 2), info)
+    photo = root / "photo.jpg"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(photo)
+    assert run_cli(predict.main, [str(photo), "--model", str(root / "model.pt"), "--device", "cpu"]) == 0  # it works
+    return torch.load(root / "model.pt", weights_only=True), photo
+
+
+def nan_weight(data: dict) -> dict:
+    state = dict(data["state_dict"])
+    state["classifier.1.bias"] = torch.full_like(state["classifier.1.bias"], float("nan"))
+    return {**data, "state_dict": state}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: None, "not a model file (EOFError)"),  # an empty file
+    (lambda d: {**d, "labels": ["a", "b", "c"], "dirnames": ["a", "b", "c"]},
+     "its weights do not fit a mobilenet_v2 with 3 labels (size mismatch for classifier.1.weight"),
+    (lambda d: {**d, "labels": ["Hamburger"], "dirnames": ["Hamburger"]}, "labels must be two or more different names"),
+    (lambda d: {**d, "dirnames": ["Hamburger"]}, "dirnames must be 2 names, one per label"),
+    (lambda d: {**d, "arch": "vgg16"}, "arch 'vgg16' is not one of"),
+    (lambda d: {**d, "img_size": 10**9}, "img_size must be a whole number of pixels in 16..1024, got 1000000000"),
+    (lambda d: {**d, "img_size": -32}, "img_size must be a whole number of pixels in 16..1024, got -32"),
+    (lambda d: {**d, "mean": [0.5]}, "mean must be 3 finite numbers (R, G, B), got [0.5]"),
+    (lambda d: {**d, "std": [0.2, float("nan"), 0.2]}, "std must be 3 finite numbers"),
+    (lambda d: {**d, "std": [0, 0, 0]}, "std must be above 0 for every channel"),  # was: probability nan, exit 0
+    (nan_weight, "weight 'classifier.1.bias' holds NaN or infinity"),
+])
+def test_a_damaged_model_file_is_one_line_and_exit_2(tiny_model, tmp_path, capsys, damage, message):
+    good, photo = tiny_model
+    capsys.readouterr()
+    damaged = tmp_path / "damaged.pt"
+    spoilt = damage(good)
+    if spoilt is None:
+        damaged.write_bytes(b"")
+    else:
+        torch.save(spoilt, damaged)
+    assert run_cli(predict.main, [str(photo), "--model", str(damaged), "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"{damaged}: " in err and message in err, err
+
+
+def test_a_folder_as_the_csv_is_refused_before_any_image_is_scored(tiny_model, tmp_path, capsys):
+    good, photo = tiny_model
+    model_file = tmp_path / "model.pt"
+    torch.save(good, model_file)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    capsys.readouterr()
+    assert run_cli(predict.main, [str(photo), "--model", str(model_file), "--csv", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: --csv {folder}: is a folder; give the name of the CSV file to write\n"

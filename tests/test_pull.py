@@ -1,6 +1,7 @@
 """Push packages to a real S3 server (moto_server on 127.0.0.1) and pull them back with ``pipeline.pull``:
-byte-for-byte copies of the dataset and of its model, versions, a push cut off half way, and one-line errors
-without secrets (a bad bucket, hash or endpoint; a missing AWS profile; a dead proxy)."""
+byte-for-byte copies of the dataset and of its model, versions, a push cut off half way, a file large enough
+to go up in parts, processes publishing to one bucket at once (and the lock between them), and one-line
+errors without secrets (a bad bucket, hash or endpoint; a missing AWS profile; a dead proxy)."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +9,15 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from package_inputs import crops, expected_model_sources, expected_sources, one_line_error, run, write_inputs
+from publishers import publish_at_once
 from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
 
 NAME = "tests/s3-ds"
@@ -215,3 +220,84 @@ def test_server_dying_mid_push_registers_nothing(pushed: dict, s3_server: S3Serv
     assert [(h, latest) for h, latest, _ in listed] == [(second, True), (first, False)]
     manifests = s3_server.client().list_objects_v2(Bucket="datasets", Prefix=".quilt/packages/")["Contents"]
     assert sorted(obj["Key"].rsplit("/", 1)[1] for obj in manifests) == sorted([first, second, *pushed["models"]])
+
+
+def test_a_file_of_9_mib_goes_up_in_parts_and_plain_quilt3_verifies_it(s3_server: S3Server, tmp_path: Path) -> None:
+    ws, env = tmp_path / "ws", aws_env(s3_server.endpoint, tmp_path / "home")
+    ws.mkdir()
+    registry = s3_server.create_bucket("big-files")
+    write_inputs(ws, {"name": "tests/big", "registry": registry}, model=True)
+    model = ws / "models/model.pt"
+    model.write_bytes(os.urandom(9 * 1024 * 1024))  # a model or a shard: over the 8 MiB multipart threshold
+    info = push_both(ws, env)["model"]
+
+    objects = s3_server.client().list_objects_v2(Bucket="big-files", Prefix="tests/big-model/objects/")["Contents"]
+    stored = next(obj for obj in objects if obj["Size"] == model.stat().st_size)
+    assert stored["ETag"].endswith('-2"')  # a multipart upload of two parts
+    dest = tmp_path / "pulled"
+    result = run(tmp_path, env, "pipeline.pull", info["name"], "--registry", registry, "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (dest / "model.pt").read_bytes() == model.read_bytes()
+    quilt3 = str(Path(sys.executable).with_name("quilt3"))
+    verify = subprocess.run([quilt3, "verify", info["name"], "--registry", registry, "--top-hash", info["top_hash"],
+                             "--dir", str(dest)], env=env, capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0 and "Verification succeeded" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_processes_publishing_at_once_to_one_bucket_lose_no_version(s3_server: S3Server, tmp_path: Path) -> None:
+    env, registry = aws_env(s3_server.endpoint, tmp_path / "home"), s3_server.create_bucket("shared")
+    published = publish_at_once(registry, "tests/shared", env, tmp_path / "work", publishers=3, rounds=2)
+    listed = versions(run(tmp_path, env, "pipeline.pull", "tests/shared", "--registry", registry, "--list"))
+    assert sorted(h for h, _, _ in listed) == sorted(h for hashes in published for h in hashes)  # all 6
+    assert {message for _, _, message in listed} == {f"p{i} round {r}" for i in range(3) for r in range(2)}
+    latest = [h for h, is_latest, _ in listed if is_latest]
+    assert len(latest) == 1 and latest[0] in [hashes[-1] for hashes in published]
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="shared", Prefix=".pipeline/locks/")
+
+
+LOCK = ".pipeline/locks/tests/locked.lock"
+
+
+def lock_body(lease_seconds: int) -> bytes:
+    return json.dumps({"host": "gone-host", "pid": 4242, "token": "x", "lease_seconds": lease_seconds}).encode()
+
+
+def test_a_lock_left_by_a_killed_publish_is_taken_over(s3_server: S3Server, tmp_path: Path) -> None:
+    env, registry = aws_env(s3_server.endpoint, tmp_path / "home"), s3_server.create_bucket("stale-lock")
+    s3_server.client().put_object(Bucket="stale-lock", Key=LOCK, Body=lock_body(lease_seconds=0))  # ran out
+    published = publish_at_once(registry, "tests/locked", env, tmp_path / "work", publishers=1, rounds=1)
+    assert "took over the publish lock of tests/locked" in (tmp_path / "work/p0.out").read_text()
+    listed = versions(run(tmp_path, env, "pipeline.pull", "tests/locked", "--registry", registry, "--list"))
+    assert [h for h, _, _ in listed] == published[0]
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="stale-lock", Prefix=".pipeline/locks/")
+
+
+def test_a_publish_waits_while_another_holds_the_lock(s3_server: S3Server, tmp_path: Path) -> None:
+    env, registry = aws_env(s3_server.endpoint, tmp_path / "home"), s3_server.create_bucket("held-lock")
+    client = s3_server.client()
+    client.put_object(Bucket="held-lock", Key=LOCK, Body=lock_body(lease_seconds=600))  # a live holder's
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_inputs(ws, {"name": "tests/locked", "registry": registry})
+    log = (tmp_path / "package.log").open("w+")
+    publishing = subprocess.Popen([sys.executable, "-m", "pipeline.stages.package"], cwd=ws, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(1200):  # 120 s at most
+            if "waiting for another publish of tests/locked" in (tmp_path / "package.log").read_text():
+                break
+            assert publishing.poll() is None, (tmp_path / "package.log").read_text()
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the publish never said it waits for the lock")
+        assert "(host gone-host, pid 4242)" in (tmp_path / "package.log").read_text()
+        assert "Contents" not in client.list_objects_v2(Bucket="held-lock", Prefix=".quilt/named_packages/")
+        client.delete_object(Bucket="held-lock", Key=LOCK)  # the holder finishes
+        assert publishing.wait(timeout=120) == 0, (tmp_path / "package.log").read_text()
+    finally:
+        if publishing.poll() is None:
+            publishing.kill()
+            publishing.wait()
+        log.close()
+    listed = versions(run(tmp_path, env, "pipeline.pull", "tests/locked", "--registry", registry, "--list"))
+    assert [h for h, _, _ in listed] == [json.loads((ws / "data/package.json").read_text())["top_hash"]]

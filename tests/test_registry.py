@@ -1,11 +1,14 @@
-"""A local registry that moves, and what ``pipeline.pull`` refuses: a registry folder moved or copied elsewhere
-still installs (with ``pipeline.pull``; with plain quilt3 after ``--relink``), a destination under a file, a
-link, or inside the registry is refused in one line with nothing written, and a killed pull's staging
-folder is swept by the next one."""
+"""A local registry that moves, is shared, or is damaged, and what ``pipeline.pull`` refuses: a registry folder
+moved or copied elsewhere still installs (with ``pipeline.pull``; with plain quilt3 after ``--relink``), a
+destination under a file, a link, or inside the registry is refused in one line with nothing written, a
+killed pull's staging folder is swept by the next one; processes publishing to one registry at once lose
+no version, two pulls into one folder at once leave it whole, and a damaged manifest is one line."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +16,11 @@ from pathlib import Path
 
 import pytest
 from package_inputs import expected_sources, one_line_error, run, write_inputs
+from publishers import publish_at_once
 from s3server import isolated_env
 
 NAME = "tests/moving-ds"
+LIST_LINE = re.compile(r"([0-9a-f]{64})  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  (latest |       )(.*)")
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -125,3 +130,102 @@ def test_a_killed_pulls_staging_folder_is_swept_by_the_next(built: dict, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert not leftover.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "pulled"]
+
+
+def listed(result: subprocess.CompletedProcess) -> list[tuple[str, bool, str]]:
+    """(hash, latest, message) per line of ``pull --list``."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = [LIST_LINE.fullmatch(line) for line in result.stdout.splitlines()]
+    assert all(found), result.stdout
+    return [(match[1], match[2] == "latest ", match[3]) for match in found]
+
+
+def test_processes_publishing_at_once_lose_no_version(tmp_path: Path) -> None:
+    env, registry = isolated_env(tmp_path / "home"), tmp_path / "shared-registry"
+    published = publish_at_once(str(registry), "tests/shared", env, tmp_path / "work", publishers=3, rounds=3)
+    found = listed(run(tmp_path, env, "pipeline.pull", "tests/shared", "--registry", str(registry), "--list"))
+    assert sorted(h for h, _, _ in found) == sorted(h for hashes in published for h in hashes)  # all 9
+    assert {message for _, _, message in found} == {f"p{i} round {r}" for i in range(3) for r in range(3)}
+    latest = [h for h, is_latest, _ in found if is_latest]
+    assert len(latest) == 1 and latest[0] in [hashes[-1] for hashes in published]  # one of the last round
+
+
+def test_two_pulls_into_one_new_folder_at_once(built: dict, tmp_path: Path) -> None:
+    registry, dest, info = built["ws"] / "data/quilt-registry", tmp_path / "pulled", built["info"]
+    command = [sys.executable, "-m", "pipeline.pull", NAME, "--registry", str(registry), "--dest", str(dest)]
+    pulls = [subprocess.Popen(command, cwd=tmp_path, env=built["env"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for pull in pulls:
+        out, err = pull.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(command, pull.returncode, out, err))
+    assert sorted(r.returncode for r in results) == [0, 2], [r.stderr[-2000:] for r in results]
+    refused = next(r for r in results if r.returncode == 2)
+    error = one_line_error(refused)
+    assert str(dest) in error and ("another pull" in error or "is not an empty folder" in error), error
+    # The folder holds one whole, verified version; nothing else was left next to it.
+    for key, path in built["sources"].items():
+        assert (dest / key).read_bytes() == path.read_bytes(), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pulled"]
+    verify = subprocess.run([quilt3_cli(), "verify", NAME, "--registry", registry.resolve().as_uri(), "--top-hash",
+                             info["top_hash"], "--dir", str(dest)], env=built["env"], capture_output=True,
+                            text=True, timeout=120)
+    assert verify.returncode == 0 and "Verification succeeded" in verify.stdout, verify.stdout + verify.stderr
+
+
+GARBAGE = {
+    "bytes": b"not json\x00\xff",
+    "empty": b"",
+    "a JSON list": b"[1, 2]\n",
+    "a bad entry": b'{"version": "v0"}\n{"logical_key": 5}\n',
+}
+
+
+@pytest.fixture
+def damaged(built: dict, tmp_path: Path) -> Path:
+    """A copy of the registry, to damage."""
+    copy = tmp_path / "registry"
+    shutil.copytree(built["ws"] / "data/quilt-registry", copy)
+    return copy
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_relink_on_a_damaged_manifest_is_one_line(built: dict, damaged: Path, garbage: str) -> None:
+    (damaged / ".quilt/packages" / built["info"]["top_hash"]).write_bytes(GARBAGE[garbage])
+    result = run(damaged.parent, built["env"], "pipeline.pull", "--registry", str(damaged), "--relink")
+    assert result.returncode == 1
+    assert f"{NAME}@{built['info']['top_hash']}" in one_line_error(result) and "manifest is damaged" in result.stderr
+
+
+@pytest.mark.parametrize("command, garbage", [(["--list"], "bytes"), (["--dest", "out"], "a bad entry")])
+def test_list_and_install_of_a_damaged_registry_are_one_line(built: dict, damaged: Path, command: list[str],
+                                                             garbage: str) -> None:
+    manifest = damaged / ".quilt/packages" / built["info"]["top_hash"]
+    kept = manifest.read_bytes()
+    manifest.write_bytes(GARBAGE[garbage])  # (--list reads only a version's first line)
+    result = run(damaged.parent, built["env"], "pipeline.pull", NAME, "--registry", str(damaged), *command)
+    assert result.returncode == 1 and "manifest is damaged" in one_line_error(result)
+    # A pointer that is not a top hash must not become a path quilt3 reads a "manifest" from.
+    manifest.write_bytes(kept)
+    (damaged / ".quilt/named_packages" / NAME / "latest").write_text("../../../../../../etc/passwd")
+    result = run(damaged.parent, built["env"], "pipeline.pull", NAME, "--registry", str(damaged), *command)
+    assert result.returncode == 1 and "does not hold a top hash" in one_line_error(result)
+    assert not (damaged.parent / "out").exists()
+
+
+@pytest.mark.parametrize("size", [0, 1, 8 * 1024 * 1024, 8 * 1024 * 1024 + 1])
+def test_files_are_hashed_as_quilt3_hashes_them(tmp_path: Path, size: int) -> None:
+    """The checksum a manifest records is quilt3's own (8 MiB parts), or quilt3 ``verify`` would fail."""
+    import quilt3.data_transfer as transfer
+    from quilt3.checksums import SHA256_CHUNKED_HASH_NAME
+    from quilt3.util import PhysicalKey
+
+    from pipeline.core.registry import digest_file
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    task = transfer.FileChecksumTask.create(PhysicalKey.from_path(path), size, SHA256_CHUNKED_HASH_NAME)
+    [quilt3s] = transfer.calculate_multipart_checksum([task])
+    digest = digest_file(path)
+    assert (digest.size, digest.checksum) == (size, quilt3s)
+    assert digest.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -3,7 +3,9 @@ second run, feed training when the cache does not fit, and travel in the package
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 import webdataset as wds
 import yaml
 from package_inputs import write_inputs
-from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread  # noqa: F401
+from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread, write_params  # noqa: F401
 
 from pipeline.core.errors import UserError, run_cli
 from pipeline.core.learn.data import decode, read_classes, read_split
@@ -19,6 +21,7 @@ from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
 from pipeline.core.params import RuntimeParams, TrainParams
 from pipeline.stages import shards
 from pipeline.stages.package import dataset as package
+from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import train
 
 COUNTS = {"train": 12, "val": 5, "test": 4}  # per class: 24 / 10 / 8 images
@@ -142,3 +145,91 @@ def test_the_package_carries_the_shards(tmp_path: Path, monkeypatch: pytest.Monk
     on_disk = sorted(p.name for p in (tmp_path / "data/shards").iterdir())
     assert sorted(carried) == [f"shards/{name}" for name in on_disk]
     assert "shards/index.json" in carried and "shards/train-000001.tar" in carried  # 6 train images, 4 a shard
+
+
+def flip_label(shard: Path, key: str) -> None:
+    """Change ``key``'s class index inside ``shard`` in place: same size, other label."""
+    with tarfile.open(shard) as tar:
+        member = tar.getmember(f"{key}.cls")
+        offset, old = member.offset_data, tar.extractfile(member).read()
+    assert old in (b"0", b"1")
+    with shard.open("r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"1" if old == b"0" else b"0")
+
+
+def test_a_shard_changed_in_place_is_refused_until_the_shards_stage_runs_again(sharded: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "ws"
+    shutil.copytree(sharded, workdir)
+    folder = workdir / "data/shards"
+    shard = folder / "train-000000.tar"
+    size = shard.stat().st_size
+    first = next(s for s in wds.WebDataset([str(shard)], shardshuffle=False, empty_check=False))
+    flip_label(shard, first["__key__"])
+    assert shard.stat().st_size == size  # the index's sizes and the splits' fingerprint still match
+    p = TrainParams(**{**TINY_TRAIN, "epochs": 1, "freeze_epochs": 0, "batch_size": 8})
+    no_cache = RuntimeParams(**{**TINY_RUNTIME, "cache_mb": 0})
+    with pytest.raises(UserError) as info:
+        train(p, no_cache, workdir / "data/splits", folder)
+    assert str(info.value) == (f"{shard}: not the shard the shards stage wrote (its sha256 differs from "
+                               f"{folder / 'index.json'}'s); "
+                               "re-run the shards stage (python -m pipeline.stages.shards)")
+    run_stage(workdir, max_images=5)  # the advice, followed
+    assert train(p, no_cache, workdir / "data/splits", folder).metrics["data"] == "shards"
+
+
+@pytest.mark.parametrize("first, second", [("a.b.jpg", "a_b.jpg"), ("zz.JPG", "zz.jpg"), ("x.jpg", "x.png")])
+def test_files_whose_keys_collide_are_refused_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          first: str, second: str) -> None:
+    splits = make_splits(tmp_path / "data/splits", {"train": 2, "val": 1})
+    photo = next((splits / "train/Hamburger").glob("*.jpg")).read_bytes()
+    for name in (first, second):
+        (splits / "train/Hamburger" / name).write_bytes(photo)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": 100}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert run_cli(shards.main, []) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (f"data/splits/train/Hamburger/{first} and data/splits/train/Hamburger/{second} would both be the sample "
+            f"'Hamburger/{Path(first).stem.replace('.', '_')}' in the shards") in err and "rename one of them" in err
+    assert not (tmp_path / "data/shards").exists()
+
+
+@pytest.mark.parametrize("doctor, message", [
+    (lambda s: s.update(bytes=1e400), "bytes must be a whole number of at least 0, got inf"),  # 1e400 in the JSON
+    (lambda s: s.update(bytes=-5), "bytes must be a whole number of at least 0, got -5"),
+    (lambda s: s.update(bytes="123"), "bytes must be a whole number of at least 0, got '123'"),
+    (lambda s: s.pop("sha256"), "KeyError: 'sha256'"),
+    (lambda s: s.update(sha256="0" * 63), "sha256 must be 64 lower-case hex digits"),
+    (lambda s: s.update(name="../x.tar"), "shard name '../x.tar' is not a plain .tar file name"),
+])
+def test_a_doctored_index_is_one_line(sharded: Path, tmp_path: Path, doctor, message: str) -> None:
+    folder = tmp_path / "shards"
+    shutil.copytree(sharded / "data/shards", folder)
+    index = json.loads((folder / "index.json").read_text())
+    doctor(index["splits"]["train"]["shards"][0])
+    (folder / "index.json").write_text(json.dumps(index).replace("Infinity", "1e400"))
+    with pytest.raises(UserError) as info:
+        read_index(folder)
+    assert "\n" not in str(info.value) and "not a shard index" in str(info.value) and message in str(info.value)
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_for_shards_and_train(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    splits = make_splits(tmp_path / "data/splits", {"train": 2, "val": 1, "test": 1})
+    params = yaml.safe_load(write_params(tmp_path, epochs=1, freeze_epochs=0).read_text())
+    params["runtime"]["cache_mb"] = 0  # training streams from the shards, when they match the splits
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    bad = splits / "train/Hamburger" / os.fsdecode(b"caf\xe9.jpg")
+    shown = "data/splits/train/Hamburger/caf\\udce9.jpg"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert run_cli(shards.main, []) == 0
+        bad.write_bytes(next((splits / "train/Hamburger").glob("*.jpg")).read_bytes())
+        for main in (shards.main, train_main.main):
+            assert run_cli(main, []) == 2, main.__module__
+            err = capsys.readouterr().err
+            assert err == f"error: {shown}: the name is not UTF-8 text; rename it (the split stage names crops " \
+                          "<ImageID>_<BoxIndex>.jpg in folders named after the labels)\n", err
+    assert not (tmp_path / "models/model.pt").exists()

@@ -210,3 +210,37 @@ def test_help(capsys):
         split.main(["--help"])
     assert exit_info.value.code == 0
     assert "params.yaml" in capsys.readouterr().out
+
+
+def test_the_audits_rejected_crops_are_left_out(tmp_path, capsys):
+    rows = synthetic_rows(60, LABELS, seed=2)
+    rows[0] = {**rows[0], "audit": "label_issue"}
+    rows[5] = {**rows[5], "audit": "dark"}
+    write_inputs(tmp_path, rows)
+    assert run_split(tmp_path) == 0
+    placed = set(zip(splits_of(tmp_path)["ImageID"], splits_of(tmp_path)["BoxIndex"]))
+    assert (rows[0]["ImageID"], rows[0]["BoxIndex"]) not in placed
+    assert (rows[5]["ImageID"], rows[5]["BoxIndex"]) not in placed
+    assert len(placed) == len(rows) - 2
+
+
+def test_one_photographers_photos_share_a_split(tmp_path, capsys):
+    # 90 photos by 30 authors; without author grouping their photos scatter over all three splits
+    rows = [{**r, "author": f"https://www.flickr.com/people/a{int(r['ImageID'], 16) % 30}/"}
+            for r in synthetic_rows(90, LABELS, seed=3)]
+    write_inputs(tmp_path, rows)
+    assert run_split(tmp_path) == 0
+    table = splits_of(tmp_path)
+    author = table["ImageID"].map(lambda i: int(i, 16) % 30)
+    assert (table.groupby(author)["split"].nunique() == 1).all()
+    prevented = int(capsys.readouterr().out.split("grouping by author kept ")[1].split()[0])
+    assert prevented > 0
+
+
+def test_author_grouping_can_be_turned_off(tmp_path, capsys):
+    rows = [{**r, "author": f"a{int(r['ImageID'], 16) % 12}"} for r in synthetic_rows(90, LABELS, seed=3)]
+    write_inputs(tmp_path, rows, split={"group_by_author": False})
+    assert run_split(tmp_path) == 0
+    table = splits_of(tmp_path)
+    assert (table.groupby(table["ImageID"].map(lambda i: int(i, 16) % 12))["split"].nunique() > 1).any()
+    assert "grouping by author" not in capsys.readouterr().out

@@ -7,6 +7,9 @@ home (a download record, say); the engine hands each one to ``on_message`` *in t
 journal a re-run resumes from and the one progress bar are written here, whichever machine did the work.
 Messages are best-effort (the last few of a task may arrive after its result, or not at all when a worker
 dies); the result is what counts, so ``on_result`` is told as soon as each job is done.
+``engine.rate_board(key, rate)`` hands a stage the request-rate board its tasks share with every other run
+that names the same key (:mod:`pipeline.core.rate`): this machine's for the local engines, the scheduler's for
+Dask, so a stage never needs to know which engine it runs on.
 
 - ``inline`` (``runtime.engine: local`` with one process): a plain loop, nothing to start.
 - ``pool``: a ``ProcessPoolExecutor`` whose workers die with this process; ``context`` reaches them through
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.machine import die_with_parent, usable_cores
+from pipeline.core.rate import Board, HeldBoard, machine_board
 from pipeline.core.safe import public_url
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
@@ -71,6 +75,15 @@ class Engine(ABC):
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
             on_result: OnResult | None = None) -> list[Any]:
         """``task`` must be a module-level function (the pool and Dask pickle it by name)."""
+
+    @contextmanager
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+        """The request-rate board (:mod:`pipeline.core.rate`) this engine's tasks share with every run that
+        names the same ``key``, joined by this run at ``rate`` (> 0) requests/s while the block runs; it
+        travels to the tasks in their ``context``. Here: this machine's board, which every process of this
+        user on this machine shares (an engine whose tasks run elsewhere keeps its board elsewhere)."""
+        with machine_board(key, rate) as board:
+            yield board
 
 
 class InlineEngine(Engine):
@@ -177,8 +190,9 @@ class DaskEngine(Engine):
 
     kind = "dask"
 
-    def __init__(self, client: Client, what: str, advice: str = "") -> None:
+    def __init__(self, client: Client, what: str, advice: str = "", on_this_machine: bool = False) -> None:
         self.client, self.what, self.advice = client, what, advice
+        self.on_this_machine = on_this_machine  # a LocalCluster started here: every worker is on this machine
         self.workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()))
 
     def run(self, task: Task, context: Any, jobs: Sequence[Any], on_message: OnMessage | None = None,
@@ -224,6 +238,21 @@ class DaskEngine(Engine):
                     future.cancel()
                 self.client.unsubscribe_topic(topic)
         return results
+
+    @contextmanager
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+        """The scheduler's board for ``key`` (:mod:`pipeline.core.rate_cluster`), which every run on this
+        scheduler shares: the workers may be on other machines, whose clocks and files are not this one's. A
+        LocalCluster started by this run has its workers here and no other run on its scheduler, so it takes
+        this machine's board instead, shared with the other runs of the machine."""
+        if self.on_this_machine:
+            with super().rate_board(key, rate) as board:
+                yield board
+            return
+        from pipeline.core.rate_cluster import cluster_board  # imports distributed
+
+        with cluster_board(self.client, key, rate) as board:
+            yield board
 
     def _check_connected(self) -> None:
         if self.client.status not in ("running", "newly-created"):
@@ -287,12 +316,13 @@ def open_engine(runtime: RuntimeParams, processes: int, what: str, advice: str =
     if runtime.engine == "local":
         yield InlineEngine() if processes <= 1 else PoolEngine(processes, what, advice)
         return
-    with _dask_client(runtime, what) as client:
-        yield DaskEngine(client, what, advice)
+    with _dask_client(runtime, what) as (client, started_here):
+        yield DaskEngine(client, what, advice, on_this_machine=started_here)
 
 
 @contextmanager
-def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[Client]:
+def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[tuple[Client, bool]]:
+    """A client of the scheduler ``runtime`` names, or of a LocalCluster started here (then True)."""
     _quiet_dask_logs()
     from distributed import Client, LocalCluster
 
@@ -315,7 +345,7 @@ def _dask_client(runtime: RuntimeParams, what: str) -> Iterator[Client]:
         print(f"{what}: started a Dask LocalCluster of {n} worker process(es) at {cluster.scheduler_address}"
               f"{_dashboard(client, local=True)}", file=sys.stderr)
     try:
-        yield client
+        yield client, cluster is not None
     finally:
         _close(client, cluster)
 

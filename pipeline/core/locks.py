@@ -27,18 +27,25 @@ R = TypeVar("R")
 def stage_lock(stage: str, folder: Path | None = None) -> Iterator[None]:
     """Hold the workspace's lock for ``stage`` while the block runs; wait (saying so) while another run has it."""
     folder = folder if folder is not None else paths.LOCKS_DIR
+    with file_lock(folder / f"{stage}.lock", f"another {stage} run in this workspace"):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, other: str) -> Iterator[None]:
+    """Hold ``flock`` on ``path`` (created, with its folders) while the block runs; while ``other`` holds it,
+    say so once and wait. The holder's pid is written into the file for that message."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / f"{stage}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise PipelineFailure(f"cannot create the lock {folder / stage}.lock: {exc.strerror}") from None
+        raise PipelineFailure(f"cannot create the lock {path}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            print(f"waiting for another {stage} run in this workspace (pid {holder}) to finish", file=sys.stderr,
-                  flush=True)
+            print(f"waiting for {other} (pid {holder}) to finish", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

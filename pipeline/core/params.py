@@ -2,7 +2,7 @@
 
 Two kinds of settings (docs/architecture.md):
 
-- **tracked**, one section per stage (``source select download crop clean split shards train evaluate
+- **tracked**, one section per stage (``source select download crop clean audit split shards train evaluate
   package``): what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset
   package records them, so changing one re-runs the stages that read it;
 - **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
@@ -24,11 +24,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.errors import UserError
-from pipeline.core.safe import check_http_url, check_package_name, public_url
+from pipeline.core.package_names import check_dataset_name
+from pipeline.core.safe import check_http_url, public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
-TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "split", "shards", "train",
+TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "audit", "split", "shards", "train",
                     "evaluate")
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
@@ -53,6 +54,13 @@ def check_scheduler_address(address: str) -> str:
     return address
 
 
+def check_rate_key(key: str) -> str:
+    """Empty, or a name of printable characters: it is shown in messages and sent to a scheduler."""
+    if len(key) > 200 or not key.isprintable():
+        raise ValueError(f"must be at most 200 printable characters, got {key[:40]!r}")
+    return key
+
+
 def check_store_url(store: str) -> str:
     """Empty (data/ here, or a shared file system at the same path everywhere), or an object store that every
     process and machine reaches and that shows an object only whole (``SHARED_STORES``): the workers put
@@ -74,7 +82,14 @@ def check_store_url(store: str) -> str:
     return store.rstrip("/")
 
 
-Seconds = Annotated[float, Field(gt=0)]
+#: the longest any timeout, deadline or backoff may be: a week. Anything longer is a typo, and a value like
+#: 1e300 overflows the socket and event-loop clocks it reaches (an OverflowError deep in a transfer)
+MAX_SECONDS = 7 * 24 * 3600.0
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+#: every seed reaches numpy's and torch's generators; numpy's global seed takes 0..2**32-1 and no more
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: the side, in pixels, images are squashed to for the model (train.img_size, and a model file's img_size)
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 1024
 
 
 def _one_or_many(value: Any) -> Any:
@@ -122,7 +137,7 @@ class SelectParams(Section):
     min_box_area: float = Field(0.0, ge=0.0, le=1.0)
     #: at most this many boxes per label, drawn with ``seed`` (0 = no limit)
     limit_per_label: int = Field(0, ge=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DownloadParams(Section):
@@ -157,15 +172,54 @@ class CleanParams(Section):
     placeholder_distance: int = Field(24, ge=-1, le=256)
 
 
+Action = Literal["off", "flag", "reject"]
+
+
+class AuditParams(Section):
+    """What the audit looks for in the clean crops, and what it does with each kind of issue found.
+
+    Actions: ``off`` (not looked at), ``flag`` (recorded in the ledger and shown in the report, kept) or
+    ``reject`` (recorded with its reason and score, left out of the splits). Defaults: BENCHMARKS.md.
+    """
+
+    #: side the crops are squashed to for their embeddings (smaller is faster on a CPU)
+    img_size: int = Field(128, ge=32, le=512)
+    #: folds of the cross-validation giving each crop a prediction from a model that never saw it
+    folds: int = Field(5, ge=2, le=20)
+    seed: Seed = 0
+    #: flag until a converged train-stage run shows that leaving them out helps (BENCHMARKS.md, the audit)
+    label_issue: Action = "flag"
+    outlier: Action = "flag"
+    blurry: Action = "flag"
+    dark: Action = "reject"
+    light: Action = "reject"
+    low_information: Action = "reject"
+    odd_aspect: Action = "flag"
+    #: an outlier's mean distance to its neighbours is above Q3 + this x IQR of everyone's
+    outlier_iqr: float = Field(3.0, ge=0.0)
+    #: blurry: variance of the Laplacian (0..255 luminance, at most 128 px a side) under this
+    blurry_threshold: float = Field(30.0, ge=0.0)
+    #: dark: the 99th percentile of luminance (0..1) under this
+    dark_threshold: float = Field(0.15, ge=0.0, le=1.0)
+    #: light: the 1st percentile of luminance (0..1) over this
+    light_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    #: low information: entropy of the luminance histogram (bits, 0..8) under this
+    low_information_threshold: float = Field(1.0, ge=0.0, le=8.0)
+    #: odd aspect: shorter side / longer side under this
+    odd_aspect_threshold: float = Field(0.2, ge=0.0, le=1.0)
+
+
 class SplitParams(Section):
     """Train/val/test fractions, grouped and stratified."""
 
     train: float = Field(0.7, ge=0.0, le=1.0)
     val: float = Field(0.15, ge=0.0, le=1.0)
     test: float = Field(0.15, ge=0.0, le=1.0)
-    seed: int = 0
+    seed: Seed = 0
     #: a label with fewer clean crops than this stops the split with a clear message
     min_per_label: int = Field(10, ge=1)
+    #: photos of one photographer (AuthorProfileURL, else Author) land in one split: a series never straddles
+    group_by_author: bool = True
 
 
 class ShardsParams(Section):
@@ -186,7 +240,7 @@ class TrainParams(Section):
     #: epochs with the backbone frozen (head only), then ``epochs`` with all layers unfrozen
     freeze_epochs: int = Field(0, ge=0)
     epochs: int = Field(5, ge=0)
-    img_size: int = Field(224, ge=16, le=1024)
+    img_size: int = Field(224, ge=MIN_IMG_SIZE, le=MAX_IMG_SIZE)
     batch_size: int = Field(64, ge=1)
     #: peak learning rate of the head; earlier layer groups get smaller ones (discriminative rates)
     lr: float = Field(1e-2, gt=0.0)
@@ -197,7 +251,7 @@ class TrainParams(Section):
     min_scale: float = Field(0.85, gt=0.0, le=1.0)
     #: cross-entropy against targets softened by this much (0 = plain one-hot targets)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvaluateParams(Section):
@@ -210,8 +264,8 @@ class EvaluateParams(Section):
 
 
 def _package_name(name: str) -> str:
-    """Empty (derive it from the labels) or owner/dataset."""
-    return check_package_name(name) if name else name
+    """Empty (derive it from the labels) or a dataset's owner/name (:mod:`pipeline.core.package_names`)."""
+    return check_dataset_name(name) if name else name
 
 
 class PackageParams(Section):
@@ -257,8 +311,8 @@ class RuntimeParams(Section):
     #: attempts after the first, for transient failures (timeouts, resets, 429, 5xx)
     retries: int = Field(5, ge=0, le=100)
     #: first backoff delay in seconds, doubled per retry (with jitter), capped by ``max_backoff``
-    backoff: float = Field(1.0, ge=0.0)
-    max_backoff: float = Field(60.0, ge=0.0)
+    backoff: float = Field(1.0, ge=0.0, le=MAX_SECONDS)
+    max_backoff: float = Field(60.0, ge=0.0, le=MAX_SECONDS)
     #: where download and crop shards run: ``local`` (this machine's processes) or ``dask`` (a Dask cluster)
     engine: Literal["local", "dask"] = "local"
     #: the Dask scheduler to join (``tcp://host:8786``); empty = ``DASK_SCHEDULER_ADDRESS``, else a
@@ -269,6 +323,9 @@ class RuntimeParams(Section):
     #: where workers put photos and crops: empty = data/ here (on a cluster, a file system every worker
     #: mounts at the same path), or an object store's fsspec URL such as ``s3://bucket/prefix`` (docs/scale.md)
     store: Annotated[str, AfterValidator(check_store_url)] = ""
+    #: the name of the request-rate board this run books on: runs with the same name share ``download.rate``
+    #: (on one machine, or on one Dask scheduler); empty = the image server's domain (docs/scale.md)
+    rate_key: Annotated[str, AfterValidator(check_rate_key)] = ""
 
 
 class Params(Section):
@@ -281,6 +338,7 @@ class Params(Section):
     download: DownloadParams = DownloadParams()
     crop: CropParams = CropParams()
     clean: CleanParams = CleanParams()
+    audit: AuditParams = AuditParams()
     split: SplitParams = SplitParams()
     shards: ShardsParams = ShardsParams()
     train: TrainParams = TrainParams()

@@ -4,7 +4,12 @@ Used by :mod:`pipeline.stages.package` (publish) and :mod:`pipeline.pull` (list,
 
 quilt3 is imported here and nowhere else (on first use, so ``--help`` and bad arguments answer at once),
 after switching its usage metrics off: by default it posts a record of every API call to
-telemetry.quiltdata.cloud, and this project's commands never reach out to the internet unasked.
+telemetry.quiltdata.cloud, and this project's commands never reach out to the internet unasked. Its
+manifest cache is switched off too: it downloads a manifest to one fixed temporary name and renames it
+into the cache, so two runs reading one S3 manifest at once (two pulls, two publishes) broke each other
+("no package" from a file renamed away); without the cache each read has a temporary file of its own.
+Where only a version's own line is needed (its metadata and message: the checks before publishing,
+``--list``), only the manifest's first line is read, not the list of every file after it.
 
 Objects are stored by content, at ``<name>/objects/<sha256><extension>``, not by file name. A newer version
 then never overwrites an older version's bytes, even in a bucket without S3 versioning (MinIO's default), a
@@ -19,22 +24,52 @@ name is its content, :func:`install` reads each one from the registry it was ask
 manifest says it was; :func:`relink` rewrites a local registry's manifests for its new place, so plain
 quilt3 reads it again (quilt3's top hash does not cover locations, so no version changes).
 
-quilt3 uploads every object first and registers a version last (its manifest, then its tags), so a
-push that dies half way leaves no version behind; running it again finishes the job. Content identical to
-the latest version is not registered again (:class:`Published` says so).
+Publishing uploads every object first, then writes the version's manifest (named by its top hash), and
+registers the version last (its pointer, then ``latest``), so a publish that dies half way leaves no
+version behind; running it again finishes the job. quilt3's own push is not used: its multipart upload
+needs checksums from the server (``ChecksumSHA256``) that not every S3 server returns, and its
+registration loses versions (below). Instead each file is hashed here once, both ways (:func:`digest_file`),
+its object is uploaded with boto3's managed transfer when the bucket lacks it, and the manifest is built
+from entries that already point at their objects, with quilt3's checksums: the same top hash quilt3 would
+compute, and quilt3 reads, installs and verifies such versions as its own. Content identical to the latest
+version is not registered again (:class:`Published` says so).
+
+A registry is shared by runs that do not know each other (two workspaces, a team, a queue of experiments),
+so publishing must never lose another run's version. Without care it did: quilt3 names a version's pointer
+by the time in seconds and overwrites whatever is there, so of two versions registered within one second
+only the last was listed. And ``latest`` and the checks made against it (the kind of package and labels
+a name holds, "is this content already the latest?") are read-then-write: two runs could both pass a check
+that only one of them should. So:
+
+- objects and manifests need no coordination: both are named by their content (an object by its SHA-256, a
+  manifest by its top hash), so two runs writing one write the same bytes, atomically (a rename into place,
+  or one S3 PUT), and a manifest no pointer names is not a version;
+- registering is done under a lock per package name in the registry (:mod:`pipeline.core.registry_lock`:
+  ``flock`` in a local registry; on S3 a lock object created only if absent, with a lease, so a killed
+  holder cannot leave it stuck). Under it the latest version is read again, the checks run again if another
+  run registered one since, and then the pointer and ``latest`` are written. It is held for a few small
+  requests; the uploads happen before;
+- the version's pointer is created only if no pointer of that second exists (``os.link``; S3's
+  ``If-None-Match: *``), trying the next second otherwise, and read back: even a run that does not take the
+  lock (plain quilt3, an older version of this project) cannot make this one's version disappear.
 
 Failures (unknown package or hash, missing bucket, refused credentials, unreachable server, a bad AWS
-setting) become one-line errors here, so both commands report them the same way.
+setting, a manifest or pointer that is not quilt3's) become one-line errors here, so both commands report
+them the same way. A pointer must hold a top hash before anything is read by it: quilt3 would read a
+"manifest" from wherever a doctored one (``../../..``) points.
 """
 from __future__ import annotations
 
-import contextlib
+import errno
+import functools
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,37 +81,50 @@ from urllib.request import url2pathname
 
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.io import atomic_path
+from pipeline.core.package_names import check_package_name
 from pipeline.core.progress import track
-from pipeline.core.s3 import bucket_url, check_bucket, error_code, translate
+from pipeline.core.registry_lock import local_lock, s3_lock
+from pipeline.core.s3 import (bucket_url, check_bucket, error_code, existing_sizes, put_new, translate,
+                              upload_files)
 from pipeline.core.staging import staging_path, sweep
 
 if TYPE_CHECKING:
     import quilt3
 
-_NAME = re.compile(r"^[\w-]+/[\w-]+$")  # quilt3's own rule (quilt3.util.PACKAGE_NAME_FORMAT)
-_HASH = re.compile(r"^[0-9a-f]{6,64}$")  # a top hash or a unique prefix of one, as quilt3 accepts
+_HASH = re.compile(r"[0-9a-f]{6,64}")  # a top hash or a unique prefix of one, as quilt3 accepts
+_TOP_HASH = re.compile(r"[0-9a-f]{64}")
 _NOT_FOUND_CODES = {"NoSuchKey", "404"}
 #: extensions an object keeps (quilt3 picks its reader by them); anything else is stored without one
 _OBJECT_SUFFIX = re.compile(r"^\.[a-z0-9]{1,16}$")
 PULL_STAGING = "pull"
+#: where a local registry's files are written before they are renamed or linked into place
+_LOCAL_TMP = ".pipeline/tmp"
+#: seconds tried for a version pointer's name before giving up
+_POINTER_TRIES = 10
+#: the longest first line of a manifest (a version's metadata) read
+_MAX_FIRST_LINE = 16 * 1024 * 1024
 
 
 def _quilt3() -> ModuleType:
     """quilt3, imported with its usage metrics off (see the module docstring)."""
     os.environ.setdefault("QUILT_DISABLE_USAGE_METRICS", "true")
+    os.environ["QUILT_DISABLE_CACHE"] = "true"
     import quilt3
 
     return quilt3
 
 
 def check_name(name: str, what: str = "package name") -> str:
-    if not _NAME.match(name):
-        raise UserError(f"{what} must look like owner/dataset (letters, digits, _ and -), got {name!r}")
-    return name
+    """``name`` when it follows the package-name grammar (:mod:`pipeline.core.package_names`), else a
+    one-line :class:`UserError` naming ``what``."""
+    try:
+        return check_package_name(name)
+    except ValueError as exc:
+        raise UserError(f"{what} {exc}") from None
 
 
 def check_hash(top_hash: str) -> str:
-    if not _HASH.match(top_hash):
+    if not _HASH.fullmatch(top_hash):
         raise UserError(f"hash must be 6 to 64 lower-case hex digits (a top hash or its prefix), got {top_hash!r}")
     return top_hash
 
@@ -179,12 +227,35 @@ def _not_found(registry: Registry, name: str, top_hash: str | None) -> UserError
     return UserError(f"no package {name} in {registry.shown}")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+@dataclass(frozen=True)
+class Digest:
+    """What a file's entry needs: its size, the SHA-256 that names its object (:func:`object_key`) and
+    quilt3's own checksum of it (``sha2-256-chunked``: SHA-256 of the SHA-256s of 8 MiB parts), which
+    manifests, top hashes and ``verify`` go by."""
+
+    size: int
+    sha256: str
+    checksum: str
+
+
+def digest_file(path: Path) -> Digest:
+    """Both hashes of ``path`` in one read, the parts cut where quilt3 cuts them
+    (``quilt3.checksums.get_checksum_chunksize``) and combined by quilt3's own code."""
+    checksums = _quilt3().checksums
+    part_size = checksums.get_checksum_chunksize(path.stat().st_size)
+    whole, parts, size = hashlib.sha256(), [], 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        while True:
+            part, length = checksums.SHA256MultiPartChecksumCalculator(), 0
+            while length < part_size and (block := f.read(min(1 << 20, part_size - length))):
+                whole.update(block)
+                part.update(block)
+                length += len(block)
+            if not length:
+                break
+            parts.append(part.digest(length))
+            size += length
+    return Digest(size, whole.hexdigest(), checksums.SHA256MultiPartChecksumCalculator.combine_parts(parts))
 
 
 def object_name(sha256: str, logical_key: str) -> str:
@@ -202,100 +273,266 @@ def publish(registry: Registry, name: str, files: Mapping[str, Path], meta: dict
             accept_latest: Callable[[dict], None] | None = None) -> Published:
     """Store ``files`` (logical key -> file) with package metadata ``meta`` as a new version of ``name``.
 
-    ``accept_latest`` sees the latest version's package metadata first and may refuse it (raise) before
-    anything is stored. When the latest version already holds exactly this content (files, metadata and
-    message: what the top hash covers), nothing is stored or registered.
+    ``accept_latest`` sees the latest version's package metadata and may refuse it (raise): first before
+    anything is hashed or stored (a refusal comes at once), and again under the registry's lock if another
+    run registered a version meanwhile. When the latest version already holds exactly this content (files,
+    metadata and message: what the top hash covers), nothing is registered.
     """
+    check_name(name)
     with registry_errors(registry, name):
         _check_access(registry)
-        latest = _latest(registry, name)
-    if latest is not None and accept_latest is not None:  # before hashing: a refusal comes at once
-        accept_latest(latest._meta.get("user_meta") or {})  # noqa: SLF001 - see versions()
+        latest = _latest_hash(registry, name)
+        if latest is not None and accept_latest is not None:
+            accept_latest(_user_meta(_version_meta(registry, name, latest)))
     if not registry.is_s3:
         _sweep_local(registry, name)
-    digests = {key: sha256_file(path) for key, path in track(files.items(), "hashing", "file")}
-    if latest is not None and _same_content(latest, files, digests, meta, message):
-        return Published(latest.top_hash, added=False)
+    digests = {key: digest_file(path) for key, path in track(files.items(), "hashing", "file")}
     with registry_errors(registry, name):
-        if registry.is_s3:
-            return Published(_push(registry, name, files, digests, meta, message), added=True)
-        return Published(_build_local(registry, name, files, digests, meta, message), added=True)
+        pkg = _new_package(registry, name, digests, meta, message)
+        top_hash = pkg.top_hash
+        if latest == top_hash:
+            return Published(top_hash, added=False)
+        _store_objects(registry, name, files, digests)
+        manifest = io.BytesIO()
+        pkg.dump(manifest)
+        _write(registry, _backend(registry).manifest_pk(name, top_hash), manifest.getvalue())
+        with _publish_lock(registry, name) as fence:
+            return _register(registry, name, top_hash, latest, accept_latest, fence)
 
 
 def _check_access(registry: Registry) -> None:
-    """For S3, a clear answer up front: quilt3 would hash and upload everything before finding out, and
-    falls back to anonymous requests (whose errors say less) when a read is refused."""
+    """For S3, a clear answer up front: quilt3 falls back to anonymous requests (whose errors say less)
+    when a read is refused, and nothing should be hashed or uploaded before finding out."""
     if registry.is_s3:
         check_bucket(_quilt3().get_boto3_session(), registry.url)
 
 
 def _sweep_local(registry: Registry, name: str) -> None:
-    """Half-copied objects of a killed run (``.<object>.<pid>.tmp``, see :func:`pipeline.core.io.atomic_path`)."""
-    sweep(registry.local_path / name / "objects", "tmp")
+    """What killed runs left: half-copied objects (``.<object>.<pid>.tmp``, see
+    :func:`pipeline.core.io.atomic_path`) and half-written registry files (:func:`_local_tmp`)."""
+    for folder in (registry.local_path / name / "objects", registry.local_path / _LOCAL_TMP):
+        sweep(folder, "tmp")
 
 
-def _latest(registry: Registry, name: str) -> quilt3.Package | None:
-    """The latest version of ``name``, or None when there is none yet."""
+def _backend(registry: Registry) -> object:
+    """quilt3's layout of ``registry`` (where manifests and pointers go: ``.quilt/...``)."""
+    return _quilt3().backends.get_package_registry(registry.url)
+
+
+@functools.cache
+def _s3_clients() -> object:
+    """quilt3's S3 clients, made once per process (each new client loads botocore's models again): a signed
+    one (AWS's settings, or a Quilt catalog login's credentials), and an anonymous one for public buckets."""
+    return _quilt3().data_transfer.S3ClientProvider()
+
+
+def _s3_client() -> object:
+    """The client for writing (quilt3's own writes use it too)."""
+    return _s3_clients().standard_client
+
+
+def _read(where: quilt3.util.PhysicalKey) -> bytes:
+    """A registry file's bytes (a pointer): a local file, or an S3 object read as quilt3 reads it (anonymously
+    when the bucket is public and there are no credentials)."""
+    if where.is_local():
+        return Path(where.path).read_bytes()
+    params = {"Bucket": where.bucket, "Key": where.path}
+    client = _s3_clients().find_correct_client(_quilt3().data_transfer.S3Api.GET_OBJECT, where.bucket, params)
+    with client.get_object(**params)["Body"] as body:
+        return body.read()
+
+
+def _latest_hash(registry: Registry, name: str) -> str | None:
+    """The top hash ``latest`` points at, or None when ``name`` has no version here (yet)."""
     try:
-        return _quilt3().Package.browse(name, registry=registry.url)
+        data = _read(_backend(registry).pointer_latest_pk(name))
     except Exception as exc:  # noqa: BLE001 - only "not there" is an answer; the rest goes to registry_errors
         if isinstance(exc, FileNotFoundError) or error_code(exc) in _NOT_FOUND_CODES:
             return None
         raise
+    return _pointed_hash(data, registry, name, "latest")
 
 
-def _same_content(pkg: quilt3.Package, files: Mapping[str, Path], digests: Mapping[str, str], meta: dict,
-                  message: str) -> bool:
-    """Does ``pkg`` hold these files (by content), this metadata and this message?"""
-    recorded = pkg._meta  # noqa: SLF001 - the manifest's own line; quilt3 has no public accessor for message
-    if recorded.get("user_meta") != json.loads(json.dumps(meta)) or (recorded.get("message") or "") != message:
-        return False
-    entries = dict(pkg.walk())
-    if set(entries) != set(files):
-        return False
-    return all(
-        PurePosixPath(entries[key].physical_key.path).name == object_name(digests[key], key)
-        and entries[key].size == path.stat().st_size
-        for key, path in files.items()
-    )
+def _pointed_hash(data: bytes, registry: Registry, name: str, pointer: str) -> str:
+    """A pointer's top hash; anything else there would become a path (``../``) quilt3 reads a manifest from."""
+    text = data.decode("ascii", errors="replace").strip()
+    if not _TOP_HASH.fullmatch(text):
+        raise PipelineFailure(f"{name} in {registry.shown}: its pointer {pointer!r} does not hold a top hash "
+                              "(the registry is damaged)")
+    return text
 
 
-def _new_package(files: Mapping[str, Path], meta: dict) -> quilt3.Package:
-    pkg = _quilt3().Package()
-    for key, path in files.items():
-        pkg.set(key, str(Path(path).resolve()))
+def _browse(registry: Registry, name: str, top_hash: str) -> quilt3.Package:
+    """A version's manifest, read; one that is not a quilt3 manifest (damaged, or not one at all) is a
+    one-line failure instead of whatever quilt3's parser trips over."""
+    try:
+        return _quilt3().Package.browse(name, registry=registry.url, top_hash=top_hash)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError) as exc:
+        if translate(exc, registry.shown) is not None:  # botocore's own ValueErrors (a bad endpoint)
+            raise
+        problem = type(exc).__name__
+    # Raised here, not in the except block: the parser's frames (and its progress bar, which prints when
+    # it is collected) go now, not after the error line.
+    raise PipelineFailure(f"{name}@{top_hash} in {registry.shown}: its manifest is damaged, not a quilt3 "
+                          f"manifest ({problem})")
+
+
+def _version_meta(registry: Registry, name: str, top_hash: str) -> dict:
+    """A version's own line (its package metadata and message): the manifest's first line, read without
+    the rest, which lists every file (a dataset's can be large; checks and ``--list`` need only this)."""
+    line = _first_line(_backend(registry).manifest_pk(name, top_hash))
+    try:
+        meta = json.loads(line)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise PipelineFailure(f"{name}@{top_hash} in {registry.shown}: its manifest is damaged, not a quilt3 "
+                              "manifest (its first line is not a JSON object)")
+    return meta
+
+
+def _first_line(where: quilt3.util.PhysicalKey) -> bytes:
+    """The first line of a registry file (at most :data:`_MAX_FIRST_LINE` bytes of it)."""
+    if where.is_local():
+        with open(where.path, "rb") as f:
+            return f.readline(_MAX_FIRST_LINE)
+    params = {"Bucket": where.bucket, "Key": where.path}
+    client = _s3_clients().find_correct_client(_quilt3().data_transfer.S3Api.GET_OBJECT, where.bucket, params)
+    read = b""
+    with client.get_object(**params)["Body"] as body:
+        while b"\n" not in read and len(read) < _MAX_FIRST_LINE and (chunk := body.read(1 << 16)):
+            read += chunk
+    return read.split(b"\n", 1)[0][:_MAX_FIRST_LINE]
+
+
+def _user_meta(meta: dict) -> dict:
+    """The package metadata in a version's own line (what the publishing run gave)."""
+    user_meta = meta.get("user_meta")
+    return user_meta if isinstance(user_meta, dict) else {}
+
+
+def _new_package(registry: Registry, name: str, digests: Mapping[str, Digest], meta: dict,
+                 message: str) -> quilt3.Package:
+    """The version to register: each entry already points at its object here, with quilt3's checksum, so
+    nothing is read or copied again by quilt3. Its workflow (a bucket's ``.quilt/workflows``) applies as it
+    would to a quilt3 push."""
+    quilt3 = _quilt3()
+    pkg = quilt3.Package()
+    for key, digest in digests.items():
+        where = quilt3.util.PhysicalKey.from_url(registry.object_url(name, object_name(digest.sha256, key)))
+        checksum = {"type": quilt3.checksums.SHA256_CHUNKED_HASH_NAME, "value": digest.checksum}
+        pkg.set(key, quilt3.packages.PackageEntry(where, digest.size, checksum, None))
     pkg.set_meta(meta)
+    # quilt3 has no public way to set a message or run the workflow without its push; these are what it calls
+    pkg._validate_with_workflow(registry=_backend(registry), workflow=..., name=name, message=message)  # noqa: SLF001
+    pkg._set_commit_message(message)  # noqa: SLF001
     return pkg
 
 
-def _push(registry: Registry, name: str, files: Mapping[str, Path], digests: Mapping[str, str], meta: dict,
-          message: str) -> str:
-    """Upload, then register. ``force``: a pipeline publishes what its inputs make, so the new version
-    becomes latest whatever was latest before (older ones stay listed); ``dedupe``: pushing content
-    that is already the latest version registers nothing new."""
-    pkg = _new_package(files, meta)
-
-    def dest(key: str, _entry: object) -> str:
-        return f"{registry.url}/{object_key(name, digests[key], key)}"
-
-    with contextlib.redirect_stdout(io.StringIO()):  # quilt3's chatter ("Run `quilt3 catalog` ...")
-        pushed = pkg.push(name, registry=registry.url, dest=dest, message=message, force=True, dedupe=True)
-    if pushed is pkg:  # deduped
-        return dict(_quilt3().list_package_versions(name, registry=registry.url))["latest"]
-    return pushed.top_hash
-
-
-def _build_local(registry: Registry, name: str, files: Mapping[str, Path], digests: Mapping[str, str],
-                 meta: dict, message: str) -> str:
-    """Copy the objects into the local registry, then register."""
-    stored = {}
+def _store_objects(registry: Registry, name: str, files: Mapping[str, Path], digests: Mapping[str, Digest]) -> None:
+    """Put each file at its object key, unless an object of its size is there already (the key is its
+    content's hash): into the folder, or up to the bucket with boto3's managed transfer (multipart from
+    8 MiB: quilt3 8.0's own upload needs checksums that not every S3 server returns)."""
+    keys = {key: object_key(name, digests[key].sha256, key) for key in files}
+    if registry.is_s3:
+        client, bucket = _s3_client(), urlsplit(registry.url).netloc
+        there = existing_sizes(client, bucket, f"{name}/objects/")
+        upload_files(client, bucket, {keys[k]: path for k, path in files.items()
+                                      if there.get(keys[k]) != digests[k].size})
+        return
     for key, path in track(files.items(), "storing", "file"):
-        target = registry.local_path / object_key(name, digests[key], key)
-        if not target.exists():
+        target = registry.local_path / keys[key]
+        if not target.is_file() or target.stat().st_size != digests[key].size:
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
-        stored[key] = target
-    return _new_package(stored, meta).build(name, registry=registry.url, message=message)
+
+
+@contextmanager
+def _publish_lock(registry: Registry, name: str) -> Iterator[Callable[[], None]]:
+    """Hold the registry's lock of ``name`` (:mod:`pipeline.core.registry_lock`); yields the check to run
+    before each registering write (an S3 lease can run out; a held ``flock`` cannot)."""
+    if registry.is_s3:
+        with s3_lock(_s3_client(), urlsplit(registry.url).netloc, name, registry.shown) as lease:
+            yield lease.check
+    else:
+        with local_lock(registry.local_path, name, registry.shown):
+            yield lambda: None
+
+
+def _register(registry: Registry, name: str, top_hash: str, seen: str | None,
+              accept_latest: Callable[[dict], None] | None, fence: Callable[[], None]) -> Published:
+    """Under the lock: make the manifest (already stored) a version of ``name``, and its latest.
+
+    ``seen`` is the latest top hash the checks ran on; another run may have registered one since."""
+    latest = _latest_hash(registry, name)
+    if latest == top_hash:
+        return Published(top_hash, added=False)
+    if latest is not None and latest != seen and accept_latest is not None:
+        accept_latest(_user_meta(_version_meta(registry, name, latest)))
+    backend = _backend(registry)
+    if backend.revision_pointers:  # quilt3's first layout: a version is a pointer named by its time
+        _add_version_pointer(registry, backend, name, top_hash, fence)
+    else:  # its second: a version is its manifest, already there
+        fence()
+    _write(registry, backend.pointer_latest_pk(name), top_hash.encode())
+    return Published(top_hash, added=True)
+
+
+def _add_version_pointer(registry: Registry, backend: object, name: str, top_hash: str,
+                         fence: Callable[[], None]) -> None:
+    """Add the pointer ``.quilt/named_packages/<name>/<seconds>`` to ``top_hash`` under a name no one holds.
+
+    quilt3 names it by the time in seconds and overwrites what is there, so two versions registered within
+    one second kept one. Here it is created only if absent, else the next second is tried, and it is read
+    back after (a store that ignored the condition would show another hash)."""
+    for _ in range(_POINTER_TRIES):
+        stamp = int(time.time())
+        pointer = backend.pointer_pk(name, str(stamp))
+        fence()
+        if _create(registry, pointer, top_hash.encode()) and _read(pointer).decode().strip() == top_hash:
+            return
+        time.sleep(max(0.0, stamp + 1 - time.time()))
+    raise PipelineFailure(f"{name} in {registry.shown}: could not add a version pointer in {_POINTER_TRIES} "
+                          "tries (other runs registering every second?): nothing was registered; run it again")
+
+
+def _write(registry: Registry, where: quilt3.util.PhysicalKey, data: bytes) -> None:
+    """Write a registry file whole: a reader sees the old one or the new one (a local file is renamed into
+    place; an S3 PUT is atomic)."""
+    if where.is_local():
+        with _local_tmp(registry) as tmp:
+            tmp.write_bytes(data)
+            Path(where.path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, where.path)
+        return
+    _s3_client().put_object(Bucket=where.bucket, Key=where.path, Body=data)
+
+
+def _create(registry: Registry, where: quilt3.util.PhysicalKey, data: bytes) -> bool:
+    """Write a registry file whole, only if there is none yet; False when there was one."""
+    if where.is_local():
+        target = Path(where.path)
+        with _local_tmp(registry) as tmp:
+            tmp.write_bytes(data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp, target)  # atomic, and fails if the name is taken
+            except FileExistsError:
+                return False
+        return True
+    return put_new(_s3_client(), where.bucket, where.path, data) is not None
+
+
+@contextmanager
+def _local_tmp(registry: Registry) -> Iterator[Path]:
+    """A temporary file in the registry's own ``.pipeline/tmp`` (on the file system of the files it will
+    become, so it can be renamed or linked there; never in a folder quilt3 lists), removed after."""
+    tmp = staging_path(registry.local_path / _LOCAL_TMP, uuid.uuid4().hex, "tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def versions(registry: Registry, name: str) -> list[Version]:
@@ -305,14 +542,14 @@ def versions(registry: Registry, name: str) -> list[Version]:
         _check_access(registry)
         pointers = list(quilt3.list_package_versions(name, registry=registry.url))
         latest = dict(pointers).get("latest")
+        latest = latest and _pointed_hash(latest.encode(), registry, name, "latest")
         found = []
         for stamp, top_hash in pointers:
-            if stamp == "latest":
+            if not stamp.isdigit():  # "latest", or a stray file in the pointers' folder
                 continue
-            pkg = quilt3.Package.browse(name, registry=registry.url, top_hash=top_hash)
-            # The commit message is manifest-level metadata; quilt3 has no public accessor for it.
-            message = pkg._meta.get("message") or ""  # noqa: SLF001
-            found.append(Version(top_hash, int(stamp), message, top_hash == latest))
+            top_hash = _pointed_hash(top_hash.encode(), registry, name, stamp)
+            message = _version_meta(registry, name, top_hash).get("message") or ""
+            found.append(Version(top_hash, int(stamp), str(message), top_hash == latest))
     if not found:
         raise _not_found(registry, name, None)
     return sorted(found, key=lambda v: v.timestamp, reverse=True)
@@ -341,7 +578,8 @@ def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> 
 
     Files land in a hidden sibling folder first (``.<dest>.<pid>.pull``) and are renamed into place once all
     are there and verified, so ``dest`` is never half filled; the sibling folders of killed pulls are
-    swept first.
+    swept first. Of two pulls into one new ``dest`` at once, the first to finish renames its folder into
+    place (a rename replaces an empty folder, never a full one) and the other says so in one line.
     """
     check_dest(dest, registry)
     with registry_errors(registry, name, top_hash):
@@ -354,17 +592,30 @@ def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> 
     staging = staging_path(dest.parent, dest.name, PULL_STAGING)
     try:
         with registry_errors(registry, name, top_hash):
-            pkg = _quilt3().Package.browse(name, registry=registry.url, top_hash=top_hash)
+            wanted = top_hash or _latest_hash(registry, name)
+            if wanted is None:
+                raise _not_found(registry, name, None)
+            pkg = _browse(registry, name, wanted)
             moved = _point_here(pkg, registry, name)
             pkg.fetch(f"{staging}/")
         if not pkg.verify(str(staging)):
             raise PipelineFailure(f"{name} in {registry.shown}: downloaded files do not match the package's hashes")
-        if dest.exists():
-            dest.rmdir()
-        os.replace(staging, dest)
+        _move_into_place(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Installed(pkg.top_hash, sum(1 for _ in pkg.walk()), moved)
+
+
+def _move_into_place(staging: Path, dest: Path) -> None:
+    """Rename the finished folder onto ``dest``: atomic, and refused by the kernel when ``dest`` is a
+    folder that is not empty (another pull got there first) or not a folder."""
+    try:
+        os.rename(staging, dest)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise UserError(f"--dest {dest} was filled by something else (another pull?) while this pull ran: "
+                            "left as it is; choose a new folder") from None
+        raise PipelineFailure(f"--dest {dest}: cannot move the pulled files into place ({exc.strerror})") from None
 
 
 def _point_here(pkg: quilt3.Package, registry: Registry, name: str) -> bool:
@@ -395,11 +646,12 @@ def relink(registry: Registry) -> int:
     changed = 0
     for name in quilt3.list_packages(registry.url):
         with registry_errors(registry, name):
-            for top_hash in sorted({h for stamp, h in quilt3.list_package_versions(name, registry=registry.url)}):
-                pkg = quilt3.Package.browse(name, registry=registry.url, top_hash=top_hash)
+            pointers = quilt3.list_package_versions(name, registry=registry.url)
+            for top_hash in sorted({_pointed_hash(h.encode(), registry, name, stamp) for stamp, h in pointers}):
+                pkg = _browse(registry, name, top_hash)
                 if _point_here(pkg, registry, name):
-                    with atomic_path(registry.local_path / ".quilt" / "packages" / top_hash) as tmp, \
-                            open(tmp, "w", encoding="utf-8") as f:
-                        pkg.dump(f)
+                    manifest = io.BytesIO()
+                    pkg.dump(manifest)
+                    _write(registry, _backend(registry).manifest_pk(name, top_hash), manifest.getvalue())
                     changed += 1
     return changed

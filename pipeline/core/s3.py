@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # With awscrt installed, botocore signs requests in C, reading upload bodies there; when one upload fails
@@ -20,8 +22,10 @@ os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
 import boto3  # noqa: E402
 import botocore.exceptions  # noqa: E402
+from boto3.s3.transfer import TransferConfig, create_transfer_manager  # noqa: E402
 
 from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.progress import track
 from pipeline.core.safe import public_url
 
 # AWS's bucket naming rules, loosely (S3-compatible stores allow a little more, never '/' or spaces).
@@ -35,6 +39,10 @@ _SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502"
 _QUILT_ACCESS_DENIED = "S3 AccessDenied"
 # botocore's ValueError for an endpoint URL it cannot use (AWS_ENDPOINT_URL_S3=not-a-url)
 _INVALID_ENDPOINT = "Invalid endpoint:"
+#: a conditional write lost: the object is there (412), or another conditional write to it is under way (409)
+_CONDITION_LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+#: files from this size up go in parts, several at once (boto3's default threshold, and quilt3's)
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
 
 
 def bucket_url(url: str, what: str = "registry") -> str:
@@ -121,3 +129,47 @@ def check_bucket(session: boto3.session.Session, url: str) -> None:
         if error_code(exc) == "404":  # a HEAD response has no body, so no "NoSuchBucket" code
             raise UserError(f"bucket {url} does not exist at {endpoint()}") from None
         raise translate(exc, url) from None
+
+
+def existing_sizes(client: object, bucket: str, prefix: str) -> dict[str, int]:
+    """``{key: size}`` of the objects under ``prefix`` (one listing instead of a request per file)."""
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found.update({obj["Key"]: obj["Size"] for obj in page.get("Contents", ())})
+    return found
+
+
+def upload_files(client: object, bucket: str, uploads: Mapping[str, Path]) -> None:
+    """Upload each file to its key with boto3's managed transfer: several files at once, and a file from
+    :data:`MULTIPART_THRESHOLD` up as a multipart upload of parts sent in parallel.
+
+    A failure cancels the rest and is raised as botocore raised it (for :func:`translate`). boto3 aborts
+    the multipart uploads it started; one cut off by ``kill -9`` stays until the bucket's lifecycle rule
+    (``AbortIncompleteMultipartUpload``) removes it, and never becomes an object.
+    """
+    config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+    with create_transfer_manager(client, config) as manager:
+        futures = [manager.upload(str(path), bucket, key) for key, path in uploads.items()]
+        for future in track(futures, "uploading", "file"):
+            future.result()
+
+
+def put_new(client: object, bucket: str, key: str, body: bytes) -> str | None:
+    """Create ``key`` only if no object is there (a conditional write, ``If-None-Match: *``): its ETag, or
+    None when one was there or another conditional write to it won."""
+    try:
+        return client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"]
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in _CONDITION_LOST:
+            return None
+        raise
+
+
+def replace_if(client: object, bucket: str, key: str, body: bytes, etag: str) -> str | None:
+    """Overwrite ``key`` only if it is still the object with ``etag`` (``If-Match``): the new ETag, or None."""
+    try:
+        return client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)["ETag"]
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in _CONDITION_LOST or error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise

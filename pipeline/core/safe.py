@@ -18,8 +18,6 @@ IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-#: quilt3's own rule for package names (quilt3.util.PACKAGE_NAME_FORMAT), with a length we can print
-_PACKAGE_NAME = re.compile(r"^[\w-]{1,64}/[\w-]{1,64}$", re.ASCII)
 #: query parameters that carry a credential (S3 presigned URLs, OAuth, API keys)
 _SECRET_QUERY = re.compile(r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|token|access_token|"
                            r"api[_-]?key|key|password|passwd|secret|auth)$")
@@ -68,13 +66,6 @@ def require_http_url(url: str, what: str = "URL") -> str:
     return url
 
 
-def check_package_name(name: str) -> str:
-    if not _PACKAGE_NAME.match(name):
-        raise ValueError(f"must look like owner/dataset (letters, digits, _ and -, 64 at most each), "
-                         f"got {name[:80]!r}")
-    return name
-
-
 def public_url(url: object) -> str:
     """``url`` with any ``user:password@`` and any credential in its query replaced by ``***``.
 
@@ -107,6 +98,11 @@ def scrub(text: str) -> str:
     """Free text (an error message, a reason from a library) with any URL credential blanked out: the
     ``user:password@`` of a URL and the values of credential query parameters become ``***``."""
     return _TOKENS_IN_TEXT.sub(r"\1***", _CREDENTIALS_IN_TEXT.sub(r"\1***@", text))
+
+
+def printable(text: str) -> str:
+    """A file name as text that can be written anywhere: bytes that were not UTF-8 become ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def join_inside(base: Path, relative: object) -> Path | None:

@@ -182,7 +182,7 @@ def limit_rows(label: np.ndarray, mids: Sequence[str], limit: int, seed: int) ->
     for code, mid in enumerate(mids):
         rows = np.flatnonzero(label == code)
         if len(rows) > limit:
-            rng = np.random.default_rng([seed & (2**64 - 1), zlib.crc32(mid.encode())])
+            rng = np.random.default_rng([seed, zlib.crc32(mid.encode())])
             rows = np.sort(rng.choice(rows, size=limit, replace=False))
         keep.append(rows)
     return np.sort(np.concatenate(keep))

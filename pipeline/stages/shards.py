@@ -7,7 +7,9 @@ train stage streams from them when its decoded cache does not fit; the package c
 Layout, index and the writer (webdataset's ``ShardWriter``, with fixed mtimes, owners and order, so the
 same splits give byte-identical shards): :mod:`pipeline.core.learn.shards`, shared with the benchmark.
 Each split's images go, in path order, into ``data/shards/<split>-NNNNNN.tar``, a new shard after
-``shards.max_images`` images or once one holds ``shards.max_mb`` MiB.
+``shards.max_images`` images or once one holds ``shards.max_mb`` MiB; ``index.json`` records each tar's size
+and sha256, which training checks before it streams. Two files whose sample keys collide stop the stage
+with a line naming both (renaming one is the fix; running the stage again would not be).
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.core.errors import UserError
 from pipeline.core.paths import IMAGE_SUFFIXES
 from pipeline.core.progress import Progress
+from pipeline.core.safe import printable
 
 #: name of the ``{label_dirname: display name}`` file in the splits folder
 LABELS_FILE = "labels.json"
@@ -64,7 +65,7 @@ def read_classes(root: Path) -> Classes:
     train = root / "train"
     if not train.is_dir():
         raise UserError(f"{train} not found: run the split stage first (see dvc.yaml)")
-    dirnames = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    dirnames = sorted(text_name(d) for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(dirnames) < 2:
         raise UserError(f"{train}: need at least two class folders to train a classifier, found {len(dirnames)}")
     names: dict[str, str] = {}
@@ -88,14 +89,27 @@ def read_split(root: Path, name: str, classes: Classes) -> Split:
     paths: list[Path] = []
     targets: list[int] = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sub.name not in index:
+        if text_name(sub) not in index:
             raise UserError(f"{sub}: class folder missing from the train split; re-run the split stage")
         files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        for file in files:
+            text_name(file)  # refuses a name that is not UTF-8
         paths += files
         targets += [index[sub.name]] * len(files)
     if not paths:
         raise UserError(f"{folder}: no images; check the split fractions in params.yaml")
     return Split(name, paths, targets)
+
+
+def text_name(path: Path) -> str:
+    """``path``'s name, which must be text: a name with bytes that are not UTF-8 cannot go into a shard, its
+    index, a report or a CSV, so it is refused, naming the file to rename."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{printable(str(path))}: the name is not UTF-8 text; rename it (the split stage names "
+                        "crops <ImageID>_<BoxIndex>.jpg in folders named after the labels)") from None
+    return path.name
 
 
 def decode(source: Path | bytes, size: int, name: str | None = None) -> torch.Tensor:

@@ -1,12 +1,16 @@
 """Backbones with a new head, where their ImageNet weights come from, and the saved model file.
 
 ``models/model.pt`` holds only tensors and plain values (never a pickled module), so it loads with
-``torch.load(..., weights_only=True)`` and cannot run code when someone else's file is opened.
+``torch.load(..., weights_only=True)`` and cannot run code when someone else's file is opened. A model file
+is checked as a whole where it is loaded (:func:`load_checkpoint`): a file that is empty, whose labels do
+not fit its weights, whose image size or normalisation is nonsense, or whose weights hold NaN is one line
+naming what is wrong, never a traceback, and never a prediction of ``nan``.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from torch import nn
 
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_path
+from pipeline.core.params import MAX_IMG_SIZE, MIN_IMG_SIZE
 
 ARCHS = ("mobilenet_v2", "resnet18", "resnet50")
 #: torchvision's ImageNet statistics: every pretrained backbone here expects inputs normalised by them
@@ -127,7 +132,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad or foreign file
-        raise UserError(f"{path}: not a weights file torch can load safely ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a weights file torch can load safely ({_first_line(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -179,17 +184,90 @@ def save_checkpoint(path: Path, model: nn.Module, info: ModelInfo, extra: dict |
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the trained model from ``model.pt`` without unpickling anything but tensors."""
+    """Rebuild the trained model from ``model.pt`` without unpickling anything but tensors; a file that is
+    not a whole model (:func:`model_info`, weights that do not fit) is one :class:`UserError`."""
     if not path.is_file():
         raise UserError(f"{path} not found: train a model first (python -m pipeline.stages.train, or dvc repro train)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path}: not a model file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a model file ({_first_line(exc)})") from None
+    info = model_info(path, data)
+    model = build_model(info.arch, len(info.labels), weights="none")
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: torch lists them, one per line
+        raise UserError(f"{path}: damaged model file: its weights do not fit a {info.arch} with {len(info.labels)} "
+                        f"labels ({_second_line(exc)})") from None
+    return model.eval(), info
+
+
+def model_info(path: Path, data: object) -> ModelInfo:
+    """What ``model.pt`` says about its model, checked as a whole: every field there, of its type, in range."""
     fields = ["state_dict", *ModelInfo.__dataclass_fields__]
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or not all(f in data for f in fields):
         raise UserError(f"{path}: not a model.pt written by the train stage (format {CHECKPOINT_FORMAT})")
-    info = ModelInfo(**{name: data[name] for name in ModelInfo.__dataclass_fields__})
-    model = build_model(info.arch, len(info.labels), weights="none")
-    model.load_state_dict(data["state_dict"])
-    return model.eval(), info
+    problem = _classes_problem(data) or _preprocessing_problem(data) or _weights_problem(data["state_dict"])
+    if problem:
+        raise UserError(f"{path}: damaged model file: {problem}")
+    return ModelInfo(**{name: data[name] for name in ModelInfo.__dataclass_fields__})
+
+
+def _classes_problem(data: dict) -> str:
+    """What is wrong with ``arch labels dirnames`` ('' when nothing)."""
+    labels, dirnames = data["labels"], data["dirnames"]
+    if data["arch"] not in ARCHS:
+        return f"arch {_shown(data['arch'])} is not one of {', '.join(ARCHS)}"
+    if not _names(labels) or len(labels) < 2 or len(set(labels)) != len(labels):
+        return f"labels must be two or more different names, got {_shown(labels)}"
+    if not _names(dirnames) or len(dirnames) != len(labels):
+        return f"dirnames must be {len(labels)} names, one per label, got {_shown(dirnames)}"
+    return ""
+
+
+def _preprocessing_problem(data: dict) -> str:
+    """What is wrong with ``img_size mean std`` ('' when nothing): what every input goes through."""
+    size = data["img_size"]
+    if type(size) is not int or not MIN_IMG_SIZE <= size <= MAX_IMG_SIZE:
+        return f"img_size must be a whole number of pixels in {MIN_IMG_SIZE}..{MAX_IMG_SIZE}, got {_shown(size)}"
+    for name in ("mean", "std"):
+        values = data[name]
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_finite, values)):
+            return f"{name} must be 3 finite numbers (R, G, B), got {_shown(values)}"
+    if min(data["std"]) <= 0:  # a division by 0: every probability would be nan
+        return f"std must be above 0 for every channel, got {_shown(data['std'])}"
+    return ""
+
+
+def _weights_problem(state: object) -> str:
+    """What is wrong with ``state_dict`` as such ('' when nothing); whether it fits the arch is torch's to say."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        return "state_dict must map names to tensors"
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    return f"weight {broken!r} holds NaN or infinity" if broken else ""
+
+
+def _names(values: object) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) and v for v in values)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line; its type when it says nothing (torch's error for an empty file)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _second_line(exc: BaseException) -> str:
+    """The first problem torch lists under its "Error(s) in loading state_dict for X:" heading."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]

@@ -4,9 +4,13 @@
 ``<key>.jpg`` (the crop's bytes, as they are in ``data/splits``; ``.png``/``.webp`` for such files),
 ``<key>.cls`` (the class index in the model's output order, ASCII) and ``<key>.json`` (``label``, ``dirname``,
 ``path`` relative to the splits folder). ``<key>`` is ``<class folder>/<file stem>``. This is the layout
-img2dataset writes and ``webdataset.WebDataset(...).decode("pil").to_tuple("jpg", "cls")`` reads.
-``data/shards/index.json`` lists each split's shards (name, bytes, images) and a fingerprint of the split's
-files (relative path and size of each), so training uses shards only when they hold the splits on disk.
+img2dataset writes and ``webdataset.WebDataset(...).decode("pil").to_tuple("jpg", "cls")`` reads. Two files
+whose keys would be the same (``a.b.jpg`` and ``a_b.jpg``, ``zz.JPG`` and ``zz.jpg``) would be one sample,
+or two with one key, so the writer refuses them, naming both (:func:`check_unique_keys`).
+``data/shards/index.json`` lists each split's shards (name, bytes, sha256), its image count and a
+fingerprint of the split's files (relative path, size and class of each), so training uses shards only
+when they hold the splits on disk, and only once every shard is, byte for byte, the one the shards stage
+wrote (:func:`matching_shards`): a ``.cls`` flipped in place keeps a shard's size, never its sha256.
 
 Streaming reads a tar sequentially, one large read per shard instead of one open and seek per image: the
 form to use when the decoded cache does not fit and the crops sit on a network disk or a slow file system.
@@ -33,8 +37,11 @@ from pipeline.core.progress import Progress
 
 #: the index beside the shards
 INDEX_NAME = "index.json"
-#: bumped when the layout changes; a reader refuses other versions
-SHARDS_FORMAT = 1
+#: bumped when the layout changes; a reader refuses other versions (2: each shard's sha256 in the index)
+SHARDS_FORMAT = 2
+#: what fixes shards that are not what the index says: the stage rebuilds them from data/splits
+RE_RUN = "re-run the shards stage (python -m pipeline.stages.shards)"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: image member extension per file suffix (WebDataset's usual names)
 IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 #: samples held by each worker's shuffle buffer (raw bytes, decoded after the shuffle)
@@ -61,6 +68,27 @@ def sample_key(relative: Path) -> str:
     return f"{relative.parent.name}/{relative.stem.replace('.', '_')}"
 
 
+def check_unique_keys(split: Split, root: Path) -> None:
+    """Refuse two files of ``split`` that would share a sample key: the shards could not tell them apart."""
+    seen: dict[str, Path] = {}
+    for path in split.paths:
+        key = sample_key(path.relative_to(root))
+        if key in seen:
+            raise UserError(f"{seen[key]} and {path} would both be the sample {key!r} in the shards (a key is the "
+                            "class folder and the file name without its extension, dots as _): rename one of them, "
+                            "then re-run the shards stage")
+        seen[key] = path
+
+
+def file_sha256(path: Path) -> str:
+    """A shard's sha256, read in blocks (a shard can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(split: Split, root: Path) -> str:
     """sha256 of every file's path (relative to ``root``), size and class: what the shards must match."""
     digest = hashlib.sha256()
@@ -71,10 +99,12 @@ def fingerprint(split: Split, root: Path) -> str:
 
 @dataclass(frozen=True)
 class SplitShards:
-    """One split's shards: files (in order), their sizes, its image count and the split's fingerprint."""
+    """One split's shards: files (in order), their sizes and sha256s, its image count and the split's
+    fingerprint."""
 
     files: list[str]
     sizes: list[int]
+    sha256s: list[str]
     images: int
     fingerprint: str
 
@@ -89,7 +119,8 @@ class ShardIndex:
 
     def to_json(self) -> dict:
         return {"format": SHARDS_FORMAT, "dirnames": self.dirnames, "labels": self.labels,
-                "splits": {name: {"shards": [{"name": f, "bytes": b} for f, b in zip(s.files, s.sizes, strict=True)],
+                "splits": {name: {"shards": [{"name": f, "bytes": b, "sha256": h}
+                                             for f, b, h in zip(s.files, s.sizes, s.sha256s, strict=True)],
                                   "images": s.images, "fingerprint": s.fingerprint}
                            for name, s in self.splits.items()}}
 
@@ -102,34 +133,79 @@ def read_index(folder: Path) -> ShardIndex | None:
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != SHARDS_FORMAT:
-            raise UserError(f"{path}: shard index format {raw.get('format')!r}, expected {SHARDS_FORMAT}: "
-                            "re-run the shards stage")
-        splits = {
-            name: SplitShards([str(s["name"]) for s in entry["shards"]], [int(s["bytes"]) for s in entry["shards"]],
-                              int(entry["images"]), str(entry["fingerprint"]))
-            for name, entry in raw["splits"].items()
-        }
-        index = ShardIndex(list(raw["dirnames"]), list(raw["labels"]), splits)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path}: not a shard index ({type(exc).__name__}: {exc}); re-run the shards stage") from None
-    for entry in index.splits.values():
-        for name in entry.files:
-            if Path(name).name != name or not name.endswith(".tar"):
-                raise UserError(f"{path}: shard name {name!r} is not a plain .tar file name")
+            raise UserError(f"{path}: shard index format {raw.get('format')!r}, expected {SHARDS_FORMAT}: {RE_RUN}")
+        splits = {str(name): _split_entry(entry) for name, entry in raw["splits"].items()}
+        index = ShardIndex(_texts(raw["dirnames"]), _texts(raw["labels"]), splits)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: not a shard index ({type(exc).__name__}: {exc}); {RE_RUN}") from None
     return index
 
 
+def _split_entry(entry: dict) -> SplitShards:
+    """One split of the index, every value of its type: a doctored number (``"bytes": 1e400``) is refused."""
+    shards = entry["shards"]
+    if not isinstance(shards, list):
+        raise TypeError("shards must be a list")
+    names = [_shard_name(s["name"]) for s in shards]
+    sizes = [_count(s["bytes"], "bytes") for s in shards]
+    sha256s = [_sha256(s["sha256"]) for s in shards]
+    fingerprint = entry["fingerprint"]
+    if not isinstance(fingerprint, str):
+        raise TypeError("fingerprint must be text")
+    return SplitShards(names, sizes, sha256s, _count(entry["images"], "images"), fingerprint)
+
+
+def _shard_name(name: object) -> str:
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".tar"):
+        raise ValueError(f"shard name {name!r} is not a plain .tar file name")
+    return name
+
+
+def _count(value: object, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a whole number of at least 0, got {value!r}")
+    return value
+
+
+def _sha256(value: object) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValueError(f"sha256 must be 64 lower-case hex digits, got {value!r}")
+    return value
+
+
+def _texts(values: object) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError("dirnames and labels must be lists of text")
+    return values
+
+
 def matching_shards(folder: Path, split: Split, root: Path, classes: Classes) -> list[Path] | None:
-    """The shard files of ``split`` when ``folder`` holds exactly that split of ``root`` (same files, same
-    sizes, same classes, every shard present at its recorded size); None otherwise (stream the folders)."""
+    """The shard files of ``split`` when ``folder``'s index describes exactly that split of ``root`` (same
+    files, same sizes, same classes); None otherwise (stream the folders). The shards themselves must then
+    be the ones the index lists, byte for byte (:func:`check_shard_files`)."""
     index = read_index(folder)
     entry = index.splits.get(split.name) if index else None
     if entry is None or index.dirnames != classes.dirnames or entry.fingerprint != fingerprint(split, root):
         return None
     files = [folder / name for name in entry.files]
-    if not all(f.is_file() and f.stat().st_size == size for f, size in zip(files, entry.sizes, strict=True)):
-        return None
+    check_shard_files(files, entry)
     return files
+
+
+def check_shard_files(files: list[Path], entry: SplitShards) -> None:
+    """Every shard there, at its size and sha256 from the index; else a :class:`UserError` with the fix.
+
+    Read once before training streams from them (one sequential read per shard): a label flipped in place,
+    a truncated or swapped tar would otherwise train silently on what the splits do not say.
+    """
+    with Progress(len(files), "check shards", "tar", leave=False) as bar:
+        for file, size, sha256 in zip(files, entry.sizes, entry.sha256s, strict=True):
+            if not file.is_file():
+                raise UserError(f"{file}: listed in {file.parent / INDEX_NAME} but missing; {RE_RUN}")
+            if file.stat().st_size != size or file_sha256(file) != sha256:
+                raise UserError(f"{file}: not the shard the shards stage wrote (its sha256 differs from "
+                                f"{file.parent / INDEX_NAME}'s); {RE_RUN}")
+            bar.update()
 
 
 def write_split_shards(split: Split, root: Path, classes: Classes, out: Path, max_images: int,
@@ -141,6 +217,7 @@ def write_split_shards(split: Split, root: Path, classes: Classes, out: Path, ma
     ``TarWriter`` takes a fixed mtime, owner names and mode (the numeric uid/gid stay ``TarInfo``'s 0); the
     samples come in path order. So the same files give byte-identical shards, wherever and whenever.
     """
+    check_unique_keys(split, root)
     written: list[str] = []
     pattern = str(out).replace("%", "%%") + "/" + shard_pattern(split.name)  # printf-style: escape the folder's %
     sink = wds.ShardWriter(pattern, maxcount=max_images, maxsize=max_bytes, verbose=0,
@@ -157,7 +234,8 @@ def write_split_shards(split: Split, root: Path, classes: Classes, out: Path, ma
                 "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
             })
             bar.update()
-    return SplitShards(written, [(out / f).stat().st_size for f in written], len(split), fingerprint(split, root))
+    return SplitShards(written, [(out / f).stat().st_size for f in written], [file_sha256(out / f) for f in written],
+                       len(split), fingerprint(split, root))
 
 
 class _ShardStream(IterableDataset):
@@ -234,7 +312,7 @@ class ShardBatches:
         try:
             yield from self._batches()
         except (UserError, tarfile.TarError, OSError, ValueError) as exc:
-            raise UserError(f"cannot read the shards: {_reason(exc)}; re-run the shards stage") from None
+            raise UserError(f"cannot read the shards: {_reason(exc)}; {RE_RUN}") from None
 
     def _batches(self) -> Iterator[Batch]:
         images: list[torch.Tensor] = []

@@ -1,101 +1,53 @@
-"""One request rate for every download worker of a run, however many processes they live in.
-
-A limiter grants a request only when the *board* says its slot has come: the board holds one number, the
-earliest time the next grant may happen, and each grant moves it on by ``1/rate``. A caller whose slot
-has not come sleeps until it should have, then asks again; nothing is booked ahead. So:
-
-- grants are spaced at least ``(1 - CATCH_UP)/rate`` apart *as they actually happened*: a stalled event
-  loop or a slow process start delays the queue instead of releasing missed slots together as a burst;
-- every process asks the same board (:class:`SharedBoard`, one float in shared memory behind one lock; on
-  a Dask cluster the scheduler's, :mod:`.cluster`), so
-  there are no per-process shares to drift into step with each other or to be stranded when a process
-  runs out of work early. (The earlier design split the rate into per-process lanes whose start offsets
-  were fixed before the pool started; when start-up took longer than ``1/rate`` two lanes fired together
-  and stayed paired.)
-
-Why not a token bucket or ``ratelim``: a bucket hands out its saved tokens at once, so a server counting
-requests in a strict 1-second window sees bursts above the limit (pyrate-limiter let 28-36 through in a
-window when asked for 20/s), and ``ratelim`` 0.1.6 holds no lock at all (4.5x the limit with 8 threads).
-
-The decision itself is :func:`take_slot`, a pure function, so tests replay it under a fake clock.
+"""The download's side of the request rate: which board a run books on (:func:`rate_key`), and the limiter
+every request of a process awaits (:class:`RateLimiter`). The boards and their rule are
+:mod:`pipeline.core.rate` (this machine) and :mod:`pipeline.core.rate_cluster` (a Dask scheduler); the engine
+hands the stage the right one (:meth:`pipeline.core.engine.Engine.rate_board`).
 """
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from itertools import islice
+from urllib.parse import urlsplit
 
-#: A late wake-up may start the next interval this much (as a fraction of the interval) before the
-#: moment it actually woke, to win back timer overshoot (~1 ms per sleep would cost 2% at 20/s).
-#: Small enough that 21 consecutive gaps can never fit in one second at 20/s: 21 * 0.96 / 20 > 1.
-CATCH_UP = 0.04
+from pipeline.core.rate import Board, HeldBoard, LocalBoard
+from pipeline.core.safe import is_http_url
 
-
-def take_slot(next_free: float, now: float, interval: float) -> tuple[float, float]:
-    """``(next_free after this call, seconds to wait)``; a wait of 0 means the slot was taken now.
-
-    Slots stay at least ``interval`` apart and a grant happens at most ``CATCH_UP * interval`` after its slot,
-    so n + 1 grants span at least ``(n - CATCH_UP) * interval``: a 1-second window never holds more than
-    ``floor(rate + CATCH_UP) + 1`` of them (rate + 1 for a whole rate).
-    """
-    slot = max(next_free, now - CATCH_UP * interval)
-    if slot > now:
-        return next_free, slot - now
-    return slot + interval, 0.0
+#: the image server of a run is judged from this many of its URLs (its first, in ImageID order)
+KEY_SAMPLE = 1000
 
 
-class Board(Protocol):
-    """Where the next free slot is kept, for every limiter that shares a rate."""
-
-    def take(self, interval: float) -> float:
-        """Take the slot if it has come (return 0), else return how long to wait before asking again."""
-
-
-@runtime_checkable
-class HeldBoard(Protocol):
-    """A board far away (the cluster's, :mod:`.cluster`): one call that returns when the caller's turn has
-    come (it books a slot there and sleeps here), since asking again and again over the network would cost
-    a round trip per question."""
-
-    async def turn(self) -> None:
-        """Return when this caller may send its request."""
+def rate_key(setting: str, urls: Iterable[str]) -> str:
+    """The board a run books on: ``runtime.rate_key`` when set, else the image server's site (:func:`site`)
+    that most of the first :data:`KEY_SAMPLE` http(s) URLs are on, so that runs downloading from one server
+    share one rate without being told to. A run's photos come from one server (Flickr or CVDF) in practice;
+    one whose URLs span several books all of them on the most frequent one's board."""
+    if setting:
+        return setting
+    sites = Counter(site(url) for url in islice((u for u in urls if is_http_url(u)), KEY_SAMPLE))
+    return min(sites, key=lambda s: (-sites[s], s)) if sites else "no-server"
 
 
-class LocalBoard:
-    """The board of one process (its event loops run one at a time, so no lock is needed)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock, self.next_free = clock, 0.0
-
-    def take(self, interval: float) -> float:
-        self.next_free, wait = take_slot(self.next_free, self.clock(), interval)
-        return wait
-
-
-class SharedBoard:
-    """The board of a process pool: one double in shared memory and one lock, made before the pool starts
-    and handed to each worker through the pool's initializer (the way multiprocessing shares them).
-
-    ``time.monotonic`` is CLOCK_MONOTONIC, one clock for every process on the machine.
-    """
-
-    def __init__(self, context: multiprocessing.context.BaseContext | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        context = context or multiprocessing.get_context()
-        self._next = context.RawValue("d", 0.0)
-        self._lock = context.Lock()
-        self.clock = clock
-
-    def take(self, interval: float) -> float:
-        with self._lock:
-            self._next.value, wait = take_slot(self._next.value, self.clock(), interval)
-        return wait
+def site(url: str) -> str:
+    """``host[:port]`` of a URL, lower case and without credentials; a DNS name of three labels or more loses
+    its first one, since one server answers under many names (``farm3.staticflickr.com`` and
+    ``c1.staticflickr.com`` are both ``staticflickr.com``). IP addresses are kept whole."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    labels = host.split(".")
+    if len(labels) >= 3 and not all(label.isdigit() for label in labels) and ":" not in host:
+        host = ".".join(labels[1:])
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
 
 
 class RateLimiter:
-    """``await limiter.wait()`` before each request; at most ``rate`` grants per second (``rate`` 0 = off).
+    """``await limiter.wait()`` before each request; at most ``rate`` grants per second (``rate`` 0 = off), on
+    ``board`` (shared with other processes and runs) or, without one, a board of this process alone.
 
     The callers of one process queue on an asyncio lock, so only one of them at a time asks the board.
     """
@@ -105,8 +57,7 @@ class RateLimiter:
         if not rate >= 0:  # also NaN
             raise ValueError(f"rate must be a number >= 0, got {rate}")
         self.rate = rate
-        self.interval = 1.0 / rate if rate else 0.0
-        self.board = board or LocalBoard()
+        self.board = board or (LocalBoard(rate) if rate else None)
         self._held = isinstance(self.board, HeldBoard)
         self._sleep = sleep
         self._lock: asyncio.Lock | None = None
@@ -127,5 +78,5 @@ class RateLimiter:
             if self._held:
                 await self.board.turn()
                 return
-            while (delay := self.board.take(self.interval)) > 0:
+            while (delay := self.board.take()) > 0:
                 await self._sleep(delay)

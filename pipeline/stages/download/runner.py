@@ -23,10 +23,11 @@ import pyarrow as pa
 from pipeline.core import store
 from pipeline.core.http import HttpPolicy
 from pipeline.core.params import Params
+from pipeline.core.rate import Board, HeldBoard
 from pipeline.core.safe import is_http_url, public_url
 from pipeline.core.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
-from pipeline.stages.download.ratelimit import Board, HeldBoard, RateLimiter
+from pipeline.stages.download.ratelimit import RateLimiter
 from pipeline.stages.download.shards import Image, journal_path, manifest_table
 from pipeline.stages.download.verify import Verdict, verify
 from pipeline.stages.download.writer import Journal, image_path, write_image
@@ -80,7 +81,7 @@ class _NoJournal:
 @dataclass(frozen=True)
 class ShardContext:
     """What every shard of a run shares: its settings, where the photos go, the rate's board (None when the
-    rate is off; one process's, a pool's shared memory, or the cluster's) and the folder of the journals
+    rate is off; the machine's or the scheduler's, shared with other runs) and the folder of the journals
     when the workers reach it (None: the stage journals the records they send home)."""
 
     settings: ShardSettings

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.core import paths, store
-from pipeline.core.engine import DaskEngine, Engine, open_engine
+from pipeline.core.engine import Engine, open_engine
 from pipeline.core.errors import PipelineFailure, UserError
 from pipeline.core.io import read_table, sweep_temporaries
 from pipeline.core.locks import locked
@@ -29,7 +29,7 @@ from pipeline.core.progress import Progress
 from pipeline.core.safe import is_image_id
 from pipeline.core.sources import SUBSETS, join_url
 from pipeline.stages.download import aside, shards
-from pipeline.stages.download.ratelimit import Board, HeldBoard, LocalBoard, SharedBoard
+from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
 from pipeline.stages.download.shards import Image
 from pipeline.stages.download.home import Home, Plan
@@ -114,39 +114,29 @@ def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bo
             Home(plan, shards_dir, bar, journal_here) as home:
         if engine is not None:
             _fetch(engine, home.jobs(), ShardSettings.from_params(params), images,
-                   None if journal_here else shards_dir, home.on_message, home.on_result)
+                   None if journal_here else shards_dir, home.on_message, home.on_result, params.runtime.rate_key)
     return home.finished_parts(), home.tried
 
 
 def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: ShardSettings, images: str,
            journals: Path | None, on_message: Callable[[Any], None],
-           on_result: Callable[[int, pa.Table], None]) -> list[pa.Table]:
+           on_result: Callable[[int, pa.Table], None], board_name: str = "") -> list[pa.Table]:
     """Run the shards (``(index, rows)`` each) on ``engine``; return their tables in order. The workers
     journal each record in ``journals`` as it finishes (None: the caller journals the messages).
+    ``board_name`` is ``runtime.rate_key`` (empty: the board of the images' server, :func:`.ratelimit.rate_key`).
 
     Locally in this process, or in a pool of ``runtime.download_processes`` (0 = one per usable core): a
     single event loop spends a whole core on 700 images/s, so a second one on a second core is what a higher
     rate needs. Or on a Dask cluster (``runtime.engine: dask``). Each shard is a task of its own, so a process
-    that runs out of work takes the next shard, and every process asks one board for its slots (shared
-    memory in a pool, the scheduler on a cluster: :mod:`.cluster`), so the rate holds for all of them.
+    that runs out of work takes the next shard, and every process asks the board the engine hands out for the
+    key (this machine's, or the scheduler's: :meth:`~pipeline.core.engine.Engine.rate_board`), which every
+    other run with that key asks too, so the rate holds for all of them together.
     """
-    with _board(engine, settings.rate) as board:
+    urls = (image.url for _, rows in jobs for image in rows)
+    boarded = engine.rate_board(rate_key(board_name, urls), settings.rate) if settings.rate else nullcontext(None)
+    with boarded as board:
         context = ShardContext(settings, images, board, str(journals.absolute()) if journals else None)
         return engine.run(shard_task, context, jobs, on_message, on_result)
-
-
-@contextmanager
-def _board(engine: Engine, rate: float) -> Iterator[Board | HeldBoard | None]:
-    """The rate's board for the engine's kind (None when the rate is off)."""
-    if not rate:
-        yield None
-    elif isinstance(engine, DaskEngine):
-        from pipeline.stages.download.cluster import cluster_board  # imports distributed
-
-        with cluster_board(engine.client, rate) as board:
-            yield board
-    else:
-        yield SharedBoard() if engine.kind == "pool" else LocalBoard()
 
 
 def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path,

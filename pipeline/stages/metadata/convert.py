@@ -17,7 +17,9 @@ coordinates float32; the ``XClick*`` columns are not kept), and write:
   some do not; we look at the first line to tell.
 
 Rows that do not have the header's column count are skipped and counted (the caller reports them), so
-one damaged line in a 14.6 M-row download does not cost the whole conversion.
+one damaged line in a 14.6 M-row download does not cost the whole conversion. A file with nothing usable
+(not the format at all: a garbage body that arrived whole) raises :class:`UnusableFile`, naming it, so the
+stage can set it aside and the next run fetch it again instead of finding it "present".
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,40 @@ FLUSH_ROWS = 2_000_000
 BLOCK_SIZE = 4 << 20
 #: lz4: zstd made the cache 1.6x smaller (360 vs 560 MB) for ~20 % more conversion CPU here
 COMPRESSION = "lz4"
+
+
+class UnusableFile(PipelineFailure):
+    """A downloaded metadata file with nothing this stage can use: not the format it should be in."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """Text from a downloaded file, for an error line: cut short, odd characters escaped (``repr``)."""
+    return repr(text[:limit])
+
+
+@contextmanager
+def _row_decoding_errors_hidden() -> Iterator[None]:
+    """Keep pyarrow's "Exception ignored" traceback off the screen while a CSV is read.
+
+    pyarrow decodes a malformed row's text as UTF-8 before it calls our invalid-row handler; when that text
+    is not UTF-8 the decoding fails inside pyarrow, which reports it through ``sys.unraisablehook`` (a
+    traceback on stderr) and then fails the read with ``ArrowInvalid``, which the callers do handle.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 @dataclass
@@ -107,16 +144,21 @@ def _open_csv(path: Path, types: dict[str, pa.DataType], stats: ConvertStats,
     columns = header(path)
     missing = [c for c in types if c not in columns]
     if missing:
-        raise PipelineFailure(f"{path}: no column {', '.join(missing)} in its header ({','.join(columns)[:200]})")
+        raise UnusableFile(path, f"no column {', '.join(missing)} in its header ({_shown(','.join(columns))})")
     read_types = {name: pa.binary() for name in types} if tolerant else types
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8"),  # bytes columns are not checked
-        parse_options=pacsv.ParseOptions(invalid_row_handler=stats.skip),
-        convert_options=pacsv.ConvertOptions(column_types=read_types, include_columns=list(types)),
-    )
-    for batch in reader:
-        yield _repair(batch, types, stats) if tolerant else batch
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8"),  # bytes columns are not checked
+            parse_options=pacsv.ParseOptions(invalid_row_handler=stats.skip),
+            convert_options=pacsv.ConvertOptions(column_types=read_types, include_columns=list(types)),
+        )
+        for batch in reader:
+            yield _repair(batch, types, stats) if tolerant else batch
+    except pa.ArrowInvalid as exc:
+        if not tolerant:
+            raise  # the caller reads again, tolerant
+        raise UnusableFile(path, f"not a CSV file this stage can read ({_shown(str(exc).splitlines()[0])})") from None
 
 
 #: a decimal number as the CSVs write them; "nan", "inf" and words are not numbers here
@@ -156,11 +198,12 @@ def _text(raw: pa.Array) -> pa.Array:
 
 def _tolerant_retry(convert: Callable[[bool], ConvertStats], what: str) -> ConvertStats:
     """Run ``convert`` the fast way; when a value does not parse, again the tolerant way (see :func:`_open_csv`)."""
-    try:
-        return convert(False)
-    except pa.ArrowInvalid as exc:
-        first = str(exc).splitlines()[0][:160]
-    stats = convert(True)
+    with _row_decoding_errors_hidden():
+        try:
+            return convert(False)
+        except pa.ArrowInvalid as exc:
+            first = _shown(str(exc).splitlines()[0], 160)
+        stats = convert(True)
     print(f"  note        {what}: {first}; read again value by value", file=sys.stderr)
     return stats
 
@@ -172,23 +215,25 @@ def read_classes(path: Path) -> pa.Table:
     left, or text that is not UTF-8, is refused in one line.
     """
     if not path.stat().st_size:
-        raise PipelineFailure(f"{path}: the class list is empty")
+        raise UnusableFile(path, "the class list is empty")
     has_header = [c.strip().lower() for c in header(path)] == ["labelname", "displayname"]
     stats = ConvertStats()
     try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=CLASS_SCHEMA.names, skip_rows=int(has_header), encoding="utf8"),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=stats.skip),
-            convert_options=pacsv.ConvertOptions(column_types={c: STR for c in CLASS_SCHEMA.names}),
-        ).cast(CLASS_SCHEMA)
+        with _row_decoding_errors_hidden():
+            table = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=CLASS_SCHEMA.names, skip_rows=int(has_header),
+                                               encoding="utf8"),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=stats.skip),
+                convert_options=pacsv.ConvertOptions(column_types={c: STR for c in CLASS_SCHEMA.names}),
+            ).cast(CLASS_SCHEMA)
     except pa.ArrowInvalid as exc:
-        raise PipelineFailure(f"{path}: not a class list ({str(exc).splitlines()[0][:120]})") from None
+        raise UnusableFile(path, f"not a class list ({_shown(str(exc).splitlines()[0])})") from None
     usable = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(table.column(0), ""))), 0)
     stats.reject("empty LabelName", table.num_rows - pc.sum(usable).as_py() if table.num_rows else 0, "")
     table = table.filter(usable)
     if not table.num_rows:
-        raise PipelineFailure(f"{path}: no class in the class list (rows need two columns: LabelName,DisplayName)")
+        raise UnusableFile(path, "no class in the class list (rows need two columns: LabelName,DisplayName)")
     if stats.skipped:
         print(f"  warning     {path.name}: skipped {stats.skipped} malformed row(s), first: {stats.first_skipped}",
               file=sys.stderr)
@@ -200,11 +245,13 @@ def read_hierarchy(path: Path) -> dict:
     try:
         tree = json.loads(path.read_text(encoding="utf-8"))
     except RecursionError:
-        raise PipelineFailure(f"{path}: the hierarchy is nested too deeply to read") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineFailure(f"{path}: not a readable JSON hierarchy ({str(exc)[:120]})") from None
+        raise UnusableFile(path, "the hierarchy is nested too deeply to read") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise UnusableFile(path, f"not a readable JSON hierarchy ({_shown(str(exc))})") from None
+    except OSError as exc:
+        raise PipelineFailure(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(tree, dict) or not isinstance(tree.get("LabelName"), str):
-        raise PipelineFailure(f"{path}: the hierarchy's root has no LabelName")
+        raise UnusableFile(path, "the hierarchy's root has no LabelName")
     return tree
 
 

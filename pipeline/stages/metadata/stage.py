@@ -7,7 +7,9 @@
    ``data/metadata/raw/<official path>`` are fetched; a broken earlier download is resumed
    (:mod:`pipeline.stages.metadata.transfer`); nothing is asked of the server when every file is there.
 3. Each Parquet output is rebuilt only when the raw files it came from changed: ``cache.json`` records
-   their sizes and mtimes (and the converter's format), so a re-run converts nothing.
+   their sizes and mtimes (and the converter's format), so a re-run converts nothing. A raw file that
+   cannot be converted at all (a garbage body that arrived whole) is moved to ``data/metadata/rejected/``
+   before the run stops, so the next run fetches it again instead of finding it "present".
 
 Prints what it did, one line per file and per output.
 """
@@ -16,16 +18,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.core.errors import PipelineFailure
 from pipeline.core.http import HttpPolicy
 from pipeline.core.io import atomic_path, write_parquet
 from pipeline.core.labels import ClassList
 from pipeline.core.locks import locked
 from pipeline.core.params import Params, load_params
-from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW, METADATA_STAMP
+from pipeline.core.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
+                                 METADATA_REJECTED, METADATA_STAMP)
 from pipeline.core.safe import public_url
 from pipeline.core.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert
@@ -95,9 +100,21 @@ def refresh(stamps: Stamps, out: Path, inputs: Sequence[Path], build: Callable[[
         print(f"  up to date  {out.name}")
         return
     started = time.perf_counter()
-    summary = build()
+    try:
+        summary = build()
+    except convert.UnusableFile as exc:
+        raise PipelineFailure(f"{exc}; {set_aside(exc.path)}") from None
     stamps.record(out, inputs)
     print(f"  converted   {out.name}: {summary} in {time.perf_counter() - started:.1f} s")
+
+
+def set_aside(raw: Path) -> str:
+    """Move a raw file that cannot be converted out of ``raw/`` (to ``rejected/``, one per official path), so
+    the next run fetches it again; say where it went. Kept rather than deleted: it is what the server sent."""
+    aside = METADATA_REJECTED / raw.relative_to(METADATA_RAW)
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(raw, aside)
+    return f"moved it to {aside} (look at it, then delete it): the next run fetches it again"
 
 
 def _warn_skipped(stats: convert.ConvertStats) -> str:

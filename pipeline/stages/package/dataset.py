@@ -2,9 +2,12 @@
 
 Logical keys: ``splits/...`` (all of ``data/splits``: class folders, ``splits.parquet``, ``labels.json``),
 ``shards/...`` (the same images as WebDataset tar shards and their ``index.json``, when the shards stage ran),
-``manifests/{selected,images,clean}.parquet``, ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
+``manifests/{selected,images,clean,audit}.parquet`` (audit: the ledger of every curation decision, which
+``python -m pipeline.pull NAME --diff A B`` reads), ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
 belong to the model (:mod:`.model`), which differs between a CPU and a GPU, while this package must be a
-function of its inputs only.
+function of its inputs only. For the same reason the download and clean manifests travel as their content
+and decisions only (:func:`decided_manifests`): how many attempts a photo took, or which transient error
+came last before a download gave up, is the weather of one run, not the dataset.
 """
 from __future__ import annotations
 
@@ -13,11 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
+from pipeline.core.io import read_table, write_parquet
 from pipeline.core.params import Params
+from pipeline.core.status import Download
 from pipeline.stages.package.licences import licence_counts
+from pipeline.stages.package.naming import DATASET
 from pipeline.stages.package.provenance import DATASET_PARAMS, DATASET_STAGES, code_version, recorded_params
 
 ATTRIBUTION_COLUMNS = ["ImageID", "Title", "Author", "AuthorProfileURL", "OriginalLandingURL", "License"]
@@ -26,7 +34,15 @@ MANIFESTS = {
     "manifests/selected.parquet": paths.SELECTED,
     "manifests/images.parquet": paths.IMAGES_MANIFEST,
     "manifests/clean.parquet": paths.CLEAN_MANIFEST,
+    "manifests/audit.parquet": paths.AUDIT_LEDGER,
 }
+#: the manifests the package carries as their decisions (:func:`decided_manifests`), not byte for byte
+DECIDED = ("manifests/images.parquet", "manifests/clean.parquet")
+#: download manifest columns about how the run went (retries), not about the photo: left out
+RUN_COLUMNS = ("attempts",)
+#: what a ``failed`` download says in the package, whichever transient error came last, after how many
+#: attempts, under which deadline: the status alone is the decision (no photo; the next run asks again)
+FAILED_REASON = "no final answer from the server (retries or the deadline ran out); a re-run asks again"
 ANNOTATIONS_LICENSE = "CC BY 4.0 (Google LLC)"
 # A spreadsheet runs a cell that starts with one of these as a formula; the text comes from Flickr.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -44,8 +60,48 @@ def input_files() -> dict[str, Path]:
     }
     files.update({f"shards/{path.name}": path for path in sorted(paths.SHARDS_DIR.glob("*"))  # when the stage ran
                   if path.is_file() and not path.name.startswith(".")})
-    files.update(MANIFESTS)
+    files.update({key: path for key, path in MANIFESTS.items() if key not in DECIDED})
     return files
+
+
+def decided_manifests(staging: Path) -> dict[str, Path]:
+    """The download and clean manifests as the package carries them, written into ``staging``: every row and
+    column that says what a photo is and what was decided, nothing that varies with a transient fault.
+
+    The download manifest loses ``attempts``; its ``failed`` rows keep their status but not the last error
+    (``reason``, ``http_status``, ``final_url``: a 429, a 500 or a timeout, with runtime settings in the
+    text). The clean manifest repeats that reason for the boxes of such photos (``reason``, ``detail``), so
+    there it becomes the same fixed text. Every other status is the server's final answer about the photo
+    (200 and its bytes, 404, a redirect to the placeholder...), the same however many tries it took.
+    """
+    images = read_table(paths.IMAGES_MANIFEST, "download manifest")
+    images = images.drop_columns([c for c in RUN_COLUMNS if c in images.column_names])
+    images = _overwrite(images, _is_failed(images, "status"),
+                        {"reason": FAILED_REASON, "http_status": 0, "final_url": ""})
+    clean = read_table(paths.CLEAN_MANIFEST, "clean manifest")
+    said = f"{Download.FAILED}: {FAILED_REASON}"  # the crop stage's form: "<download status>: <reason>"
+    clean = _overwrite(clean, _is_failed(clean, "download_status"), {"reason": said, "detail": said})
+    return {"manifests/images.parquet": write_parquet(images, staging / "images.parquet"),
+            "manifests/clean.parquet": write_parquet(clean, staging / "clean.parquet")}
+
+
+def _is_failed(table: pa.Table, column: str) -> pa.ChunkedArray | None:
+    """Which rows' ``column`` says ``failed`` (None when the table has no such column)."""
+    if column not in table.column_names:
+        return None
+    return pc.fill_null(pc.equal(table[column], Download.FAILED.value), False)
+
+
+def _overwrite(table: pa.Table, rows: pa.ChunkedArray | None, values: dict[str, object]) -> pa.Table:
+    """``table`` with ``values`` in those of its columns that exist, on ``rows`` (a mask) only."""
+    if rows is None:
+        return table
+    for column, value in values.items():
+        if column in table.column_names:
+            index = table.schema.get_field_index(column)
+            field = table.schema.field(index)
+            table = table.set_column(index, field, pc.if_else(rows, pa.scalar(value, field.type), table[column]))
+    return table
 
 
 def read_json_object(path: Path) -> dict:
@@ -107,6 +163,7 @@ def _spreadsheet_safe(text: str) -> str:
 def metadata(params: Params, counts: dict[str, dict[str, int]], credits: pd.DataFrame) -> dict:
     """The dataset package's metadata: deterministic, JSON-plain, no timestamps, nothing of the machine."""
     return {
+        "kind": DATASET,
         "dataset": {
             "labels": sorted(counts[paths.SPLIT_NAMES[0]]),
             "counts": counts,

@@ -14,6 +14,7 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.stages.package.dataset import read_json_object
+from pipeline.stages.package.naming import MODEL
 from pipeline.stages.package.provenance import MODEL_PARAMS, MODEL_STAGES, code_version, recorded_params
 
 DVCLIVE_DIR = Path("dvclive")
@@ -65,6 +66,7 @@ def metadata(params: Params, dataset_name: str, dataset_top_hash: str, labels: l
              metrics: dict[str, dict[str, float]]) -> dict:
     """The model package's metadata: what it is, what it was trained on, and how well it did."""
     return {
+        "kind": MODEL,
         "model": {"file": "model.pt", "arch": params.train.arch, "labels": labels, "img_size": params.train.img_size},
         "dataset": {"name": dataset_name, "top_hash": dataset_top_hash},
         "metrics": metrics.get("metrics/eval.json", {}),

@@ -1,10 +1,17 @@
-"""Package names that follow the labels, and the guard that keeps a name's ``latest`` on one label set.
+"""Package names that follow the labels, the package kinds, and the guards that keep a name's ``latest`` on
+one kind and one label set.
 
 Without ``package.name`` the dataset is ``openimages/<labels>``: the label set, sorted and lower-cased
 (``[Hamburger, Sandwich]`` -> ``openimages/hamburger-sandwich``), so ``dvc exp run -S 'labels=[Pizza,"Hot
 dog"]'`` publishes ``openimages/hot-dog-pizza`` and never becomes another dataset's latest. The model
-trained on it is ``<name>-model``. When a name's latest version holds other labels (a ``package.name``
-set by hand, kept while the labels changed), publishing stops, unless ``package.allow_other_labels``.
+trained on it is ``<name>-model``; a dataset name never ends in ``-model`` (the grammar and that rule:
+:mod:`pipeline.core.package_names`), so a label set such as ``[Fashion model]`` is published as
+``openimages/fashion-model_dataset``.
+
+Each package records its kind (``"kind": "dataset"`` or ``"model"``) in its metadata, and a version is
+never published onto a name whose latest version is of another kind (nor onto a package this pipeline did
+not make). When a name's latest dataset holds other labels (a ``package.name`` set by hand, kept while the
+labels changed), publishing stops, unless ``package.allow_other_labels``.
 """
 from __future__ import annotations
 
@@ -13,11 +20,13 @@ import re
 from collections.abc import Callable, Sequence
 
 from pipeline.core.errors import UserError
+from pipeline.core.package_names import MAX_DATASET_PART, MODEL_SUFFIX
 
 OWNER = "openimages"
-MODEL_SUFFIX = "-model"
-#: quilt3 allows 64 characters after the slash (pipeline.core.safe); the model's suffix must still fit
-MAX_DATASET_PART = 64 - len(MODEL_SUFFIX)
+DATASET = "dataset"
+MODEL = "model"
+#: what a derived dataset name ending in MODEL_SUFFIX gets (a slug never holds "_", so no label set makes it)
+_NOT_A_MODEL = "_dataset"
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -28,23 +37,55 @@ def dataset_name(labels: Sequence[str]) -> str:
     if len(part) > MAX_DATASET_PART:
         digest = hashlib.sha256("\n".join(slugs).encode()).hexdigest()[:8]
         part = part[: MAX_DATASET_PART - 9].rstrip("-") + "-" + digest
+    if part.endswith(MODEL_SUFFIX):  # reserved for models
+        part = part[: MAX_DATASET_PART - len(_NOT_A_MODEL)] + _NOT_A_MODEL
     return f"{OWNER}/{part}"
 
 
 def model_name(dataset: str) -> str:
-    """The model package of ``dataset``."""
-    if len(dataset.split("/", 1)[1]) > MAX_DATASET_PART:
-        raise UserError(f"params.yaml: package.name {dataset!r}: at most {MAX_DATASET_PART} characters after the "
-                        f"slash (the model is published as <name>{MODEL_SUFFIX})")
+    """The model package of ``dataset`` (a name :func:`~pipeline.core.package_names.check_dataset_name` passed)."""
     return dataset + MODEL_SUFFIX
 
 
-def same_labels(name: str, labels: Sequence[str], allowed: bool) -> Callable[[dict], None]:
-    """A check of the latest version's metadata: refuse other labels under ``name`` unless ``allowed``."""
+def kind_of(meta: dict) -> str | None:
+    """The kind of package a version's metadata describes; None for a package this pipeline did not make.
+
+    Versions published before the kind was recorded are told apart by their metadata's shape: a model's
+    has a ``model`` section, a dataset's a ``dataset`` section with its ``labels``.
+    """
+    if meta.get("kind") in (DATASET, MODEL):
+        return meta["kind"]
+    if "kind" in meta:
+        return None
+    if isinstance(meta.get(MODEL), dict):
+        return MODEL
+    if isinstance(meta.get(DATASET), dict) and isinstance(meta[DATASET].get("labels"), list):
+        return DATASET
+    return None
+
+
+def same_kind(name: str, kind: str) -> Callable[[dict], None]:
+    """A check of the latest version's metadata: refuse to publish a ``kind`` package onto another kind."""
+    def check(latest: dict) -> None:
+        held = kind_of(latest)
+        if held == kind:
+            return
+        what = f"a {held} package" if held else "a package openimages-pipeline did not make"
+        raise UserError(f"{name}: its latest version is {what}; a {kind} is never published onto it: choose "
+                        "another package.name")
+
+    return check
+
+
+def same_dataset(name: str, labels: Sequence[str], allowed: bool) -> Callable[[dict], None]:
+    """A check of the latest version's metadata: a dataset (:func:`same_kind`), and of these labels unless
+    ``allowed``."""
     wanted = sorted(labels)
+    kind = same_kind(name, DATASET)
 
     def check(latest: dict) -> None:
-        held = (latest.get("dataset") or {}).get("labels")
+        kind(latest)
+        held = (latest.get(DATASET) or {}).get("labels")
         if allowed or not isinstance(held, list) or sorted(map(str, held)) == wanted:
             return
         raise UserError(

@@ -18,9 +18,9 @@ from pipeline.core.safe import public_url
 
 PIPELINE_DIR = Path(pipeline.__file__).resolve().parent
 #: the stages whose code made the dataset's files (package writes its README and ATTRIBUTION.csv)
-DATASET_STAGES = ("metadata", "select", "download", "crop", "clean", "split", "shards", "package")
+DATASET_STAGES = ("metadata", "select", "download", "crop", "clean", "audit", "split", "shards", "package")
 MODEL_STAGES = ("train", "evaluate", "package")
-DATASET_PARAMS = ("labels", "source", "select", "crop", "clean", "split", "shards")
+DATASET_PARAMS = ("labels", "source", "select", "crop", "clean", "audit", "split", "shards")
 MODEL_PARAMS = ("train", "evaluate")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 from collections.abc import Sequence
 
@@ -24,10 +25,12 @@ from pipeline.core import paths
 from pipeline.core.io import atomic_path, read_parquet
 from pipeline.core.locks import stage_lock
 from pipeline.core.params import Params, load_params
-from pipeline.core.registry import Published, Registry, check_name, publish
+from pipeline.core.errors import UserError
+from pipeline.core.package_names import check_dataset_name
+from pipeline.core.registry import Published, Registry, publish
 from pipeline.core.staging import staging_path, sweep
 from pipeline.stages.package import dataset, model
-from pipeline.stages.package.naming import dataset_name, model_name, same_labels
+from pipeline.stages.package.naming import MODEL, dataset_name, model_name, same_dataset, same_kind
 from pipeline.stages.package.readme import dataset_readme, model_readme
 
 STAGING = "package-staging"
@@ -65,7 +68,11 @@ def publish_both(params: Params) -> int:
     """Publish the dataset, then the model that names its top hash; write ``data/package.json``."""
     labels = dataset.read_labels()
     display = sorted(labels.values())
-    name = check_name(params.package.name or dataset_name(display), "params.yaml: package.name")
+    name = params.package.name or dataset_name(display)
+    try:
+        check_dataset_name(name)  # package.name passed it when params were read; a derived name must too
+    except ValueError as exc:
+        raise UserError(f"dataset name {exc}") from None
     model_package = model_name(name)
     registry = Registry.parse(params.package.registry or str(paths.QUILT_REGISTRY), "params.yaml: package.registry")
 
@@ -86,8 +93,9 @@ def publish_both(params: Params) -> int:
         readme, credits_csv = staging / "README.md", staging / "ATTRIBUTION.csv"
         readme.write_text(dataset_readme(name, meta))
         credits.to_csv(credits_csv, index=False, lineterminator="\n")
+        files.update(dataset.decided_manifests(staging))
         data = publish(registry, name, {**files, "README.md": readme, "ATTRIBUTION.csv": credits_csv}, meta,
-                       params.package.message, accept_latest=same_labels(name, display, params.package.allow_other_labels))
+                       params.package.message, accept_latest=same_dataset(name, display, params.package.allow_other_labels))
         print(_said(name, registry, data, "dataset"))
         model_info = None
         if model_files:
@@ -95,7 +103,7 @@ def publish_both(params: Params) -> int:
             model_readme_file = staging / "model-README.md"
             model_readme_file.write_text(model_readme(model_package, model_meta))
             trained = publish(registry, model_package, {**model_files, "README.md": model_readme_file}, model_meta,
-                              params.package.message)
+                              params.package.message, accept_latest=same_kind(model_package, MODEL))
             model_info = {"name": model_package, "top_hash": trained.top_hash}
             print(_said(model_package, registry, trained, "model  "))
         else:
@@ -105,6 +113,6 @@ def publish_both(params: Params) -> int:
 
     write_package_info(registry, name, data, model_info)
     print(f"{meta['dataset']['images']} images in {len(files) + 2} files; pull them: python -m pipeline.pull "
-          f"{name} --registry {registry.shown} --hash {data.top_hash[:12]} --dest DIR"
+          f"{name} --registry {shlex.quote(registry.shown)} --hash {data.top_hash[:12]} --dest DIR"
           + (f" (and {model_package} the same way)" if model_info else ""))
     return 0

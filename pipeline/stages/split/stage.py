@@ -10,6 +10,11 @@ Why greedy: stratifying whole groups exactly is a bin-packing problem. Shuffling
 seed, placing big groups first and giving each one to the split whose quota for the group's labels is
 furthest from met stays within about one group of the fractions, and is the same on every run.
 
+Why by photographer (``split.group_by_author``): one author's series of a scene (same table, same light,
+minutes apart) is a near copy that a perceptual hash does not catch; photos sharing ``AuthorProfileURL``
+(``Author`` when it is empty) from ``data/selected.parquet`` are tied too. The audit's rejected crops
+(``data/audit/ledger.parquet``) are left out like clean's rejects, and still tie their photo's group.
+
 Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
 as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
 ``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
@@ -73,14 +78,22 @@ def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 def group_ids(manifest: pd.DataFrame) -> pd.Series:
     """For each row, the name of its leakage group: the smallest ImageID among the photos tied to it.
 
-    Two rows are tied when they share an ImageID or a non-empty ``dup_group``: nodes are the ImageIDs and
-    the duplicate groups, each row an edge between its two, and a leakage group a connected component.
+    Two rows are tied when they share an ImageID, a non-empty ``dup_group`` or (when the column is there) a
+    non-empty ``author``: nodes are the ImageIDs, the duplicate groups and the authors, each row an edge
+    between its photo and each of the others, and a leakage group a connected component.
     """
     images, image_node = np.unique(manifest["ImageID"].astype(str).to_numpy(), return_inverse=True)
-    dup = manifest["dup_group"].to_numpy()
-    tied = dup != ""
-    dups, dup_node = np.unique(dup[tied].astype(str), return_inverse=True)
-    component = connected_groups(len(images) + len(dups), image_node[tied], len(images) + dup_node)
+    first, second, nodes = [], [], len(images)
+    for column in ("dup_group", "author"):
+        if column not in manifest.columns:
+            continue
+        value = manifest[column].fillna("").astype(str).to_numpy()
+        tied = value != ""
+        names, node = np.unique(value[tied], return_inverse=True)
+        first.append(image_node[tied])
+        second.append(nodes + node)
+        nodes += len(names)
+    component = connected_groups(nodes, np.concatenate(first), np.concatenate(second))
     roots = pd.Series(component[image_node], index=manifest.index)
     return manifest.groupby(roots)["ImageID"].transform("min").rename("group")
 
@@ -157,6 +170,36 @@ def _require_every_split(table: pd.DataFrame, labels: list[str], fractions: np.n
                 )
 
 
+def leave_out_rejected(manifest: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """The clean manifest with the audit's rejected crops no longer kept (reason ``audit_<issue>``)."""
+    rejected = ledger.loc[ledger["decision"] == "rejected", ["ImageID", "BoxIndex", "issue"]]
+    rejected = rejected.assign(BoxIndex=rejected["BoxIndex"].astype("int64"))
+    issue = manifest[["ImageID", "BoxIndex"]].astype({"BoxIndex": "int64"}).merge(
+        rejected, on=["ImageID", "BoxIndex"], how="left")["issue"].to_numpy()
+    hit = pd.notna(issue) & manifest["keep"].fillna(False).astype(bool).to_numpy()
+    manifest = manifest.copy()
+    manifest.loc[hit, "keep"] = False
+    manifest.loc[hit, "reject_reason"] = ["audit_" + str(i) for i in issue[hit]]
+    return manifest
+
+
+def with_authors(manifest: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """``manifest`` plus ``author``: each photo's AuthorProfileURL, else its Author ('' when neither is known)."""
+    url = selected.get("AuthorProfileURL", pd.Series("", index=selected.index)).fillna("").astype(str)
+    name = selected.get("Author", pd.Series("", index=selected.index)).fillna("").astype(str)
+    author = pd.Series(url.where(url != "", name).to_numpy(), index=selected["ImageID"].astype(str).to_numpy())
+    author = author[~author.index.duplicated()]
+    return manifest.assign(author=manifest["ImageID"].astype(str).map(author).fillna(""))
+
+
+def author_leaks(without_authors: pd.DataFrame) -> int:
+    """Crops that grouping by photographer kept from sharing an author across splits: in the split made
+    without it, the crops of every author whose crops landed in more than one split."""
+    spans = without_authors.groupby("author")["split"].nunique()
+    straddling = spans[(spans > 1) & (spans.index != "")].index
+    return int(without_authors["author"].isin(straddling).sum())
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard link ``src`` at ``dst`` (no extra disk, instant); copy where the file system refuses.
 
@@ -199,7 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params()
     with stage_lock("split"):
         manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
+        ledger = read_parquet(paths.AUDIT_LEDGER, "audit ledger (python -m pipeline.stages.audit)")
+        manifest = leave_out_rejected(manifest, ledger)
+        if params.split.group_by_author:
+            selected = read_parquet(paths.SELECTED, "selection (python -m pipeline.stages.select)")
+            manifest = with_authors(manifest, selected)
         table = assign_splits(manifest, params.split)
+        if "author" in manifest.columns:
+            photo_only = assign_splits(manifest.drop(columns="author"), params.split)
+            photo_only = photo_only.assign(author=photo_only["ImageID"].map(
+                manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]))
+            print(f"split: grouping by author kept {author_leaks(photo_only)} crop(s) from sharing "
+                  "a photographer across splits")
         write_splits(table)
         sizes = table["split"].value_counts()
         print(

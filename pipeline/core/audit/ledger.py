@@ -1,0 +1,176 @@
+"""The ledger: one row per audited crop, with the decision the audit's findings and actions lead to.
+
+==================  ==========================================================================================
+column              meaning
+==================  ==========================================================================================
+``decision``        ``kept``, ``flagged`` (kept, shown in the report) or ``rejected`` (left out of the splits)
+``issue``           the issue behind the decision: the strictest action's first issue in :data:`ISSUES` order
+                    ('' when kept)
+``score``           that issue's statistic (label issue: cleanlab's label quality, 0..1; outlier: mean cosine
+                    distance to the nearest crops; quality: see :func:`~pipeline.core.audit.quality.quality_stats`)
+``threshold``       where that statistic starts to count as the issue (NaN for label issues: confident learning
+                    sets one per pair of classes from the data itself)
+``suggested_label`` the label the cross-validated model prefers, where cleanlab flags the given one
+``label_quality``   every crop's label quality (NaN when the labels could not be judged: a class with one crop)
+==================  ==========================================================================================
+
+The ledger depends only on the crops' bytes, their labels and the params: never on timings or the machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.audit import findings
+from pipeline.core.audit.embed import EmbeddingCache, Embedder
+from pipeline.core.audit.quality import quality_stats
+from pipeline.core.imaging import ImageProblem, load_image
+from pipeline.core.params import AuditParams
+
+#: in the order that names a crop's issue when several apply with the same action: what is wrong with the
+#: picture itself first (a dark or flat crop also looks mislabelled, because nothing in it can be recognised)
+ISSUES = ("dark", "light", "low_information", "blurry", "odd_aspect", "label_issue", "outlier")
+QUALITY = ("blurry", "dark", "light", "low_information", "odd_aspect")
+#: quality statistics where a HIGH value is the issue (the others: a low one)
+HIGH_IS_BAD = frozenset({"light"})
+DECISIONS = ("kept", "flagged", "rejected")
+ACTION_RANK = {"off": 0, "flag": 1, "reject": 2}
+LEDGER_COLUMNS = ["decision", "issue", "score", "threshold", "suggested_label", "label_quality", "sha256"]
+#: crops embedded per forward pass
+BATCH = 64
+#: largest picture (pixels) the audit decodes: a guard against decompression bombs in a foreign folder
+MAX_PIXELS = 100_000_000
+
+
+@dataclass
+class Measured:
+    """What the audit measured of each readable crop, in input order (``readable`` indexes the input)."""
+
+    readable: np.ndarray
+    sha256: list[str]
+    features: np.ndarray
+    quality: pd.DataFrame
+    computed: int = 0                                    # embeddings computed (the rest came from the cache)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def measure(files: list[Path], size: int, cache_dir: Path, device: str = "auto") -> Measured:
+    """Read each file once: its sha256, quality statistics and embedding (from the cache when there).
+
+    A file that cannot be read or decoded is left out (``readable`` says which were kept).
+    """
+    cache, embedder = EmbeddingCache(cache_dir, size), Embedder(size, device)
+    readable, shas, stats, vectors = [], [], [], {}
+    pending: list[tuple[int, str, object]] = []
+    seconds = {"read": 0.0, "quality": 0.0, "embeddings": 0.0}
+    computed = 0
+
+    def flush() -> None:
+        nonlocal computed
+        start = time.perf_counter()
+        for (slot, sha, _), vector in zip(pending, embedder([image for _, _, image in pending])):
+            cache.put(sha, vector)
+            vectors[slot] = vector
+        computed += len(pending)
+        seconds["embeddings"] += time.perf_counter() - start
+        pending.clear()
+
+    for index, path in enumerate(files):
+        start = time.perf_counter()
+        try:
+            data = Path(path).read_bytes()
+            image = load_image(data, MAX_PIXELS)
+        except (OSError, ImageProblem):
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        seconds["read"] += time.perf_counter() - start
+        start = time.perf_counter()
+        stats.append(quality_stats(image))
+        seconds["quality"] += time.perf_counter() - start
+        slot = len(readable)
+        readable.append(index)
+        shas.append(sha)
+        cached = cache.get(sha)
+        if cached is not None:
+            vectors[slot] = cached
+        else:
+            pending.append((slot, sha, image))
+            if len(pending) >= BATCH:
+                flush()
+    if pending:
+        flush()
+    features = np.stack([vectors[i] for i in range(len(readable))]) if readable else np.zeros((0, 1), np.float32)
+    return Measured(np.asarray(readable, dtype=np.int64), shas, features,
+                    pd.DataFrame(stats, columns=list(QUALITY)), computed, seconds)
+
+
+def findings_of(labels: np.ndarray, measured: Measured, params: AuditParams) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per issue: ``(detected, score, threshold)`` arrays over the crops; label issues also their suggestion."""
+    n = len(labels)
+    found: dict[str, tuple[np.ndarray, ...]] = {}
+    issues = findings.label_issues(measured.features, labels, params.folds, params.seed)
+    if issues is None:
+        found["label_issue"] = (np.zeros(n, bool), np.full(n, np.nan), np.full(n, np.nan), np.full(n, -1))
+    else:
+        found["label_issue"] = (issues.flagged, issues.quality, np.full(n, np.nan), issues.suggested)
+    distance, cut = findings.outlier_scores(measured.features, params.outlier_iqr)
+    found["outlier"] = (distance > cut, distance, np.full(n, cut))
+    for kind in QUALITY:
+        score = measured.quality[kind].to_numpy(dtype=float)
+        threshold = float(getattr(params, f"{kind}_threshold"))
+        detected = score > threshold if kind in HIGH_IS_BAD else score < threshold
+        found[kind] = (detected, score, np.full(n, threshold))
+    return found
+
+
+def decide(labels: np.ndarray, classes: list[str], measured: Measured, params: AuditParams) -> pd.DataFrame:
+    """The :data:`LEDGER_COLUMNS` for each measured crop (``labels``: class indices into ``classes``)."""
+    if not len(labels):
+        return pd.DataFrame({column: [] for column in LEDGER_COLUMNS})
+    found = findings_of(labels, measured, params)
+    ranks = np.stack([np.where(found[k][0], ACTION_RANK[getattr(params, k)], 0) for k in ISSUES], axis=1)
+    strictest = ranks.max(axis=1)
+    first = np.argmax(ranks == strictest[:, None], axis=1)  # the first issue (in ISSUES order) that decided
+    rows = np.arange(len(labels))
+    score = np.stack([found[k][1] for k in ISSUES], axis=1)[rows, first]
+    threshold = np.stack([found[k][2] for k in ISSUES], axis=1)[rows, first]
+    detected, quality, _, suggested = found["label_issue"]
+    show = detected & (params.label_issue != "off")
+    names = np.array(classes, dtype=object)
+    return pd.DataFrame({
+        "decision": np.array(DECISIONS, dtype=object)[strictest],
+        "issue": np.where(strictest > 0, np.array(ISSUES, dtype=object)[first], ""),
+        "score": np.where(strictest > 0, score, np.nan),
+        "threshold": np.where(strictest > 0, threshold, np.nan),
+        "suggested_label": np.where(show, names[np.clip(suggested, 0, None).astype(int)], ""),
+        "label_quality": quality.astype(float),
+        "sha256": measured.sha256,
+    })
+
+
+def audit(table: pd.DataFrame, files: list[Path], params: AuditParams, cache_dir: Path,
+          device: str = "auto") -> tuple[pd.DataFrame, dict]:
+    """``table`` (one row per file, with a ``Label`` column) joined with its :data:`LEDGER_COLUMNS`, rows of
+    unreadable files left out; and a summary (counts, what was computed, seconds per step)."""
+    measured = measure(files, params.img_size, cache_dir, device)
+    rows = table.iloc[measured.readable].reset_index(drop=True)
+    classes = sorted(rows["Label"].astype(str).unique())
+    labels = rows["Label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    start = time.perf_counter()
+    decided = decide(labels, classes, measured, params)
+    seconds = {**measured.seconds, "issues": time.perf_counter() - start}
+    ledger = pd.concat([rows, decided], axis=1)
+    summary = {
+        "crops": len(ledger),
+        "unreadable": len(files) - len(ledger),
+        "embeddings_computed": measured.computed,
+        "decisions": {d: int((ledger["decision"] == d).sum()) for d in DECISIONS},
+        "issues": {k: int((ledger["issue"] == k).sum()) for k in ISSUES},
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    return ledger, summary
