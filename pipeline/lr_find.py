@@ -51,8 +51,8 @@ def lr_sweep(setup: Setup, start: float, end: float, iters: int) -> tuple[list[f
     for step, (images, targets) in zip(range(iters), stream):
         bar.update()
         lr = scheduler.get_last_lr()[0]
-        inputs = setup.normalize(augment(images, p.img_size, generator))
-        loss = train_step(model, inputs, targets, optimizer, scheduler, device).item()
+        inputs = setup.normalize(augment(images, p.img_size, generator, p.min_scale))
+        loss = train_step(model, inputs, targets, optimizer, scheduler, device, p.label_smoothing).item()
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
         smoothed = average / (1 - SMOOTHING ** (step + 1))
         if not math.isfinite(smoothed) or smoothed > DIVERGED * best:

@@ -232,19 +232,25 @@ class ShardsParams(Section):
 
 
 class TrainParams(Section):
-    """Fine-tuning recipe (fastai's fine_tune in plain PyTorch)."""
+    """Fine-tuning recipe (fastai's fine_tune in plain PyTorch, its numbers measured again: see ``loop.py``)."""
 
     arch: Literal["mobilenet_v2", "resnet18", "resnet50"] = "mobilenet_v2"
     #: ``imagenet`` (torchvision's weights, found offline when installed locally), ``none``, or a file path
     weights: str = Field("imagenet", min_length=1)
     #: epochs with the backbone frozen (head only), then ``epochs`` with all layers unfrozen
-    freeze_epochs: int = Field(1, ge=0)
-    epochs: int = Field(3, ge=0)
+    freeze_epochs: int = Field(0, ge=0)
+    epochs: int = Field(5, ge=0)
     img_size: int = Field(224, ge=MIN_IMG_SIZE, le=MAX_IMG_SIZE)
     batch_size: int = Field(64, ge=1)
     #: peak learning rate of the head; earlier layer groups get smaller ones (discriminative rates)
-    lr: float = Field(2e-3, gt=0.0)
+    lr: float = Field(1e-2, gt=0.0)
+    #: after unfreezing, the earliest layers learn at 1/lr_spread of the head's rate (fastai: 100)
+    lr_spread: float = Field(2.0, ge=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
+    #: smallest random crop of the training augmentation, as a share of the image's area (1 = no crop)
+    min_scale: float = Field(0.85, gt=0.0, le=1.0)
+    #: cross-entropy against targets softened by this much (0 = plain one-hot targets)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     seed: Seed = 0
 
 

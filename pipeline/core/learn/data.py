@@ -34,8 +34,6 @@ LABELS_FILE = "labels.json"
 #: the training cache is this much larger than img_size, so random crops are cut from real detail
 #: (torchvision's resize-256-crop-224 ratio)
 TRAIN_CACHE_RATIO = 8 / 7
-#: smallest random crop as a fraction of the image area; crops are tight boxes, so not ImageNet's 0.08
-MIN_SCALE = 0.35
 #: share of the free memory of the device (GPU, or host RAM on a CPU) the auto cache may take
 CACHE_SHARE = 0.5
 
@@ -233,8 +231,10 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def augment(images: torch.Tensor, size: int, generator: torch.Generator, min_scale: float = MIN_SCALE) -> torch.Tensor:
+def augment(images: torch.Tensor, size: int, generator: torch.Generator, min_scale: float) -> torch.Tensor:
     """Random resized crop (area ``min_scale``..1, aspect 3/4..4/3) and horizontal flip, batched on the device.
+
+    ``min_scale`` is ``train.min_scale``: crops are tight boxes, so not ImageNet's 0.08.
 
     Each image gets its own crop box and flip, expressed as one affine map; a single ``grid_sample``
     then cuts and resizes the whole batch. Returns float pixels on the 0..255 scale, ``[B, 3, size, size]``.

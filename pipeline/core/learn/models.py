@@ -52,7 +52,7 @@ def layer_groups(model: nn.Module) -> list[list[nn.Module]]:
     """The model cut into [early body, late body, head] for discriminative learning rates.
 
     Early layers learn generic edges and textures that transfer as they are, so they get the smallest
-    rates; the head is new and gets the largest (fastai's ``slice(lr/100, lr)`` over these groups).
+    rates; the head is new and gets the largest (``train.lr_spread`` sets how much smaller; fastai's is 100).
     """
     if isinstance(model, torchvision.models.ResNet):
         return [[model.conv1, model.bn1, model.layer1, model.layer2], [model.layer3, model.layer4], [model.fc]]

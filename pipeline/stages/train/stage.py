@@ -98,7 +98,7 @@ def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: 
     setup = prepare(p, runtime, splits_dir, shards_dir)
     started = time.perf_counter()
     train_batches, val_batches = setup.batches("train"), setup.batches("val")
-    recipe = Recipe(p.lr, p.weight_decay, p.freeze_epochs, p.epochs, p.img_size, p.seed)
+    recipe = Recipe.of(p)
     history = fine_tune(setup.model, train_batches, val_batches, recipe, setup.device, setup.normalize, on_epoch)
     classes, best = setup.classes, best_epoch(history)
     info = ModelInfo(p.arch, classes.labels, classes.dirnames, p.img_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -136,7 +136,7 @@ def augmented_sample(split: Split, p: TrainParams) -> tuple[torch.Tensor, list[i
     chosen = np.random.default_rng(p.seed).choice(len(split), size=count, replace=False)
     size = round(p.img_size * TRAIN_CACHE_RATIO)
     images = torch.stack([decode(split.paths[i], size) for i in chosen])
-    augmented = augment(images, p.img_size, torch.Generator().manual_seed(p.seed))
+    augmented = augment(images, p.img_size, torch.Generator().manual_seed(p.seed), p.min_scale)
     return augmented.round().clamp(0, 255).to(torch.uint8), [split.targets[i] for i in chosen]
 
 
