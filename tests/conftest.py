@@ -1,15 +1,23 @@
-"""Shared fixtures: the local Open Images mirror (real HTTP on 127.0.0.1) and a scratch working directory."""
+"""Shared fixtures: the local Open Images mirror (real HTTP on 127.0.0.1), a scratch working directory, and
+the fixtures of the helper modules, so that no test module imports a fixture by hand: ``s3server.py``'s
+moto server and ``hostile.py``'s hostile metadata server (as plugins), ``trainkit.py``'s training ones (below,
+importing torch only for the tests that ask for them)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from pipeline.mirror import Mirror
+
+if TYPE_CHECKING:
+    from trainkit import TrainedWorkspace
+
+pytest_plugins = ["s3server", "hostile"]
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +64,22 @@ class Workspace:
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     monkeypatch.chdir(tmp_path)
     return Workspace(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for the module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    from trainkit import single_thread
+
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
+    """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run: one run a session, shared by
+    the train, evaluate and predict tests."""
+    from trainkit import train_once
+
+    return train_once(tmp_path_factory.getbasetemp())
+

@@ -7,12 +7,14 @@ import json
 import pytest
 import torch
 from PIL import Image
-from trainkit import LABELS, TINY_RUNTIME, make_splits, one_thread, trained  # noqa: F401
+from trainkit import LABELS, TINY_RUNTIME, make_splits
 
 from pipeline.core.errors import run_cli
 from pipeline.core.learn.data import Classes, read_split
 from pipeline.core.params import RuntimeParams
 from pipeline.stages import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 
 @pytest.fixture(scope="module")

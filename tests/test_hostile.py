@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from download_inputs import write_selection
-from hostile import HostileServer, hostile, hostile_server  # noqa: F401
+from hostile import HostileServer
 
 from pipeline.core import paths
 from pipeline.core.errors import run_cli
