@@ -4,6 +4,9 @@ moto server and ``hostile.py``'s hostile metadata server (as plugins), ``trainki
 importing torch only for the tests that ask for them)."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +86,34 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
 
     return train_once(tmp_path_factory.getbasetemp())
 
+
+# --- running in parallel (pytest-xdist: ``-n 2`` in pyproject.toml) -------------------------------------------
+
+#: the heaviest modules (whole DVC pipelines), handed out first so that neither worker is left with one at the end
+HEAVIEST_FIRST = ("test_versions", "test_demo")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each xdist worker a runtime and a temporary folder of its own. The download rate boards are files
+    keyed by server under ``$XDG_RUNTIME_DIR`` (or the temporary folder, where a subprocess has no
+    ``XDG_RUNTIME_DIR``): every test server is on 127.0.0.1, so two workers would otherwise book on one board
+    and slow each other's downloads down."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    own = Path(tempfile.mkdtemp(prefix=f"openimages-tests-{worker}-"))
+    for name, folder in (("XDG_RUNTIME_DIR", own / "runtime"), ("TMPDIR", own / "tmp")):
+        folder.mkdir(mode=0o700)
+        os.environ[name] = str(folder)
+    tempfile.tempdir = None  # tempfile.gettempdir() reads TMPDIR again
+    config.add_cleanup(lambda: shutil.rmtree(own, ignore_errors=True))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Hand out work by module (a module's fixtures are set up on one worker only), the heaviest first; the
+    modules that read the ``trained`` workspace form one group, so that it is trained once."""
+    trained = {item.path for item in items if "trained" in getattr(item, "fixturenames", ())}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("trained" if item.path in trained else item.path.stem))
+    items.sort(key=lambda item: item.path.stem not in HEAVIEST_FIRST)
