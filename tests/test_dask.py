@@ -33,12 +33,12 @@ import yaml
 from download_inputs import write_boxes_and_images, write_selection
 from s3server import aws_env, free_port, s3_server  # noqa: F401 - a fixture
 
-from pipeline.core import paths
-from pipeline.core.engine import InlineEngine, open_engine
-from pipeline.core.errors import run_cli
-from pipeline.core.io import read_parquet, write_parquet
-from pipeline.core.params import RuntimeParams
-from pipeline.core.rate import MachineBoard
+from pipeline.core.base import paths
+from pipeline.core.compute.engine import InlineEngine, open_engine
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.base.params import RuntimeParams
+from pipeline.core.net.rate import MachineBoard
 from pipeline.mirror import Mirror
 from pipeline.stages.crop import main as crop_main
 from pipeline.stages.download import shards

@@ -1,4 +1,4 @@
-"""The one HTTP policy (pipeline.core.http), and both clients following it against a real server on 127.0.0.1:
+"""The one HTTP policy (pipeline.core.net.http), and both clients following it against a real server on 127.0.0.1:
 the same statuses retried, Retry-After in both forms, one user agent, a total deadline and a minimum-progress
 rule that stops a server dripping bytes."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hostile import HostileServer, serving
 
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.net.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
                                 backoff_delay, parse_retry_after)
 from pipeline.stages.download.client import Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.http import HttpPolicy
-from pipeline.core.sources import join_url, layout
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.net.http import HttpPolicy
+from pipeline.core.net.sources import join_url, layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata.transfer import fetch
 

@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 
 #: Open Images ImageIDs: 16 lower-case hex digits (also used by pyarrow, whose regexes are RE2)
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"

@@ -33,7 +33,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except (UserError, PipelineFailure) as exc:
-        from pipeline.core.safe import scrub  # late: safe imports this module
+        from pipeline.core.base.safe import scrub  # late: safe imports this module
 
         print(f"error: {' '.join(scrub(str(exc)).split())}", file=sys.stderr)  # one line, no credentials
         return exc.exit_code

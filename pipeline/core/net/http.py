@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 
 from pipeline import __version__
-from pipeline.core.params import Params
+from pipeline.core.base.params import Params
 
 #: transient answers worth another attempt
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
