@@ -25,7 +25,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
-from pipeline.core.base.safe import check_http_url, public_url
+from pipeline.core.base.safe import check_http_url
+from pipeline.core.base.redact import public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
