@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from trainkit import LABELS, TINY_RUNTIME, make_splits
 
-from pipeline.core.errors import run_cli
+from pipeline.core.base.errors import run_cli
 from pipeline.core.learn.data import Classes, read_split
-from pipeline.core.params import RuntimeParams
+from pipeline.core.base.params import RuntimeParams
 from pipeline.stages import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread

@@ -12,7 +12,7 @@ Orientation convention (Open Images' note on rotated images, tests/fixtures/open
 Box geometry: normalised ``XMin XMax YMin YMax`` (0..1) are widened by ``crop.padding`` times the box's own
 width and height, clamped to the picture and rounded to whole pixels. A crop whose shorter side is under
 ``crop.min_side`` pixels is skipped (``too_small``); one whose longer side is over ``crop.max_side`` is shrunk.
-Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.imaging`).
+Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.images.imaging`).
 
 Speed: each photo is read and decoded **once** for all of its boxes (a photo often holds several), by a pool
 of worker processes (``runtime.crop_processes``, 0 = every core) or a Dask cluster (``runtime.engine: dask``,
@@ -22,11 +22,11 @@ also take its perceptual hash, which the clean stage compares with Flickr's plac
 
 Output (``docs/architecture.md``): ``data/crops/<label_dirname>/<ImageID>_<BoxIndex>.jpg`` and
 ``data/crops/manifest.parquet`` with one row per selected box. The folder is built aside and swapped in whole
-(:func:`pipeline.core.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
+(:func:`pipeline.core.base.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
 holds a crop from an earlier run's boxes or params.
 
 With ``runtime.store`` (an object store that other workspaces' runs share at the same time) the photos are
-read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.store`) and the workers put
+read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.compute.store`) and the workers put
 the crops in this run's own folder ``<store>/crops/<machine>.<pid>.<random>``, which the stage copies into
 ``data/crops`` and then removes; a run killed before that leaves its folder to the next run on its machine.
 No run ever empties ``<store>/crops`` or touches another live run's folder.
@@ -45,21 +45,21 @@ from typing import NamedTuple
 import pandas as pd
 from PIL import Image
 
-from pipeline.core import paths, store
-from pipeline.core.engine import Engine, open_engine
-from pipeline.core.errors import PipelineFailure, UserError, run_cli
-from pipeline.core.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
-from pipeline.core.io import read_parquet, replace_dir, write_parquet
-from pipeline.core.locks import stage_lock
-from pipeline.core.machine import processes
-from pipeline.core.params import CropParams, RuntimeParams, load_params
-from pipeline.core.progress import Progress
-from pipeline.core.safe import is_image_id, join_inside, label_dirname
-from pipeline.core.status import KEPT_ON_DISK, Crop
+from pipeline.core.base import paths
+from pipeline.core.compute import store
+from pipeline.core.compute.engine import Engine, open_engine
+from pipeline.core.base import manifests
+from pipeline.core.base.errors import PipelineFailure, run_cli
+from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
+from pipeline.core.base.io import replace_dir, write_parquet
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.compute.machine import processes
+from pipeline.core.base.params import CropParams, RuntimeParams, load_params
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.status import KEPT_ON_DISK, Crop
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
-COLUMNS = ["ImageID", "Subset", "BoxIndex", "Label", "LabelName", "download_status", "crop_path",
-           "width", "height", "status", "reason", "image_phash"]
 JPEG_SUBSAMPLING = "4:2:0"
 #: photos per task sent to a worker: large enough to hide the hand-over, small enough to balance the cores
 MAX_CHUNK = 32
@@ -182,7 +182,7 @@ def crop_chunk(tasks: Sequence[ImageTask], params: CropParams) -> list[ImageResu
 
 
 def _crop_task(params: CropParams, tasks: Sequence[ImageTask], emit: Callable[[object], None]) -> list[ImageResult]:
-    """:func:`crop_chunk` as a task of :class:`pipeline.core.engine.Engine` (one chunk is a few seconds of work:
+    """:func:`crop_chunk` as a task of :class:`pipeline.core.compute.engine.Engine` (one chunk is a few seconds of work:
     its result is the progress, no message needed)."""
     return crop_chunk(tasks, params)
 
@@ -202,13 +202,9 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
 
     Adds the private column ``source`` (absolute photo path, '' when none).
     """
-    missing = [c for c in BOX_COLUMNS if c not in boxes.columns]
-    if missing:
-        raise UserError(f"{paths.SELECTED} lacks column(s) {', '.join(missing)}: re-run the select stage")
+    manifests.SELECTED.require(boxes, BOX_COLUMNS)
     in_store = isinstance(images_dir, str) and store.is_remote(images_dir)
-    lacking = [c for c in ("ImageID", "status", "path", *(["md5"] if in_store else [])) if c not in downloads.columns]
-    if lacking:
-        raise UserError(f"{paths.IMAGES_MANIFEST} lacks column(s) {', '.join(lacking)}: re-run the download stage")
+    manifests.IMAGES.require(downloads, ("ImageID", "status", "path", *(["md5"] if in_store else [])))
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
     rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
     status = rows["ImageID"].map(got["status"]).fillna("")
@@ -233,7 +229,7 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
 
 def _photo_finder(images: Path | str) -> Callable[[object, object], str]:
     """(manifest path, md5) -> where the photo is ('' when it is not there): in a folder by its path, or in an
-    object store (``runtime.store``) by its content's name (:func:`pipeline.core.store.photo_name`), one
+    object store (``runtime.store``) by its content's name (:func:`pipeline.core.compute.store.photo_name`), one
     listing of which answers for every photo."""
     if isinstance(images, str) and store.is_remote(images):
         listed = store.sizes(images)
@@ -291,7 +287,7 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
             rows.loc[todo.index, column] = list(values)
         rows.loc[todo.index, "image_phash"] = [result.phash for result in results for _ in result.boxes]
         rows.loc[rows["status"] != Crop.OK, "crop_path"] = ""
-        manifest = rows[COLUMNS].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
+        manifest = rows[list(manifests.CROPS.columns)].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
         write_parquet(manifest, new / paths.CROPS_MANIFEST.name)
     return manifest
 
@@ -301,7 +297,7 @@ def _crops_folder(store_url: str, new: Path) -> Iterator[str]:
     """Where the workers put the crops: ``new`` (the folder that becomes data/crops), or with an object store
     this run's own folder there, ``<store>/crops/<run>``, removed once the crops are copied home. Other runs
     share the store and crop at the same time: none ever empties ``<store>/crops``, or a folder of another
-    live run (:func:`pipeline.core.store.run_folder`)."""
+    live run (:func:`pipeline.core.compute.store.run_folder`)."""
     if not store_url:
         yield str(new.absolute())
         return
@@ -342,8 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
                          flags=flags)
     with stage_lock("crop"):
-        boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
-        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+        boxes, downloads = manifests.SELECTED.read(), manifests.IMAGES.read()
         manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes),
                             runtime=params.runtime)
     counts = manifest["status"].value_counts()
