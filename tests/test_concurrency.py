@@ -77,7 +77,7 @@ def test_each_stage_waits_for_a_run_holding_its_lock(mirror, workspace) -> None:
     workspace.write_params({**yaml.safe_load(Path("params.yaml").read_text()), **mirror.params_overrides()})
     for name, main, output in (("metadata", metadata_main, paths.METADATA_STAMP),
                                ("split", split.main, paths.SPLITS_MANIFEST)):
-        holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pipeline.core.locks import stage_lock\n"
+        holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pipeline.core.base.locks import stage_lock\n"
                                    f"with stage_lock({name!r}):\n    print('held', flush=True)\n    sys.stdin.readline()"],
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
