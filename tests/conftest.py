@@ -80,8 +80,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
-    """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run: one run a session, shared by
-    the train, evaluate and predict tests."""
+    """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run: one run a session (of each
+    xdist worker that runs one of its readers), shared by the train, evaluate and predict tests."""
     from trainkit import train_once
 
     return train_once(tmp_path_factory.getbasetemp())
@@ -109,11 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(own, ignore_errors=True))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Hand out work by module (a module's fixtures are set up on one worker only), the heaviest first; the
-    modules that read the ``trained`` workspace form one group, so that it is trained once."""
-    trained = {item.path for item in items if "trained" in getattr(item, "fixturenames", ())}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("trained" if item.path in trained else item.path.stem))
+    """The heaviest modules first: xdist (``--dist loadfile``: a module's tests, and so its module fixtures, on
+    one worker) hands out the modules in this order."""
     items.sort(key=lambda item: item.path.stem not in HEAVIEST_FIRST)
