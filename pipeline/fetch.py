@@ -79,7 +79,7 @@ def working_dir(folder: Path) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = load_params(PARAMS_FILE, overrides(args), flags=FLAGS)
-    from pipeline.stages import select  # late: --help and bad flags answer at once
+    from pipeline.stages.select import stage as select  # late: --help and bad flags answer at once
     from pipeline.stages.download.stage import download, summary_table
     from pipeline.stages.metadata import stage as metadata
 

@@ -18,7 +18,8 @@ from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import CleanParams, CropParams
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages import clean, crop
+from pipeline.stages.clean import stage as clean
+from pipeline.stages.crop import stage as crop
 
 MAX_PIXELS = 10**8
 CROP = CropParams(min_side=16, max_pixels=MAX_PIXELS)

@@ -5,9 +5,9 @@ import importlib
 
 import pytest
 
-MODULES = ["pipeline.stages.metadata.stage", "pipeline.stages.select", "pipeline.stages.download.__main__",
-           "pipeline.stages.crop", "pipeline.stages.clean", "pipeline.stages.split.stage",
-           "pipeline.stages.train.__main__", "pipeline.stages.evaluate", "pipeline.stages.package.stage",
+MODULES = ["pipeline.stages.metadata.stage", "pipeline.stages.select.stage", "pipeline.stages.download.__main__",
+           "pipeline.stages.crop.stage", "pipeline.stages.clean.stage", "pipeline.stages.split.stage",
+           "pipeline.stages.train.__main__", "pipeline.stages.evaluate.stage", "pipeline.stages.package.stage",
            "pipeline.fetch", "pipeline.pull", "pipeline.predict", "pipeline.lr_find", "pipeline.report",
            "pipeline.demo"]
 

@@ -26,7 +26,7 @@ from crop_inputs import write_inputs as write_crop_inputs
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
-from pipeline.stages import crop
+from pipeline.stages.crop import stage as crop
 from pipeline.stages.metadata.stage import main as metadata_main
 from pipeline.stages.split import stage as split
 

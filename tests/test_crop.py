@@ -14,7 +14,7 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.params import CropParams
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages import crop
+from pipeline.stages.crop import stage as crop
 
 
 def marker_corner(image: Image.Image) -> str:

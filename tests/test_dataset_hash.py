@@ -22,7 +22,10 @@ from trainkit import needs_offline_weights
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.mirror import Mirror
-from pipeline.stages import clean, crop, select, shards
+from pipeline.stages.clean import stage as clean
+from pipeline.stages.crop import stage as crop
+from pipeline.stages.select import stage as select
+from pipeline.stages.shards import stage as shards
 from pipeline.stages.audit.__main__ import main as audit_main
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.metadata.stage import main as metadata_main

@@ -29,7 +29,7 @@ from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S
 from pipeline.core.base.status import KEPT_ON_DISK
 from pipeline.mirror import Mirror
-from pipeline.stages.download import shards
+from pipeline.stages.download import batches as shards
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.verify import md5_hex_from_base64, sniff_extension, verify
 

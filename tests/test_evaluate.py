@@ -12,7 +12,7 @@ from trainkit import LABELS, TINY_RUNTIME, make_splits, one_thread, trained  # n
 from pipeline.core.base.errors import run_cli
 from pipeline.core.learn.data import Classes, read_split
 from pipeline.core.base.params import RuntimeParams
-from pipeline.stages import evaluate
+from pipeline.stages.evaluate import stage as evaluate
 
 
 @pytest.fixture(scope="module")

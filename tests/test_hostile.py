@@ -22,7 +22,8 @@ from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.stages import crop, select
+from pipeline.stages.crop import stage as crop
+from pipeline.stages.select import stage as select
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.metadata.stage import main as metadata_main
 

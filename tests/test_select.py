@@ -15,7 +15,7 @@ from pipeline.core.base.params import load_params
 from pipeline.core.base.paths import METADATA_RAW, SELECTED
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.stages import select
+from pipeline.stages.select import stage as select
 from pipeline.stages.metadata import stage as metadata
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"

@@ -19,7 +19,7 @@ from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.learn.data import decode, read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
 from pipeline.core.base.params import RuntimeParams, TrainParams
-from pipeline.stages import shards
+from pipeline.stages.shards import stage as shards
 from pipeline.stages.package import dataset as package
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import train

@@ -28,7 +28,7 @@ from pipeline.core.base.safe import is_http_url, public_url
 from pipeline.core.base.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
-from pipeline.stages.download.shards import Image, journal_path, manifest_table
+from pipeline.stages.download.batches import Image, journal_path, manifest_table
 from pipeline.stages.download.verify import Verdict, verify
 from pipeline.stages.download.writer import Journal, image_path, write_image
 

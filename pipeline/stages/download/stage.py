@@ -29,11 +29,12 @@ from pipeline.core.base.params import Params, SourceParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id
 from pipeline.core.net.sources import SUBSETS, join_url
-from pipeline.stages.download import aside, shards
+from pipeline.stages.download import batches as shards
+from pipeline.stages.download import unlisted as aside
 from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
-from pipeline.stages.download.shards import Image
-from pipeline.stages.download.home import Home, Plan
+from pipeline.stages.download.batches import Image
+from pipeline.stages.download.collect import Home, Plan
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")

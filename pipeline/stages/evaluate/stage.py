@@ -27,7 +27,7 @@ from pipeline.core.base.io import replace_dir, save_figure, write_csv, write_jso
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.learn.data import Classes, Normalize, Split, decode, make_batches, read_split
 from pipeline.core.learn.device import pick_device, predict_logits, to_device
-from pipeline.core.learn.explain import gradcam
+from pipeline.stages.evaluate.explain import gradcam
 from pipeline.core.learn.models import gradcam_layer, load_checkpoint
 from pipeline.core.compute.machine import loader_workers
 from pipeline.core.base.params import RuntimeParams, load_params

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.safe import is_image_id
-from pipeline.stages.download.shards import MANIFEST_SCHEMA, manifest_table
+from pipeline.stages.download.batches import MANIFEST_SCHEMA, manifest_table
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 
 Record = dict[str, Any]

@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.base.progress import Progress
-from pipeline.stages.download import shards
-from pipeline.stages.download.shards import Image
+from pipeline.stages.download import batches as shards
+from pipeline.stages.download.batches import Image
 from pipeline.stages.download.writer import Journals
 
 Record = dict[str, Any]
