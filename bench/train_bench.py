@@ -46,7 +46,8 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
-    from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches, read_classes, read_split
+    from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches
+    from pipeline.core.learn.folders import read_classes, read_split
     from pipeline.core.learn.device import pick_device, to_device
     from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
     from pipeline.core.learn.shards import ShardBatches, write_split_shards

@@ -40,7 +40,7 @@ from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.base.params import RuntimeParams
 from pipeline.core.net.rate import MachineBoard
 from pipeline.mirror import Mirror
-from pipeline.stages.crop.stage import main as crop_main
+from pipeline.stages.crop.__main__ import main as crop_main
 from pipeline.stages.download import batches as shards
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.writer import read_journal

@@ -19,7 +19,8 @@ from PIL import ImageDraw
 from trainkit import TINY_RUNTIME, needs_offline_weights, one_thread  # noqa: F401
 
 from pipeline.core.learn import models
-from pipeline.core.learn.data import Normalize, decode, read_classes, read_split
+from pipeline.core.learn.data import Normalize, decode
+from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.stages.evaluate.explain import gradcam
 from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.mirror import drawing

@@ -20,6 +20,7 @@ from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, I
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata import convert
+from pipeline.stages.metadata.__main__ import main as metadata_main
 from pipeline.stages.metadata import stage as metadata
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
@@ -165,7 +166,7 @@ def armed(mirror: Mirror) -> Iterator[Mirror]:
 
 def run_metadata(capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
-    assert metadata.main([]) == 0
+    assert metadata_main([]) == 0
     return capsys.readouterr().out
 
 

@@ -16,9 +16,11 @@ from package_inputs import write_inputs
 from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread, write_params  # noqa: F401
 
 from pipeline.core.base.errors import UserError, run_cli
-from pipeline.core.learn.data import decode, read_classes, read_split
+from pipeline.core.learn.data import decode
+from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
 from pipeline.core.base.params import RuntimeParams, TrainParams
+from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.shards import stage as shards
 from pipeline.stages.package import dataset as package
 from pipeline.stages.train import __main__ as train_main
@@ -31,7 +33,7 @@ def run_stage(workdir: Path, max_images: int) -> Path:
     (workdir / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": max_images}}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        assert run_cli(shards.main, []) == 0
+        assert run_cli(shards_main, []) == 0
     return workdir / "data/shards"
 
 
@@ -188,7 +190,7 @@ def test_files_whose_keys_collide_are_refused_naming_both(tmp_path: Path, capsys
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": 100}}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        assert run_cli(shards.main, []) == 2
+        assert run_cli(shards_main, []) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert (f"data/splits/train/Hamburger/{first} and data/splits/train/Hamburger/{second} would both be the sample "
@@ -225,9 +227,9 @@ def test_a_file_name_that_is_not_utf8_is_one_line_for_shards_and_train(tmp_path:
     shown = "data/splits/train/Hamburger/caf\\udce9.jpg"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        assert run_cli(shards.main, []) == 0
+        assert run_cli(shards_main, []) == 0
         bad.write_bytes(next((splits / "train/Hamburger").glob("*.jpg")).read_bytes())
-        for main in (shards.main, train_main.main):
+        for main in (shards_main, train_main.main):
             assert run_cli(main, []) == 2, main.__module__
             err = capsys.readouterr().err
             assert err == f"error: {shown}: the name is not UTF-8 text; rename it (the split stage names crops " \

@@ -29,7 +29,7 @@ from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import read_parquet
 from pipeline.core.base.params import RuntimeParams, load_params
 from pipeline.mirror import Mirror
-from pipeline.stages.crop.stage import main as crop_main
+from pipeline.stages.crop.__main__ import main as crop_main
 from pipeline.stages.download.__main__ import main as download_main
 
 REPO = Path(__file__).resolve().parent.parent

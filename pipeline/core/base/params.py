@@ -26,11 +26,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
 from pipeline.core.base.safe import check_http_url, public_url
+from pipeline.core.base.stages import STAGES
 
 PARAMS_FILE = "params.yaml"
-#: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
-TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "audit", "split", "shards", "train",
-                    "evaluate")
+#: the sections some stage tracks (dvc.yaml's ``params``: a change re-runs it), from the table of stages; every
+#: section but ``runtime``. What a package records is narrower (:data:`~pipeline.core.base.stages.RECORDED`)
+TRACKED_SECTIONS = tuple(dict.fromkeys(section for stage in STAGES for section in stage.sections))
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 _SCHEDULER = re.compile(r"^((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
@@ -358,7 +359,7 @@ class Params(Section):
         return self.model_dump(mode="json")
 
     def tracked(self) -> dict[str, Any]:
-        """The sections that shape a dataset (what a package records): never ``runtime`` or ``package``."""
+        """The sections the stages track (:data:`TRACKED_SECTIONS`): everything but ``runtime``."""
         plain = self.to_dict()
         return {section: plain[section] for section in TRACKED_SECTIONS}
 

@@ -34,9 +34,9 @@ stage can still tie a rejected copy's photo to the kept one. Groups are transiti
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.base import paths
-from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError
 from pipeline.core.images.groups import connected_groups
 from pipeline.core.images.imaging import ImageProblem, hamming, load_image
 from pipeline.core.base.io import read_parquet, write_parquet
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.base.params import CleanParams, CropParams, load_params
+from pipeline.core.base.params import CleanParams, CropParams, Params
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import join_inside
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import CROP_REFUSALS, Crop, Download, Reject
 
 ADDED = ["keep", "reject_reason", "detail", "sha256", "dup_group"]
@@ -219,25 +219,24 @@ def clean(crops: pd.DataFrame, downloads: pd.DataFrame, params: CleanParams, cro
     return rows[list(crops.columns) + ADDED]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.clean",
-        description=f"Judge every crop in {paths.CROPS_MANIFEST}: keep it or give the reason it goes "
-                    "(placeholder, changed, corrupt, too small, duplicate, near duplicate). "
-                    f"Writes {paths.CLEAN_MANIFEST}. Settings: the clean section of params.yaml.",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("clean"):
-        crops = read_parquet(paths.CROPS_MANIFEST, "crop manifest (crop stage)")
-        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-        manifest = clean(crops, downloads, params.clean, params.crop)
-        write_parquet(manifest, paths.CLEAN_MANIFEST)
+@dataclass(frozen=True)
+class CleanSummary(Summary):
+    """How many crops were judged and kept, and how many went for each reason."""
+
+    crops: int
+    kept: int
+    rejected: dict[str, int]
+
+    def lines(self) -> list[str]:
+        reasons = "".join(f"; {n} {reason}" for reason, n in self.rejected.items())
+        return [f"{self.kept} of {self.crops} crops kept in {paths.CLEAN_MANIFEST}{reasons}"]
+
+
+def run(params: Params) -> CleanSummary:
+    """The stage: every crop of the crop manifest judged, into ``data/clean/manifest.parquet``."""
+    crops = read_parquet(paths.CROPS_MANIFEST, "crop manifest (crop stage)")
+    downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+    manifest = clean(crops, downloads, params.clean, params.crop)
+    write_parquet(manifest, paths.CLEAN_MANIFEST)
     rejected = manifest.loc[~manifest["keep"], "reject_reason"].value_counts()
-    print(f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept in {paths.CLEAN_MANIFEST}"
-          + "".join(f"; {n} {reason}" for reason, n in rejected.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    return CleanSummary(len(manifest), int(manifest["keep"].sum()), {str(r): int(n) for r, n in rejected.items()})

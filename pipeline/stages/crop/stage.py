@@ -33,12 +33,12 @@ No run ever empties ``<store>/crops`` or touches another live run's folder.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,14 +48,14 @@ from PIL import Image
 from pipeline.core.base import paths
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
-from pipeline.core.base.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.base.io import read_parquet, replace_dir, write_parquet
-from pipeline.core.base.locks import stage_lock
 from pipeline.core.compute.machine import processes
-from pipeline.core.base.params import CropParams, RuntimeParams, load_params
+from pipeline.core.base.params import CropParams, Params, RuntimeParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import KEPT_ON_DISK, Crop
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
@@ -329,29 +329,20 @@ def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:
     return tasks
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.crop",
-        description="Cut each selected box out of its downloaded photo (upright by the Rotation column) "
-                    f"into {paths.CROPS_DIR}/<label>/<ImageID>_<BoxIndex>.jpg, with {paths.CROPS_MANIFEST}. "
-                    "Settings: the crop section of params.yaml.",
-    )
-    parser.add_argument("--processes", type=int, metavar="N",
-                        help="worker processes (overrides runtime.crop_processes; 0 = one per usable core)")
-    args = parser.parse_args(argv)
-    flags = {"runtime.crop_processes": "--processes"}
-    params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
-                         flags=flags)
-    with stage_lock("crop"):
-        boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
-        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-        manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes),
-                            runtime=params.runtime)
-    counts = manifest["status"].value_counts()
-    print(f"{counts.get('ok', 0)} crops written to {paths.CROPS_DIR}; "
-          + ", ".join(f"{n} {s}" for s, n in counts.items() if s != "ok"))
-    return 0
+@dataclass(frozen=True)
+class CropSummary(Summary):
+    """How many boxes ended in each status (``ok``: a crop written)."""
+
+    statuses: dict[str, int]
+
+    def lines(self) -> list[str]:
+        others = ", ".join(f"{n} {status}" for status, n in self.statuses.items() if status != Crop.OK)
+        return [f"{self.statuses.get(Crop.OK, 0)} crops written to {paths.CROPS_DIR}; {others}"]
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+def run(params: Params) -> CropSummary:
+    """The stage: every selected box of the downloaded photos into ``data/crops`` and its manifest."""
+    boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
+    downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+    manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes), runtime=params.runtime)
+    return CropSummary({str(status): int(n) for status, n in manifest["status"].value_counts().items()})

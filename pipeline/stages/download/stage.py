@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_table, sweep_temporaries
-from pipeline.core.base.locks import locked
 from pipeline.core.compute.machine import processes
 from pipeline.core.base.params import Params, SourceParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id
+from pipeline.core.base.stages import Summary
 from pipeline.core.net.sources import SUBSETS, join_url
 from pipeline.stages.download import batches as shards
 from pipeline.stages.download import unlisted as aside
@@ -66,7 +67,21 @@ def _image(image_id: str, subset: str, original_url: Any, size: int | None, md5:
     return Image(image_id, subset, url, None, None)
 
 
-@locked("download")
+@dataclass(frozen=True)
+class DownloadSummary(Summary):
+    """The manifest written: one row per image, its status and bytes."""
+
+    manifest: pa.Table
+
+    def lines(self) -> list[str]:
+        return [summary_table(self.manifest)]
+
+
+def run(params: Params) -> DownloadSummary:
+    """The stage: every image of ``data/selected.parquet`` once into ``data/images``, with its manifest."""
+    return DownloadSummary(download(params))
+
+
 def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path = paths.IMAGES_DIR,
              progress: bool = True) -> pa.Table:
     """Run the stage and return the manifest (also written to ``images_dir/manifest.parquet``).

@@ -27,7 +27,6 @@ on numpy index arrays, moved between numpy and Arrow by :func:`_arrow` and :func
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import zlib
 from collections.abc import Sequence
@@ -38,13 +37,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import open_parquet, write_parquet
 from pipeline.core.net.labels import ClassList, Hierarchy, assign
-from pipeline.core.base.locks import locked
 from pipeline.core.net.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
-from pipeline.core.base.params import SelectParams, load_params
+from pipeline.core.base.params import Params, SelectParams
 from pipeline.core.base.safe import IMAGE_ID_PATTERN
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
 IMAGE_COLUMNS = ["OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title",
@@ -217,7 +216,6 @@ def assemble(boxes: Boxes, mids: Sequence[str], names: dict[str, str], images: p
     return table.select(OUTPUT_COLUMNS)
 
 
-@locked("select")
 def select(labels: Sequence[str], options: SelectParams, out: Path = SELECTED) -> list[LabelCounts]:
     """Write ``out`` for ``labels`` and return the per-label counts."""
     classes = ClassList.load(CLASSES_TABLE)
@@ -269,24 +267,20 @@ def format_counts(counts: Sequence[LabelCounts], options: SelectParams) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.select",
-        description="Select the boxes of the labels in params.yaml (or --labels) from the metadata cache "
-        "into data/selected.parquet, applying the select.* rules of params.yaml.",
-    )
-    parser.add_argument("--labels", nargs="+", metavar="LABEL",
-                        help="display names (any case) or MIDs, instead of params.yaml's labels")
-    args = parser.parse_args(argv)
-    params = load_params(overrides={"labels": args.labels} if args.labels else None)
-    counts = select(params.labels, params.select)
-    print(f"wrote {SELECTED}")
-    print(format_counts(counts, params.select))
-    for c in counts:
-        if not c.selected:
-            print(f"warning: no boxes selected for '{c.label}' (see the select.* options)", file=sys.stderr)
-    return 0
+@dataclass(frozen=True)
+class SelectSummary(Summary):
+    """The per-label counts (boxes found, after the filters, selected, images) under ``options``."""
+
+    counts: list[LabelCounts]
+    options: SelectParams
+
+    def lines(self) -> list[str]:
+        return [f"wrote {SELECTED}", format_counts(self.counts, self.options)]
+
+    def warnings(self) -> list[str]:
+        return [f"no boxes selected for '{c.label}' (see the select.* options)" for c in self.counts if not c.selected]
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+def run(params: Params) -> SelectSummary:
+    """The stage: the boxes of ``params.labels`` into ``data/selected.parquet``."""
+    return SelectSummary(select(params.labels, params.select), params.select)

@@ -1,30 +1,22 @@
-"""``python -m pipeline.stages.shards``: the splits as WebDataset tar shards (the DVC stage ``shards``).
+"""The shards stage: the splits as WebDataset tar shards, for streaming training and for sharing.
 
-Why: large-scale training reads tar shards (one long sequential read per few hundred images instead of one
-open per image), img2dataset writes them, and people who pull a dataset expect it in that form too. The
-train stage streams from them when its decoded cache does not fit; the package carries them.
-
-Layout, index and the writer (webdataset's ``ShardWriter``, with fixed mtimes, owners and order, so the
-same splits give byte-identical shards): :mod:`pipeline.core.learn.shards`, shared with the benchmark.
 Each split's images go, in path order, into ``data/shards/<split>-NNNNNN.tar``, a new shard after
-``shards.max_images`` images or once one holds ``shards.max_mb`` MiB; ``index.json`` records each tar's size
-and sha256, which training checks before it streams. Two files whose sample keys collide stop the stage
-with a line naming both (renaming one is the fix; running the stage again would not be).
+``shards.max_images`` images or once one holds ``shards.max_mb`` MiB (:mod:`.write`); ``index.json``
+(:mod:`pipeline.core.learn.shard_index`) records each tar's size and sha256, which training checks before
+it streams. Why tars, and the layout: docs/architecture.md. No torch is imported here.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base import paths
-from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import replace_dir, write_json
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.learn.data import read_classes, read_split
-from pipeline.core.learn.shards import INDEX_NAME, ShardIndex, write_split_shards
-from pipeline.core.base.params import ShardsParams, load_params
+from pipeline.core.base.params import Params, ShardsParams
+from pipeline.core.base.stages import Summary
+from pipeline.core.learn.folders import read_classes, read_split
+from pipeline.core.learn.shard_index import INDEX_NAME, ShardIndex
+from pipeline.stages.shards.write import write_split_shards
 
 
 def write_shards(splits_dir: Path, out: Path, params: ShardsParams) -> ShardIndex:
@@ -40,22 +32,19 @@ def write_shards(splits_dir: Path, out: Path, params: ShardsParams) -> ShardInde
     return index
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.shards",
-        description=f"Write the splits in {paths.SPLITS_DIR} as WebDataset tar shards ({paths.SHARDS_DIR}/"
-        "<split>-NNNNNN.tar: <key>.jpg, <key>.cls, <key>.json) and their index.json. Settings: the shards "
-        "section of params.yaml (max_images, max_mb per shard).",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("shards"), replace_dir(paths.SHARDS_DIR) as folder:
-        index = write_shards(paths.SPLITS_DIR, folder, params.shards)
-    parts = [f"{name} {len(s.files)} ({s.images} images, {sum(s.sizes) / 2**20:.1f} MiB)"
-             for name, s in index.splits.items()]
-    print(f"shards: {', '.join(parts)} -> {paths.SHARDS_DIR}")
-    return 0
+@dataclass(frozen=True)
+class ShardsSummary(Summary):
+    """The index of the shards written."""
+
+    index: ShardIndex
+
+    def lines(self) -> list[str]:
+        parts = [f"{name} {len(s.files)} ({s.images} images, {sum(s.sizes) / 2**20:.1f} MiB)"
+                 for name, s in self.index.splits.items()]
+        return [f"shards: {', '.join(parts)} -> {paths.SHARDS_DIR}"]
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
+def run(params: Params) -> ShardsSummary:
+    """The stage: ``data/splits`` as shards in ``data/shards`` (rebuilt whole)."""
+    with replace_dir(paths.SHARDS_DIR) as folder:
+        return ShardsSummary(write_shards(paths.SPLITS_DIR, folder, params.shards))
