@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      model_validator)
 
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
@@ -288,8 +289,8 @@ class RuntimeParams(Section):
     download_processes: int = Field(1, ge=0, le=256)
     #: concurrent downloads per process
     connections: int = Field(16, ge=1, le=1024)
-    #: images per download shard (the unit of progress a killed run keeps)
-    shard_size: int = Field(1000, ge=1)
+    #: images per download batch (the unit of progress a killed run keeps); ``shard_size``, its old name, is read too
+    download_batch_size: int = Field(1000, ge=1, validation_alias=AliasChoices("download_batch_size", "shard_size"))
     #: crop processes (0 = one per usable core)
     crop_processes: int = Field(0, ge=0, le=256)
     #: DataLoader workers decoding images for train and evaluate (-1 = one per usable core, less one)

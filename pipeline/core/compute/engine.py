@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.compute.machine import die_with_parent, usable_cores
-from pipeline.core.net.rate import Board, HeldBoard, machine_board
+from pipeline.core.net.rate import Board, RemoteBoard, machine_board
 from pipeline.core.base.safe import public_url
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
@@ -77,7 +77,7 @@ class Engine(ABC):
         """``task`` must be a module-level function (the pool and Dask pickle it by name)."""
 
     @contextmanager
-    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | RemoteBoard]:
         """The request-rate board (:mod:`pipeline.core.net.rate`) this engine's tasks share with every run that
         names the same ``key``, joined by this run at ``rate`` (> 0) requests/s while the block runs; it
         travels to the tasks in their ``context``. Here: this machine's board, which every process of this
@@ -240,7 +240,7 @@ class DaskEngine(Engine):
         return results
 
     @contextmanager
-    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | RemoteBoard]:
         """The scheduler's board for ``key`` (:mod:`pipeline.core.net.rate_cluster`), which every run on this
         scheduler shares: the workers may be on other machines, whose clocks and files are not this one's. A
         LocalCluster started by this run has its workers here and no other run on its scheduler, so it takes

@@ -112,8 +112,8 @@ class Board(Protocol):
 
 
 @runtime_checkable
-class HeldBoard(Protocol):
-    """A board far away (a Dask scheduler's, :mod:`.rate_cluster`): one call that returns when the caller's turn
+class RemoteBoard(Protocol):
+    """A remote board (a Dask scheduler's, :mod:`.rate_cluster`): one call that returns when the caller's turn
     has come (it books a slot there and sleeps here), since asking again and again over the network would cost
     a round trip per question."""
 

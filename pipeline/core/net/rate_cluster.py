@@ -123,7 +123,7 @@ class RateBoards(SchedulerPlugin):
 
 
 class ClusterBoard:
-    """A worker's handle on a key's board for one run (a :class:`~.rate.HeldBoard`): two names, so it pickles."""
+    """A worker's handle on a key's board for one run (a :class:`~.rate.RemoteBoard`): two names, so it pickles."""
 
     def __init__(self, key: str, run: str) -> None:
         self.key, self.run = key, run
