@@ -1,29 +1,10 @@
-"""``python -m pipeline.stages.select``: the boxes of the requested labels, with everything later stages need.
+"""The select stage: the boxes of the requested labels, with everything later stages need.
 
-Rules, applied in this order:
-
-1. ``labels`` (params.yaml, or ``--labels A B``) are display names in any case or MIDs; an unknown one
-   stops the run (exit 2) with the closest real names, before any box is read.
-2. With ``select.include_subclasses`` a label also takes the boxes of its subclasses in the hierarchy.
-   Overlap rule: a box whose MID several requested labels reach goes to the most specific one (the box's
-   own MID if requested, else the nearest requested ancestor; a tie goes to the label listed first), so
-   a box never gets two labels (see :mod:`pipeline.core.net.labels`).
-3. ``exclude_group_of/_depiction/_occluded/_truncated`` drop boxes whose flag is 1; 0 and -1 (unknown)
-   are kept. ``min_box_area`` drops boxes smaller than that fraction of the image.
-4. ``limit_per_label`` keeps at most that many boxes per label, drawn with ``seed`` mixed with the
-   label's MID, over the label's boxes in a fixed order (Subset, ImageID, BoxIndex): the same params give
-   the same rows, and adding a label does not change another label's draw.
-5. The image table's columns are joined on ImageID (a box whose image row is missing keeps nulls).
-
-Output rows are ordered by label (as requested), Subset, ImageID, BoxIndex.
-
-Speed (targets: under 1 s and 1 GiB on the full V6 cache). Only the partitions of the MIDs the labels
-reach are opened, by path (``boxes/LabelName=<URI-encoded MID>/``): ``pyarrow.dataset`` would read the
-same files, but importing it and discovering all 600 partitions costs ~0.3 s. From ``images.parquet``
-only the needed columns are read, batch by batch, keeping the rows of selected images (Parquet cannot
-skip to single rows, and selected images are spread over every row group). The row bookkeeping is done
-on numpy index arrays, moved between numpy and Arrow by :func:`_arrow` and :func:`_numpy`, because
-``pa.array()`` and ``to_numpy()`` import pandas on first use (another ~0.3 s).
+``labels`` (display names or MIDs; an unknown one stops the run, exit 2), their subclasses with
+``select.include_subclasses`` (a box goes to the most specific label), the ``exclude_*`` flags and
+``min_box_area``, then at most ``limit_per_label`` boxes per label drawn with ``seed`` and the label's MID;
+the image table's columns joined on ImageID. Only the partitions of the MIDs the labels reach are opened.
+The rules in order, and why it is fast: docs/architecture.md ("select").
 """
 from __future__ import annotations
 

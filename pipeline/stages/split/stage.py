@@ -1,23 +1,10 @@
 """The split stage: leak-free, stratified train/val/test class folders from the clean crops.
 
-Why grouped: one photo can hold boxes of both labels, and near-duplicate photos (re-uploads, bursts)
-look alike; when one copy trains and the other tests, the test score measures memory, not skill. So all
-crops of one ImageID, and all crops tied together through a near-duplicate group (``dup_group``), land in
-one split. The groups are connected components of those ties, rejected rows included: a near duplicate that
-clean dropped still ties the other crops of its photo to the copy that was kept.
-
-Why greedy: stratifying whole groups exactly is a bin-packing problem. Shuffling the groups with the
-seed, placing big groups first and giving each one to the split whose quota for the group's labels is
-furthest from met stays within about one group of the fractions, and is the same on every run.
-
-Why by photographer (``split.group_by_author``): one author's series of a scene (same table, same light,
-minutes apart) is a near copy that a perceptual hash does not catch; photos sharing ``AuthorProfileURL``
-(``Author`` when it is empty) from ``data/selected.parquet`` are tied too. The audit's rejected crops
-(``data/audit/ledger.parquet``) are left out like clean's rejects, and still tie their photo's group.
-
-Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
-as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
-``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
+All crops of one photo, of a near-duplicate group and (``split.group_by_author``) of one photographer land
+in one split; whole groups are placed greedily, biggest first, towards each split's quota per label; the
+audit's rejected crops are left out. Output: ``data/splits/{train,val,test}/<label_dirname>/`` (hard links
+to data/crops), ``splits.parquet`` and ``labels.json``, rebuilt on every run, then the dataset report.
+Why grouped, greedy and by photographer: docs/architecture.md ("split").
 """
 from __future__ import annotations
 
