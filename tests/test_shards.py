@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -235,3 +237,13 @@ def test_a_file_name_that_is_not_utf8_is_one_line_for_shards_and_train(tmp_path:
             assert err == f"error: {shown}: the name is not UTF-8 text; rename it (the split stage names crops " \
                           "<ImageID>_<BoxIndex>.jpg in folders named after the labels)\n", err
     assert not (tmp_path / "models/model.pt").exists()
+
+
+def test_the_shards_stage_starts_without_torch(tmp_path: Path) -> None:
+    # it only copies files into tars: torch's import (over a second) would be all of a small run's start-up
+    script = ("import sys\nfrom pipeline.stages.shards.__main__ import main\nfrom pipeline.stages.shards import stage\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'webdataset')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
