@@ -26,9 +26,9 @@ from crop_inputs import write_inputs as write_crop_inputs
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
-from pipeline.stages import crop
-from pipeline.stages.metadata.stage import main as metadata_main
-from pipeline.stages.split import stage as split
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.metadata.__main__ import main as metadata_main
+from pipeline.stages.split.__main__ import main as split_main
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 20
@@ -84,11 +84,11 @@ def split_outputs() -> tuple[pd.DataFrame, list[str]]:
 def test_two_split_runs_at_once_give_the_same_splits_every_round(tmp_path, monkeypatch) -> None:
     write_inputs(tmp_path, synthetic_rows(40, ("Hamburger", "Sandwich")))
     monkeypatch.chdir(tmp_path)
-    assert run_cli(split.main, []) == 0
+    assert run_cli(split_main, []) == 0
     table, files = split_outputs()
     assert len(files) == len(table) > 0
     for round_ in range(ROUNDS):
-        assert two_at_once(split.main) == [0, 0], f"round {round_}"
+        assert two_at_once(split_main) == [0, 0], f"round {round_}"
         again, again_files = split_outputs()
         assert again.equals(table) and again_files == files, f"round {round_}"
         assert not list(paths.DATA.glob(".splits.*")), f"round {round_}: a build folder was left"
@@ -163,5 +163,5 @@ def test_the_next_run_sweeps_what_a_killed_run_left(mirror, workspace) -> None:
     (leftover / "Hamburger").mkdir(parents=True)
     (leftover / "Hamburger" / "half.jpg").write_bytes(b"\xff\xd8")
     workspace.write_params({"crop": {"min_side": 8}, "runtime": {"crop_processes": 1}})
-    assert run_cli(crop.main, []) == 0
+    assert run_cli(crop_main, []) == 0
     assert not leftover.exists()

@@ -44,8 +44,8 @@ TINY = {
 #: only, which no dataset file depends on, and each costs seconds to start.
 RUNTIME_A = {"download_processes": 1, "connections": 2, "crop_processes": 1, "loader_workers": 0, "cache_mb": 0,
              "device": "cpu"}
-RUNTIME_B = {"download_processes": 2, "connections": 16, "shard_size": 5, "crop_processes": 2, "loader_workers": 0,
-             "cache_mb": 64, "device": "cpu"}
+RUNTIME_B = {"download_processes": 2, "connections": 16, "download_batch_size": 5, "crop_processes": 2,
+             "loader_workers": 0, "cache_mb": 64, "device": "cpu"}
 DATASET = "openimages/hamburger-sandwich"
 EXPERIMENT = "openimages/hot-dog-pizza"
 

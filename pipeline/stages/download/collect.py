@@ -3,9 +3,9 @@
 Workers send every finished image's record home as it finishes (through the engine: a pipe for a local
 pool, Dask events from a cluster). Here each one is counted once on the one progress bar and, when the
 workers cannot reach the journals themselves (photos in an object store: the workers may share no
-folder), appended to its shard's journal, which is what a ``kill -9`` of this process or a lost scheduler
-leaves for the re-run. A shard whose worker died runs again elsewhere and sends its records again: they
-count once, and the shard's part holds each image once, from the shard's result, written the moment the
+folder), appended to its batch's journal, which is what a ``kill -9`` of this process or a lost scheduler
+leaves for the re-run. A batch whose worker died runs again elsewhere and sends its records again: they
+count once, and the batch's part holds each image once, from the batch's result, written the moment the
 result arrives.
 """
 from __future__ import annotations
@@ -17,43 +17,43 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.base.progress import Progress
-from pipeline.stages.download import shards
-from pipeline.stages.download.shards import Image
+from pipeline.stages.download import batches
+from pipeline.stages.download.batches import Image
 from pipeline.stages.download.writer import Journals
 
 Record = dict[str, Any]
-Plan = list[tuple[shards.Shard, list[Record], list[Image]]]
+Plan = list[tuple[batches.Batch, list[Record], list[Image]]]
 
 
-class Home:
+class RecordCollector:
     """``on_message`` and ``on_result`` for :meth:`pipeline.core.compute.engine.Engine.run` over a download plan
-    (``(shard, records kept from earlier runs, images still to fetch)`` per shard, shard ``i`` at place ``i``)."""
+    (``(batch, records kept from earlier runs, images still to fetch)`` per batch, batch ``i`` at place ``i``)."""
 
-    def __init__(self, plan: Plan, shards_dir: Path, bar: Progress, journal_here: bool) -> None:
-        self.plan, self.shards_dir, self.bar, self.journal_here = plan, shards_dir, bar, journal_here
+    def __init__(self, plan: Plan, batches_dir: Path, bar: Progress, journal_here: bool) -> None:
+        self.plan, self.batches_dir, self.bar, self.journal_here = plan, batches_dir, bar, journal_here
         self.counts: Counter[str] = Counter()
         self.parts: list[pa.Table | None] = [None] * len(plan)
         self.tried: list[Record] = []  # records of the images requested in this run
-        self.todo = [shard.index for shard, _, rows in plan if rows]
+        self.todo = [batch.index for batch, _, rows in plan if rows]
         self.seen: dict[int, set[str]] = {index: set() for index in self.todo}
-        self.journals = Journals(lambda index: shards.journal_path(shards_dir, index))
-        for shard, done, rows in plan:
+        self.journals = Journals(lambda index: batches.journal_path(batches_dir, index))
+        for batch, done, rows in plan:
             if not rows:
-                self._write_part(shard.index, done)
+                self._write_part(batch.index, done)
 
-    def __enter__(self) -> Home:
+    def __enter__(self) -> RecordCollector:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.journals.__exit__()
 
     def jobs(self) -> list[tuple[int, list[Image]]]:
-        """``(shard index, images to fetch)`` of each shard with work left, in plan order."""
+        """``(batch index, images to fetch)`` of each batch with work left, in plan order."""
         return [(index, self.plan[index][2]) for index in self.todo]
 
     def on_message(self, message: dict[str, Any]) -> None:
-        index, record = message["shard"], message["record"]
-        if index in self.seen and self.parts[index] is None:  # late messages of a finished shard add nothing
+        index, record = message["batch"], message["record"]
+        if index in self.seen and self.parts[index] is None:  # late messages of a finished batch add nothing
             if self.journal_here:
                 self.journals.append(index, record)
             self._count(index, record)
@@ -78,6 +78,6 @@ class Home:
             self.bar.update()
 
     def _write_part(self, index: int, records: list[Record]) -> None:
-        part = shards.manifest_table(records)
-        shards.write_part(self.shards_dir, index, part)
+        part = batches.manifest_table(records)
+        batches.write_part(self.batches_dir, index, part)
         self.parts[index] = part
