@@ -37,7 +37,7 @@ from auditkit import digit_images, flip_labels  # noqa: E402
 
 from pipeline.core.audit import findings  # noqa: E402
 from pipeline.core.audit.ledger import audit, measure  # noqa: E402
-from pipeline.core.params import AuditParams, RuntimeParams, TrainParams  # noqa: E402
+from pipeline.core.base.params import AuditParams, RuntimeParams, TrainParams  # noqa: E402
 
 NOISE = (0.0, 0.05, 0.10, 0.20)
 SPLITS = ("train", "val", "test")

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.base.params import load_params  # noqa: E402
 from pipeline.demo import prepare_workspace  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 

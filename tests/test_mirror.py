@@ -18,9 +18,9 @@ import pytest
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core.errors import UserError
-from pipeline.core.params import CleanParams, load_params
-from pipeline.core.sources import LAYOUTS
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.params import CleanParams, load_params
+from pipeline.core.net.sources import LAYOUTS
 from pipeline.mirror import Mirror
 from pipeline.mirror.dataset import FAULTS
 from pipeline.mirror.drawing import MARKER_RGB
@@ -543,7 +543,7 @@ def test_pooled_pictures_keep_boxes_tight_and_upright(pooled):
 
 def test_pooled_pictures_are_no_near_copies_of_each_other(pooled):
     """Only a few drawings, yet no two photos (the planted copies aside) are near copies for the clean stage."""
-    from pipeline.core.imaging import image_phash
+    from pipeline.core.images.imaging import image_phash
     from pipeline.stages.clean import hash_bits, near_pairs
 
     rows = pooled.truth[pooled.truth.fault == ""]
