@@ -33,7 +33,7 @@ from pipeline.stages.download import aside, shards
 from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
 from pipeline.stages.download.shards import Image
-from pipeline.stages.download.home import Home, Plan
+from pipeline.stages.download.home import Home, Plan, Tried
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")
@@ -97,15 +97,15 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
         # an object store is never tidied: other runs share it, and its names are contents (core/compute/store.py)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
-    if tried and all(record["status"] == "failed" for record in tried):
-        raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried[0]['reason']}; "
+    if tried.all_failed:
+        raise PipelineFailure(f"all {tried.requested} download(s) failed, e.g. {tried.first_failure}; "
                               "is the server reachable?")
     return manifest
 
 
-def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
+def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bool) -> tuple[list[pa.Table], Tried]:
     """Fetch what each shard still needs; every shard's manifest part is written as soon as it is complete
-    (:class:`~.home.Home`). Returns the parts and the records of the images requested now."""
+    (:class:`~.home.Home`). Returns the parts and the count of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
     journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
     busy = sum(1 for _, _, rows in plan if rows)
