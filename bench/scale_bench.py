@@ -115,9 +115,10 @@ def steps(dataset_name: str, registry: str, last_stage: str = STAGES[-1]) -> lis
     stages = STAGES[: STAGES.index(last_stage) + 1]
     targets = [] if last_stage == STAGES[-1] else list(stages)
     listed = [(stage, [*py, f"pipeline.stages.{stage}"]) for stage in stages]
-    listed += [("dvc commit", [*dvc, "commit", "-f", "-q", *targets]),
-               ("dvc repro (no-op)", [*dvc, "repro", "-q", *targets[-1:]]),
-               ("dvc status", [*dvc, "status", "-q", *targets])]
+    upto = f", to {last_stage}" if targets else ""
+    listed += [(f"dvc commit{upto}", [*dvc, "commit", "-f", "-q", *targets]),
+               (f"dvc repro (no-op{upto})", [*dvc, "repro", "-q", *targets[-1:]]),
+               (f"dvc status{upto}", [*dvc, "status", "-q", *targets])]
     if targets:
         return listed
     return [*listed,
