@@ -256,11 +256,11 @@ def plot(rows: list[Step], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for name in dict.fromkeys(r.step for r in rows):
+    fig, ax = plt.subplots(figsize=(10, 7))
+    for i, name in enumerate(dict.fromkeys(r.step for r in rows)):
         points = sorted((r.photos, r.cpu_ms_per_photo) for r in rows if r.step == name and r.rc == 0 and r.photos)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
+        if points:  # 20 colours and three markers: no two steps look alike
+            ax.plot(*zip(*points), marker="os^"[i % 3], color=plt.cm.tab20(i % 20), label=name)
     ax.set(xscale="log", yscale="log", xlabel="photos selected (N)", ylabel="CPU ms per photo",
            title="Cost per photo as the work grows (flat = linear)")
     ax.grid(True, which="both", alpha=0.3)
@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         rows = [r for r in rows if r.n != n] + bench_one(n, args)
         write_results(rows, out)  # after every size: a long run killed later still leaves its results
+    if not args.sizes:
+        write_results(rows, out)
     print(table(rows))
     print(f"results: {out / 'scale.csv'}, {out / 'scale.json'}, {out / 'scale.png'}")
     return 0
