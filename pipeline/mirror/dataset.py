@@ -143,7 +143,9 @@ class Spec:
     pool: int = 0
 
     def key(self) -> dict:
-        return {**asdict(self), "format": FORMAT, "pillow": PIL.__version__}
+        """What a cached mirror must match; ``pool`` only when set, so mirrors drawn before it stay valid."""
+        fields = {k: v for k, v in asdict(self).items() if k != "pool" or v}
+        return {**fields, "format": FORMAT, "pillow": PIL.__version__}
 
 
 def read_classes() -> list[tuple[str, str]]:
