@@ -11,6 +11,7 @@ result arrives.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,29 @@ Record = dict[str, Any]
 Plan = list[tuple[batches.Batch, list[Record], list[Image]]]
 
 
+@dataclass
+class Tried:
+    """What the stage needs to know of this run's requests: how many, how many failed, the first failure.
+
+    Counted as the batches finish instead of keeping every record: at 100k photos the list of records was
+    ~95 MiB of the stage's 458 MiB peak (BENCHMARKS.md, "Cost as the work grows"), for one yes/no question.
+    """
+
+    requested: int = 0
+    failed: int = 0
+    first_failure: str = ""
+
+    def add(self, record: Record) -> None:
+        self.requested += 1
+        if record["status"] == "failed":
+            self.failed += 1
+            self.first_failure = self.first_failure or str(record["reason"])
+
+    @property
+    def all_failed(self) -> bool:
+        return self.requested > 0 and self.failed == self.requested
+
+
 class RecordCollector:
     """``on_message`` and ``on_result`` for :meth:`pipeline.core.compute.engine.Engine.run` over a download plan
     (``(batch, records kept from earlier runs, images still to fetch)`` per batch, batch ``i`` at place ``i``)."""
@@ -33,7 +57,7 @@ class RecordCollector:
         self.plan, self.batches_dir, self.bar, self.journal_here = plan, batches_dir, bar, journal_here
         self.counts: Counter[str] = Counter()
         self.parts: list[pa.Table | None] = [None] * len(plan)
-        self.tried: list[Record] = []  # records of the images requested in this run
+        self.tried = Tried()  # the images requested in this run
         self.todo = [batch.index for batch, _, rows in plan if rows]
         self.seen: dict[int, set[str]] = {index: set() for index in self.todo}
         self.journals = Journals(lambda index: batches.journal_path(batches_dir, index))
@@ -65,7 +89,9 @@ class RecordCollector:
             self._count(index, record)
         self._write_part(index, self.plan[index][1] + fresh)
         self.journals.close(index)
-        self.tried.extend(record for record in fresh if record["attempts"] > 0)
+        for record in fresh:
+            if record["attempts"] > 0:
+                self.tried.add(record)
 
     def finished_parts(self) -> list[pa.Table]:
         return [part for part in self.parts if part is not None]

@@ -35,7 +35,7 @@ from pipeline.stages.download import unlisted as aside
 from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, BatchContext, BatchSettings, batch_task
 from pipeline.stages.download.batches import Image
-from pipeline.stages.download.collect import Plan, RecordCollector
+from pipeline.stages.download.collect import Plan, RecordCollector, Tried
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")
@@ -113,15 +113,15 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
         # an object store is never tidied: other runs share it, and its names are contents (core/compute/store.py)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
-    if tried and all(record["status"] == "failed" for record in tried):
-        raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried[0]['reason']}; "
+    if tried.all_failed:
+        raise PipelineFailure(f"all {tried.requested} download(s) failed, e.g. {tried.first_failure}; "
                               "is the server reachable?")
     return manifest
 
 
-def _run(plan: Plan, params: Params, images: str, batches_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
+def _run(plan: Plan, params: Params, images: str, batches_dir: Path, progress: bool) -> tuple[list[pa.Table], Tried]:
     """Fetch what each batch still needs; every batch's manifest part is written as soon as it is complete
-    (:class:`~.collect.RecordCollector`). Returns the parts and the records of the images requested now."""
+    (:class:`~.collect.RecordCollector`). Returns the parts and the count of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
     journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
     busy = sum(1 for _, _, rows in plan if rows)
