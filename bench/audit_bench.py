@@ -74,7 +74,8 @@ def write_splits(root: Path, files: list[Path], labels: np.ndarray, split: np.nd
 
 def train_top1(root: Path, size: int, epochs: int) -> float:
     """The train stage's recipe on ``root``'s splits; top-1 of its best epoch on ``root/test``."""
-    from pipeline.core.learn.data import Normalize, make_batches, read_classes, read_split
+    from pipeline.core.learn.data import Normalize, make_batches
+    from pipeline.core.learn.folders import read_classes, read_split
     from pipeline.core.learn.device import pick_device, predict_logits
     from pipeline.stages.train.stage import train
 

@@ -53,7 +53,7 @@ from pipeline.core.images.imaging import image_phash, load_image, rotation_degre
 from pipeline.core.base.io import write_parquet  # noqa: E402
 from pipeline.core.base.params import CropParams  # noqa: E402
 from pipeline.mirror import drawing  # noqa: E402
-from pipeline.stages import crop  # noqa: E402
+from pipeline.stages.crop import stage as crop  # noqa: E402
 
 SIZE = (1024, 768)
 MIDS = {"Hamburger": "/m/0cdn1", "Sandwich": "/m/0l515"}

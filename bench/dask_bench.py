@@ -162,7 +162,7 @@ def throughput(args: argparse.Namespace, out: Path) -> list[Run]:
                 progress=True) as mirror:
         selected = selection(mirror.base_url, mirror.truth, args.images)
         source = {"base_url": mirror.base_url, "cvdf_url": mirror.cvdf_url, "images": "flickr"}
-        common = {"connections": 64, "shard_size": 1000}
+        common = {"connections": 64, "download_batch_size": 1000}
         start = time.perf_counter()
         cluster = Cluster(2)
         print(f"(a dask scheduler and 2 workers took {time.perf_counter() - start:.1f} s to start)", flush=True)
@@ -188,7 +188,7 @@ def scaling_and_rate(args: argparse.Namespace, out: Path) -> tuple[list[Run], li
     with Mirror(root=Path(args.cache) / f"mirror-320x240-{per_label}", labels=("Hamburger", "Sandwich"),
                 images_per_label=per_label, size=(320, 240), faults=False, seed=0, latency=0.05) as mirror:
         source = {"base_url": mirror.base_url, "cvdf_url": mirror.cvdf_url, "images": "flickr"}
-        runtime = {"engine": "dask", "connections": 4, "shard_size": args.shard_size}
+        runtime = {"engine": "dask", "connections": 4, "download_batch_size": args.shard_size}
         for workers in args.workers if "2" in args.parts else [4]:
             cluster = Cluster(workers)
             try:
@@ -258,9 +258,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="part 2's cluster sizes")
     parser.add_argument("--per-worker", type=int, default=800, help="photos per worker in part 2 (default 800)")
     parser.add_argument("--shard-size", type=int, default=50,
-                        help="runtime.shard_size in parts 2 and 3 (default 50: 16 shards per worker in part 2, so a "
-                             "worker that finishes its last shard early idles for a short time; with 4 connections "
-                             "every shard also loses part of its last round)")
+                        help="runtime.download_batch_size in parts 2 and 3 (default 50: 16 batches per worker in "
+                             "part 2, so a worker that finishes its last batch early idles for a short time; with 4 "
+                             "connections every batch also loses part of its last round)")
     parser.add_argument("--rate", type=float, default=150.0, help="part 3's download.rate (default 150)")
     parser.add_argument("--rate-images", type=int, default=1500, help="photos in part 3 (default 1500: 10 s)")
     parser.add_argument("--cache", default=str(REPO / "bench" / "out" / "mirror-cache"),

@@ -143,7 +143,7 @@ def contenders(args: argparse.Namespace, table: pd.DataFrame, info: dict, out: P
     write_parquet(table, selected)
     params = yaml.safe_dump({"source": {"base_url": info["base_url"], "cvdf_url": info["cvdf_url"], "images": "flickr"},
                              "download": {"rate": 0},
-                             "runtime": {"connections": args.workers, "shard_size": 1000,
+                             "runtime": {"connections": args.workers, "download_batch_size": 1000,
                                          "download_processes": args.processes}})
 
     def ours(folder: Path) -> list[str]:

@@ -126,7 +126,7 @@ def two_runs_on_one_scheduler(args: argparse.Namespace, mirror: Mirror, selected
                               out: Path) -> list[Round]:
     cluster = Cluster(args.workers)
     runtime = {"engine": "dask", "scheduler": cluster.address, "connections": args.connections,
-               "shard_size": args.shard_size}
+               "download_batch_size": args.shard_size}
     halves = [selected.iloc[: len(selected) // 2], selected.iloc[len(selected) // 2:]]
     rounds = []
     try:
@@ -144,7 +144,8 @@ def one_process(part: str, processes: int,
                 beside: Callable[[], AbstractContextManager[None]]) -> Callable[..., list[Round]]:
     """The rounds of one run at a time with ``processes`` download processes, ``beside`` running meanwhile."""
     def rounds(args: argparse.Namespace, mirror: Mirror, selected: pd.DataFrame, out: Path) -> list[Round]:
-        runtime = {"download_processes": processes, "connections": args.connections, "shard_size": args.shard_size}
+        runtime = {"download_processes": processes, "connections": args.connections,
+                   "download_batch_size": args.shard_size}
         found = []
         with beside():
             for round_ in range(1, args.runs + 1):
@@ -175,7 +176,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="dask workers in part a (default 2)")
     parser.add_argument("--images-per-label", type=int, default=60, help="mirror size: 2 labels (default 60)")
     parser.add_argument("--connections", type=int, default=16, help="runtime.connections (default 16)")
-    parser.add_argument("--shard-size", type=int, default=10, help="runtime.shard_size (default 10: many shards)")
+    parser.add_argument("--shard-size", type=int, default=10, 
+                        help="runtime.download_batch_size (default 10: many batches)")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "rate"))
     args = parser.parse_args()
     out = Path(args.out)

@@ -10,7 +10,7 @@ bf16 autocast and channels_last on CUDA; fp32 on a CPU) is fed by:
 3. ``streamed``: this pipeline's fallback for datasets over the cache budget: uint8 tensors decoded by
    DataLoader workers every epoch, the same device-side augmentation;
 4. ``shards``: the same, read from WebDataset tar shards of the dataset (``pipeline.core.learn.shards``,
-   as the shards stage writes them; written once before the run, ``--shard-images`` images each) instead
+   written by ``pipeline.stages.shards.write`` as the shards stage writes them; written once before the run, ``--shard-images`` images each) instead
    of one file per image;
 5. ``ceiling``: synthetic tensors already on the device: the fastest the model can train at all.
 
@@ -46,10 +46,12 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
-    from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches, read_classes, read_split
+    from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches
+    from pipeline.core.learn.folders import read_classes, read_split
     from pipeline.core.learn.device import pick_device, to_device
     from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
-    from pipeline.core.learn.shards import ShardBatches, write_split_shards
+    from pipeline.core.learn.shards import ShardBatches
+    from pipeline.stages.shards.write import write_split_shards
     from pipeline.core.base.params import TrainParams
     from pipeline.stages.train.loop import one_cycle, train_step
 except ModuleNotFoundError as exc:  # a bare python with torch only: carry the project's pure-Python dependencies

@@ -2,7 +2,7 @@
 
 The tree is the architecture (docs/architecture.md):
 
-- :mod:`pipeline.stages`: the DVC stages, one module or package each (``python -m pipeline.stages.<stage>``);
+- :mod:`pipeline.stages`: the DVC stages, one package each, written alike (``python -m pipeline.stages.<stage>``);
   a stage reads and writes files and imports only :mod:`pipeline.core`, never another stage.
 - :mod:`pipeline.core`: what several stages share: params, paths, errors, atomic file writes, the one HTTP
   policy, guards for untrusted values, images, labels, the status vocabulary, the model file.

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.params import IMAGE_SOURCES, PARAMS_FILE, VERSIONS, load_params
+from pipeline.core.base.stages import run_stage
 
 #: params key -> the flag that sets it (errors about a value name the flag the user typed)
 FLAGS = {
@@ -78,16 +79,14 @@ def working_dir(folder: Path) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = load_params(PARAMS_FILE, overrides(args), flags=FLAGS)
-    from pipeline.stages import select  # late: --help and bad flags answer at once
-    from pipeline.stages.download.stage import download, summary_table
+    from pipeline.stages.download import stage as download  # late: --help and bad flags answer at once
     from pipeline.stages.metadata import stage as metadata
+    from pipeline.stages.select import stage as select
 
     with working_dir(args.out):
-        metadata.run(params)
-        counts = select.select(params.labels, params.select)
-        print(select.format_counts(counts, params.select))
-        manifest = download(params)
-        print(summary_table(manifest))
+        run_stage("metadata", metadata.run, params)  # each as `python -m` runs it: locked, then its summary
+        run_stage("select", select.run, params)
+        run_stage("download", download.run, params)
     print(f"images: {args.out / paths.IMAGES_DIR}  manifest: {args.out / paths.IMAGES_MANIFEST}  "
           f"boxes: {args.out / paths.SELECTED}")
     return 0

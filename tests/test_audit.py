@@ -19,6 +19,7 @@ from trainkit import needs_offline_weights
 
 from pipeline import audit as audit_command
 from pipeline.core.base import paths
+from pipeline.core.audit.findings import NEIGHBOURS, outlier_scores
 from pipeline.core.audit.quality import quality_stats
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import write_parquet
@@ -93,6 +94,29 @@ def digits_folder(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
 
 
 @needs_offline_weights
+def _mean_cosine_to_nearest(features: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    """Brute force: each row's mean cosine distance to its ``k`` nearest rows of ``among``, itself excluded."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distance = 1 - unit @ unit[among].T
+    distance[among, np.arange(len(among))] = np.inf
+    return np.sort(distance, axis=1)[:, :k].mean(axis=1)
+
+
+def test_outliers_are_judged_against_a_bounded_sample_of_crops() -> None:
+    """Every crop against every other is quadratic; beyond ``reference`` crops the neighbours come from an
+    evenly spaced sample of them (the whole set up to that size), so the cost grows linearly."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 5
+    features = (centres[rng.integers(3, size=300)] + rng.normal(size=(300, 16))).astype(np.float32)
+    features[7] = -centres.sum(axis=0)  # far from all others
+    sampled, cut = outlier_scores(features, 3.0, reference=60)
+    among = np.linspace(0, 299, 60).round().astype(np.int64)
+    assert np.allclose(sampled, _mean_cosine_to_nearest(features, among, NEIGHBOURS), atol=1e-5)
+    assert sampled[7] > cut
+    whole, _ = outlier_scores(features, 3.0, reference=300)
+    assert np.allclose(whole, _mean_cosine_to_nearest(features, np.arange(300), NEIGHBOURS), atol=1e-5)
+
+
 def test_audit_a_folder_that_is_not_ours_finds_the_flipped_labels(digits_folder, tmp_path, capsys) -> None:
     root, truth, noisy = digits_folder
     before = tree(root)

@@ -19,7 +19,9 @@ from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import CleanParams, CropParams
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages import clean, crop
+from pipeline.stages.clean.__main__ import main as clean_main
+from pipeline.stages.clean import stage as clean
+from pipeline.stages.crop import stage as crop
 
 MAX_PIXELS = 10**8
 CROP = CropParams(min_side=16, max_pixels=MAX_PIXELS)
@@ -171,9 +173,9 @@ def test_near_pairs_finds_exactly_the_brute_force_pairs(distance: int) -> None:
 
 def test_cli_help_and_missing_inputs(workspace: object, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
-        clean.main(["--help"])
+        clean_main(["--help"])
     assert done.value.code == 0 and "placeholder" in capsys.readouterr().out
-    assert run_cli(clean.main, []) == 2
+    assert run_cli(clean_main, []) == 2
     assert capsys.readouterr().err.startswith("error: data/crops/manifest.parquet not found")
 
 
@@ -182,7 +184,7 @@ def test_cli_writes_the_clean_manifest(prepared: tuple[Path, pd.DataFrame, pd.Da
     root, crops, downloads = prepared
     shutil.copytree(root / "data", Path.cwd() / "data")
     write_parquet(crops, paths.CROPS_MANIFEST)
-    assert run_cli(clean.main, []) == 0
+    assert run_cli(clean_main, []) == 0
     manifest = pd.read_parquet(paths.CLEAN_MANIFEST)
     assert list(manifest.columns) == list(manifests.CLEAN.columns)
     assert f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept" in capsys.readouterr().out

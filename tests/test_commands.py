@@ -5,11 +5,10 @@ import importlib
 
 import pytest
 
-MODULES = ["pipeline.stages.metadata.stage", "pipeline.stages.select", "pipeline.stages.download.__main__",
-           "pipeline.stages.crop", "pipeline.stages.clean", "pipeline.stages.split.stage",
-           "pipeline.stages.train.__main__", "pipeline.stages.evaluate", "pipeline.stages.package.stage",
-           "pipeline.fetch", "pipeline.pull", "pipeline.predict", "pipeline.lr_find", "pipeline.report",
-           "pipeline.demo"]
+from pipeline.core.base.stages import STAGES
+
+MODULES = [f"{stage.module}.__main__" for stage in STAGES] + [
+    "pipeline.fetch", "pipeline.pull", "pipeline.predict", "pipeline.lr_find", "pipeline.report", "pipeline.demo"]
 
 
 @pytest.mark.parametrize("module", MODULES)

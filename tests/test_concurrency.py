@@ -31,9 +31,9 @@ from crop_inputs import write_inputs as write_crop_inputs
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
-from pipeline.stages import crop
-from pipeline.stages.metadata.stage import main as metadata_main
-from pipeline.stages.split import stage as split
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.metadata.__main__ import main as metadata_main
+from pipeline.stages.split.__main__ import main as split_main
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 3  # the lock itself is shown by test_each_stage_waits_for_a_run_holding_its_lock
@@ -76,7 +76,7 @@ def test_each_stage_waits_for_a_run_holding_its_lock(mirror, workspace) -> None:
     write_inputs(workspace.path, synthetic_rows(12, ("Hamburger", "Sandwich")))  # split's inputs and params
     workspace.write_params({**yaml.safe_load(Path("params.yaml").read_text()), **mirror.params_overrides()})
     for name, main, output in (("metadata", metadata_main, paths.METADATA_STAMP),
-                               ("split", split.main, paths.SPLITS_MANIFEST)):
+                               ("split", split_main, paths.SPLITS_MANIFEST)):
         holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pipeline.core.base.locks import stage_lock\n"
                                    f"with stage_lock({name!r}):\n    print('held', flush=True)\n    sys.stdin.readline()"],
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
@@ -137,11 +137,11 @@ def split_outputs() -> tuple[pd.DataFrame, list[str]]:
 def test_two_split_runs_at_once_give_the_same_splits_every_round(tmp_path, monkeypatch) -> None:
     write_inputs(tmp_path, synthetic_rows(40, ("Hamburger", "Sandwich")))
     monkeypatch.chdir(tmp_path)
-    assert run_cli(split.main, []) == 0
+    assert run_cli(split_main, []) == 0
     table, files = split_outputs()
     assert len(files) == len(table) > 0
     for round_ in range(ROUNDS):
-        assert two_at_once(split.main) == [0, 0], f"round {round_}"
+        assert two_at_once(split_main) == [0, 0], f"round {round_}"
         again, again_files = split_outputs()
         assert again.equals(table) and again_files == files, f"round {round_}"
         assert not list(paths.DATA.glob(".splits.*")), f"round {round_}: a build folder was left"
@@ -216,5 +216,5 @@ def test_the_next_run_sweeps_what_a_killed_run_left(mirror, workspace) -> None:
     (leftover / "Hamburger").mkdir(parents=True)
     (leftover / "Hamburger" / "half.jpg").write_bytes(b"\xff\xd8")
     workspace.write_params({"crop": {"min_side": 8}, "runtime": {"crop_processes": 1}})
-    assert run_cli(crop.main, []) == 0
+    assert run_cli(crop_main, []) == 0
     assert not leftover.exists()

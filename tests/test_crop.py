@@ -15,7 +15,8 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.params import CropParams
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages import crop
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.crop import stage as crop
 
 
 def marker_corner(image: Image.Image) -> str:
@@ -186,9 +187,9 @@ def test_pixel_box_padding_is_a_fraction_of_the_box_and_clamped() -> None:
 
 def test_cli_help_and_missing_inputs(workspace: object, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
-        crop.main(["--help"])
+        crop_main(["--help"])
     assert done.value.code == 0 and "Rotation" in capsys.readouterr().out
-    assert run_cli(crop.main, []) == 2
+    assert run_cli(crop_main, []) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: data/selected.parquet not found") and "\n" not in error
 
@@ -196,6 +197,6 @@ def test_cli_help_and_missing_inputs(workspace: object, capsys: pytest.CaptureFi
 def test_cli_crops_with_params_yaml(mirror: Mirror, workspace: object, capsys: pytest.CaptureFixture[str]) -> None:
     write_inputs(mirror, Path.cwd())
     Path("params.yaml").write_text("crop:\n  min_side: 16\nruntime:\n  crop_processes: 1\n")
-    assert run_cli(crop.main, ["--processes", "2"]) == 0
+    assert run_cli(crop_main, ["--processes", "2"]) == 0
     manifest = pd.read_parquet(paths.CROPS_MANIFEST)
     assert f"{(manifest['status'] == 'ok').sum()} crops written" in capsys.readouterr().out

@@ -3,7 +3,7 @@
 One ``LocalCluster`` of 2 worker processes serves the whole module (starting one takes seconds); the
 stages join it through ``runtime.scheduler`` or ``DASK_SCHEDULER_ADDRESS``. Shown here: the same manifests,
 byte for byte, as the local engine; one progress bar fed by the workers' records; a worker killed with
-SIGKILL mid-shard (its shard runs again, nothing lost, nothing twice, no partial file); the rate held
+SIGKILL mid-batch (its batch runs again, nothing lost, nothing twice, no partial file); the rate held
 across workers, read from the mirror's request log; photos and crops in an object store (moto); the
 scheduler gone mid-run (one line, exit 1, a local re-run resumes); a scheduler that answers nothing (one
 line, exit 2); and a LocalCluster started by the stage itself. Rates are checked at a low 5/s, where a
@@ -40,16 +40,16 @@ from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.base.params import RuntimeParams
 from pipeline.core.net.rate import MachineBoard
 from pipeline.mirror import Mirror
-from pipeline.stages.crop import main as crop_main
-from pipeline.stages.download import shards
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.download import batches
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.writer import read_journal
 from pipeline.mirror.log import max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES, CROPS = paths.IMAGES_DIR, paths.CROPS_DIR
-RUNTIME = {"connections": 4, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0, "shard_size": 7,
-           "connect_timeout": 5.0}
+RUNTIME = {"connections": 4, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
+           "download_batch_size": 7, "connect_timeout": 5.0}
 BUCKET = "dask-store"
 
 
@@ -134,16 +134,16 @@ def test_dask_gives_the_same_manifests_and_files_as_the_local_engine(local_run, 
     assert "dashboard" in err
     counts = progress_counts(err, "download")
     total = len(read_parquet(IMAGES / "manifest.parquet"))
-    shard_count = -(-total // RUNTIME["shard_size"])
+    batch_count = -(-total // RUNTIME["download_batch_size"])
     assert counts[-1] == (total, total) and [done for done, _ in counts] == sorted(done for done, _ in counts)
-    assert len(counts) > shard_count, "the bar moved per record, not per finished shard"
+    assert len(counts) > batch_count, "the bar moved per record, not per finished batch"
 
 
-def test_a_worker_killed_mid_shard_loses_nothing_and_records_nothing_twice(cluster, clean_mirror, workspace):
+def test_a_worker_killed_mid_batch_loses_nothing_and_records_nothing_twice(cluster, clean_mirror, workspace):
     local, client = cluster
     selection = write_selection(clean_mirror)
     write_params(workspace.path, clean_mirror, engine="dask", scheduler=local.scheduler_address, rate=10,
-                 shard_size=len(selection) // 2)
+                 download_batch_size=len(selection) // 2)
     clean_mirror.clear_requests()
     result: dict[str, int] = {}
     stage = threading.Thread(target=lambda: result.update(rc=run_cli(download_main, [])))
@@ -152,12 +152,12 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_records_nothing_twice(clust
         victim = None
         deadline = time.monotonic() + 60
         while victim is None and time.monotonic() < deadline:
-            journals = [read_journal(j) for j in sorted((IMAGES / "shards").glob("*.jsonl"))]
+            journals = [read_journal(j) for j in sorted((IMAGES / "batches").glob("*.jsonl"))]
             busy = [worker for worker, keys in client.processing().items() if keys]
             if len(journals) == 2 and all(len(j) >= 2 for j in journals) and busy:
                 victim = busy[0]
             time.sleep(0.02)
-        assert victim is not None, "no shard was ever mid-way"
+        assert victim is not None, "no batch was ever mid-way"
         pid = client.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
     finally:
@@ -171,14 +171,14 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_records_nothing_twice(clust
     for record in manifest.itertuples():
         assert hashlib.md5((IMAGES / record.path).read_bytes()).hexdigest() == record.md5
     assert not [p for p in workspace.path.rglob("*") if p.name.endswith(".tmp")], "a partial file was left"
-    assert not list((IMAGES / "shards").glob("*.jsonl"))
+    assert not list((IMAGES / "batches").glob("*.jsonl"))
     fetched = Counter(r.path for r in clean_mirror.requests if r.path.startswith("/flickr/"))
-    assert max(fetched.values()) == 2, "the killed worker's shard did not run again"
+    assert max(fetched.values()) == 2, "the killed worker's batch did not run again"
     client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker for the next tests
 
 
 def test_the_rate_holds_across_workers(cluster, clean_mirror, workspace, monkeypatch):
-    """5/s for the cluster, shards of 10, 10 and 4 images on 2 workers: the server never counts more than
+    """5/s for the cluster, batches of 10, 10 and 4 images on 2 workers: the server never counts more than
     rate + 1 in a second. (That a worker finishing early strands no share of the rate is a property of the
     board, replayed on a fake clock in test_dask_units.py: gaps measured here on a loaded 2-core machine
     stretched from 0.2 s to 0.35 s and could not tell one board from fixed shares reliably.)"""
@@ -186,7 +186,7 @@ def test_the_rate_holds_across_workers(cluster, clean_mirror, workspace, monkeyp
     selection = write_selection(clean_mirror).sort_values("ImageID").head(24)
     write_parquet(selection.assign(Label="Hamburger"), paths.SELECTED)
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", local.scheduler_address)  # runtime.scheduler empty: the fallback
-    write_params(workspace.path, clean_mirror, engine="dask", rate=5, shard_size=10)
+    write_params(workspace.path, clean_mirror, engine="dask", rate=5, download_batch_size=10)
     clean_mirror.clear_requests()
     assert run_cli(download_main, []) == 0
     arrivals = sorted(r.t for r in clean_mirror.requests if r.path.startswith("/flickr/"))
@@ -249,11 +249,11 @@ def test_the_scheduler_gone_mid_run_is_one_line_and_exit_1_and_a_local_rerun_res
                                "--no-dashboard"], **quiet)
     try:
         selection = write_selection(clean_mirror)
-        write_params(workspace.path, clean_mirror, engine="dask", scheduler=address, rate=8, shard_size=6)
+        write_params(workspace.path, clean_mirror, engine="dask", scheduler=address, rate=8, download_batch_size=6)
         run = subprocess.Popen([sys.executable, "-m", "pipeline.stages.download"], cwd=workspace.path,
                                env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while len(shards.load_records(IMAGES / "shards")) < 6 and time.monotonic() < deadline:
+        while len(batches.load_records(IMAGES / "batches")) < 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         scheduler.kill()
         scheduler.wait()
@@ -268,9 +268,9 @@ def test_the_scheduler_gone_mid_run_is_one_line_and_exit_1_and_a_local_rerun_res
                 process.kill()
             process.wait()
 
-    recorded = shards.load_records(IMAGES / "shards")
+    recorded = batches.load_records(IMAGES / "batches")
     assert 6 <= len(recorded) < len(selection)
-    write_params(workspace.path, clean_mirror, engine="local", rate=0, shard_size=6)
+    write_params(workspace.path, clean_mirror, engine="local", rate=0, download_batch_size=6)
     clean_mirror.clear_requests()
     assert run_cli(download_main, []) == 0
     again = Counter(r.path for r in clean_mirror.requests if r.path.startswith("/flickr/"))

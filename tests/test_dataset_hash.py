@@ -22,15 +22,18 @@ from trainkit import needs_offline_weights
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.mirror import Mirror
-from pipeline.stages import clean, crop, select, shards
+from pipeline.stages.clean.__main__ import main as clean_main
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.select.__main__ import main as select_main
+from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.audit.__main__ import main as audit_main
 from pipeline.stages.download.__main__ import main as download_main
-from pipeline.stages.metadata.stage import main as metadata_main
+from pipeline.stages.metadata.__main__ import main as metadata_main
 from pipeline.stages.split.__main__ import main as split_main
 
 #: the stages that make the dataset, in dvc.yaml's order (package runs as a command, in its own process)
-DATASET_STAGES = (metadata_main, select.main, download_main, crop.main, clean.main, audit_main, split_main,
-                  shards.main)
+DATASET_STAGES = (metadata_main, select_main, download_main, crop_main, clean_main, audit_main, split_main,
+                  shards_main)
 #: faults that only hit a photo's first requests: a retry gets the photo
 TRANSIENT = ("rate_limited", "server_error", "slow", "truncated")
 

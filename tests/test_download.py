@@ -29,14 +29,14 @@ from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S
 from pipeline.core.base.status import KEPT_ON_DISK
 from pipeline.mirror import Mirror
-from pipeline.stages.download import shards
+from pipeline.stages.download import batches
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.verify import md5_hex_from_base64, sniff_extension, verify
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = Path("data/images")
 FAST_RUNTIME = {"connections": 8, "retries": 3, "backoff": 0.05, "max_backoff": 2.0, "read_timeout": 1.0,
-                "shard_size": 16}
+                "download_batch_size": 16}
 
 
 def fast(download: dict | None = None, **runtime: object) -> dict:
@@ -113,7 +113,7 @@ def test_every_fault_ends_in_its_expected_status(mirror, workspace):
     times = [r.t for r in mirror.requests if r.path == limited]
     assert all(b - a >= 0.95 for a, b in zip(times, times[1:]))
 
-    # nothing but the kept files (and the shard parts) in the folder
+    # nothing but the kept files (and the batch parts) in the folder
     kept_files = {p for p in got["path"] if p}
     assert {p.name for p in IMAGES.iterdir() if p.is_file()} == kept_files | {"manifest.parquet"}
 
@@ -133,7 +133,7 @@ def test_rerun_fetches_failed_and_deleted_images_again(clean_mirror, workspace):
     deleted, shortened, failed = manifest["path"].iloc[:3]
     (IMAGES / deleted).unlink()
     (IMAGES / shortened).write_bytes(b"\xff\xd8\xff")  # e.g. a power cut after the rename
-    part = shards.part_path(IMAGES / "shards", 0)
+    part = batches.part_path(IMAGES / "batches", 0)
     table = read_parquet(part)
     table.loc[table["path"] == failed, ["status", "path"]] = ["failed", ""]
     write_parquet(table, part)
@@ -146,23 +146,35 @@ def test_rerun_fetches_failed_and_deleted_images_again(clean_mirror, workspace):
     assert read_parquet(IMAGES / "manifest.parquet").drop(columns=timing).equals(manifest.drop(columns=timing))
 
 
-def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_path):
+def test_a_workspace_of_the_old_layout_keeps_its_records(clean_mirror, workspace):
+    # the batches' parts once lived in data/images/shards: a re-run after the rename asks the server for nothing
+    workspace.write_params({**clean_mirror.params_overrides(), **fast()})
+    write_selection(clean_mirror, boxes_per_image=1)
+    assert run_download() == 0
+    (IMAGES / "batches").rename(IMAGES / "shards")
+    clean_mirror.clear_requests()
+    assert run_download() == 0
+    assert requested_paths(clean_mirror) == Counter()
+    assert not (IMAGES / "shards").exists()
+
+
+def test_run_batch_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_path):
     """What Dask distributed would do with it: ship (rows, settings) to other processes, get parts back."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from pipeline.core.base.params import load_params
-    from pipeline.stages.download.runner import ShardSettings, run_shard
+    from pipeline.stages.download.runner import BatchSettings, run_batch
     from pipeline.stages.download.stage import images_table
 
     params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
     images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
                              params.source)
-    plan = shards.plan_shards(images, shard_size=len(images) // 2 + 1)
+    plan = batches.plan_batches(images, size=len(images) // 2 + 1)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        settings = ShardSettings.from_params(params)
-        parts = list(pool.map(run_shard, [s.images for s in plan], [settings] * 2, [tmp_path] * 2,
-                              [shards.journal_path(tmp_path, s.index) for s in plan]))
+        settings = BatchSettings.from_params(params)
+        parts = list(pool.map(run_batch, [s.images for s in plan], [settings] * 2, [tmp_path] * 2,
+                              [batches.journal_path(tmp_path, s.index) for s in plan]))
     merged = pa.concat_tables(parts).to_pandas()
     assert sorted(merged["ImageID"]) == sorted(image.ImageID for image in images) and (merged["status"] == "ok").all()
     assert all((tmp_path / p).is_file() for p in merged["path"])
@@ -175,7 +187,7 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
     for processes in (1, 2):
         shutil.rmtree(IMAGES, ignore_errors=True)
         workspace.write_params({**clean_mirror.params_overrides(),
-                                **fast(shard_size=7, download_processes=processes)})
+                                **fast(download_batch_size=7, download_processes=processes)})
         assert run_download() == 0
         manifests.append(pq.read_table(IMAGES / "manifest.parquet"))
     one, two = manifests
@@ -186,18 +198,18 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
 def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
     from pipeline.core.compute.engine import open_engine
     from pipeline.core.base.params import load_params
-    from pipeline.stages.download.runner import ShardSettings
+    from pipeline.stages.download.runner import BatchSettings
     from pipeline.stages.download.stage import _fetch, images_table
 
     params = load_params(tmp_path / "none.yaml", overrides={**clean_mirror.params_overrides(), "download.rate": 0})
     images, _ = images_table(pa.Table.from_pandas(write_selection(clean_mirror, where=tmp_path / "selected.parquet")),
                              params.source)
-    plan = shards.plan_shards(images, shard_size=5)
+    plan = batches.plan_batches(images, size=5)
     jobs = [(s.index, s.images) for s in plan]
     seen: list[str] = []
     finished: list[int] = []
     with open_engine(params.runtime, 2, "download") as engine:
-        tables = _fetch(engine, jobs, ShardSettings.from_params(params), str(tmp_path), tmp_path,
+        tables = _fetch(engine, jobs, BatchSettings.from_params(params), str(tmp_path), tmp_path,
                         lambda message: seen.append(message["record"]["ImageID"]), lambda job, _: finished.append(job))
     assert sorted(seen) == sorted(image.ImageID for image in images)
     assert sorted(finished) == list(range(len(plan)))
@@ -273,23 +285,23 @@ def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace, pro
     with Mirror(root=tmp_path / "mirror", labels=("Hamburger", "Sandwich"), images_per_label=40, size=(96, 72),
                 faults=False, seed=3, latency=0.1) as m:
         workspace.write_params({**m.params_overrides(),
-                                **fast(connections=workers, shard_size=25, download_processes=processes)})
+                                **fast(connections=workers, download_batch_size=25, download_processes=processes)})
         table = write_selection(m)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.download"], cwd=workspace.path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while len(shards.load_records(IMAGES / "shards")) < 35 and time.monotonic() < deadline:
+        while len(batches.load_records(IMAGES / "batches")) < 35 and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(0.5)  # the server logs a request when it has answered: let the killed run's in-flight ones end
         assert not (IMAGES / "manifest.parquet").exists(), "killed too late: the run had finished"
         first_run = m.requests
-        recorded = shards.load_records(IMAGES / "shards")
+        recorded = batches.load_records(IMAGES / "batches")
         assert 35 <= len(recorded) < len(table)
-        mid_way = [j for j in (IMAGES / "shards").glob("*.jsonl") if not j.with_suffix(".parquet").exists()]
-        assert mid_way, "killed between shards: no shard was mid-way"
+        mid_way = [j for j in (IMAGES / "batches").glob("*.jsonl") if not j.with_suffix(".parquet").exists()]
+        assert mid_way, "killed between batches: no batch was mid-way"
         want_md5 = dict(zip(table["ImageID"], table["OriginalMD5"].map(md5_hex_from_base64)))
         for file in IMAGES.glob("*.jpg"):  # under its real name only when complete
             assert hashlib.md5(file.read_bytes()).hexdigest() == want_md5[file.stem]
@@ -309,7 +321,7 @@ def test_kill_9_then_rerun_fetches_only_what_is_missing(tmp_path, workspace, pro
     assert (manifest["status"] == "ok").all()
     assert not [p for p in workspace.path.rglob("*") if p.name.endswith(".tmp")]
     assert sorted(p.name for p in IMAGES.glob("*.jpg")) == sorted(manifest["path"])
-    assert not list((IMAGES / "shards").glob("*.jsonl"))
+    assert not list((IMAGES / "batches").glob("*.jsonl"))
     for rec in manifest.itertuples():
         assert hashlib.md5((IMAGES / rec.path).read_bytes()).hexdigest() == rec.md5
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.core.base.params import load_params
+from pipeline.core.base.stages import STAGES as TABLE
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -74,6 +75,21 @@ def test_every_named_param_exists(stage: str) -> None:
         for key in dotted.split("."):
             assert key in node, f"stage {stage} names param {dotted}, which params.yaml does not have"
             node = node[key]
+
+
+def test_the_stages_are_the_table_of_stages() -> None:
+    # one list of stages: dvc.yaml runs exactly the table's, in its order, each as `python -m` of its package
+    assert list(STAGES) == [stage.name for stage in TABLE]
+    assert {name: spec["cmd"] for name, spec in STAGES.items()} == {s.name: f"python -m {s.module}" for s in TABLE}
+    for stage in TABLE:
+        assert (REPO / "pipeline/stages" / stage.name / "__main__.py").is_file(), stage.name
+        assert (REPO / "pipeline/stages" / stage.name / "stage.py").is_file(), stage.name
+
+
+@pytest.mark.parametrize("stage", TABLE, ids=lambda stage: stage.name)
+def test_the_params_a_stage_tracks_are_its_sections_in_the_table(stage) -> None:
+    named = {dotted.split(".")[0] for dotted in STAGES[stage.name].get("params", [])}
+    assert named <= set(stage.sections), f"{stage.name} tracks {sorted(named - set(stage.sections))} in dvc.yaml"
 
 
 def test_the_checker_sees_a_missing_dep() -> None:

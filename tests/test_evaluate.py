@@ -10,9 +10,10 @@ from PIL import Image
 from trainkit import LABELS, TINY_RUNTIME, make_splits
 
 from pipeline.core.base.errors import run_cli
-from pipeline.core.learn.data import Classes, read_split
+from pipeline.core.learn.folders import Classes, read_split
 from pipeline.core.base.params import RuntimeParams
-from pipeline.stages import evaluate
+from pipeline.stages.evaluate.__main__ import main as evaluate_main
+from pipeline.stages.evaluate import stage as evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
@@ -22,7 +23,7 @@ def evaluated(trained):
     """The trained workspace after the evaluate stage's ``main`` ran in it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(trained.path)
-        assert evaluate.main([]) == 0
+        assert evaluate_main([]) == 0
     return trained.path
 
 
@@ -141,6 +142,6 @@ def test_a_test_folder_the_model_does_not_know_is_a_one_line_error(trained, tmp_
     (tmp_path / "models").mkdir()
     (tmp_path / "models/model.pt").write_bytes((trained.path / "models/model.pt").read_bytes())
     monkeypatch.chdir(tmp_path)
-    assert run_cli(evaluate.main, []) == 2
+    assert run_cli(evaluate_main, []) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Unknown_class: class folder missing" in err

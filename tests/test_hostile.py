@@ -22,9 +22,10 @@ from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.stages import crop, select
+from pipeline.stages.crop.__main__ import main as crop_main
+from pipeline.stages.select import stage as select
 from pipeline.stages.download.__main__ import main as download_main
-from pipeline.stages.metadata.stage import main as metadata_main
+from pipeline.stages.metadata.__main__ import main as metadata_main
 
 LAY = layout("v6")
 #: patience for a hostile server measured in seconds, not minutes
@@ -174,7 +175,7 @@ def load_select():
 
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 this is not parquet"])
-@pytest.mark.parametrize("module, target", [(download_main, paths.SELECTED), (crop.main, paths.IMAGES_MANIFEST)])
+@pytest.mark.parametrize("module, target", [(download_main, paths.SELECTED), (crop_main, paths.IMAGES_MANIFEST)])
 def test_an_empty_or_corrupt_parquet_between_stages_is_one_line_exit_2(workspace, capsys, content, module, target,
                                                                        clean_mirror) -> None:
     write_selection(clean_mirror)
@@ -263,5 +264,5 @@ def test_malformed_image_ids_are_skipped_with_a_count_and_the_chain_goes_on(host
     selected = read_parquet(paths.SELECTED)
     assert not selected["ImageID"].isin(bad_ids).any()
     assert run(download_main, capsys)[0] == 0
-    code, out, err = run(crop.main, capsys)
+    code, out, err = run(crop_main, capsys)
     assert code == 0 and (read_parquet(paths.CROPS_MANIFEST)["status"] == "ok").any()

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from pipeline.core.base import manifests as metadata_cache
+from pipeline.core.base import manifests
 from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata import convert
-from pipeline.stages.metadata import stage as metadata
+from pipeline.stages.metadata.__main__ import main as metadata_main
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 
@@ -75,10 +75,10 @@ def test_real_box_rows_convert_with_their_values(tmp_path: Path, name: str) -> N
     assert (got.Subset == "train").all()
     for column in ["ImageID", "Source", "LabelName"]:
         assert got[column].tolist() == want[column].tolist()
-    for column in metadata_cache.COORDS + ["Confidence"]:
+    for column in manifests.COORDS + ["Confidence"]:
         assert got[column].dtype == "float32"
         assert got[column].tolist() == pytest.approx(want[column].tolist(), abs=1e-6)
-    for column in metadata_cache.FLAGS:
+    for column in manifests.FLAGS:
         assert got[column].dtype == "int8" and got[column].tolist() == want[column].tolist()
 
 
@@ -92,7 +92,7 @@ def test_partitions_are_one_folder_per_uri_encoded_mid(tmp_path: Path) -> None:
     mids = set(expected_boxes("train-annotations-bbox.2018_04.sample.csv").LabelName) | {"/m/09j5n", "/m/0gxl3"}
     assert folders == {"LabelName=" + mid.replace("/", "%2F") for mid in mids}
     assert "LabelName=%2Fm%2F01g317" in folders
-    assert metadata_cache.partition_dir(tmp_path / "boxes", "/m/09j5n").name == "LabelName=%2Fm%2F09j5n"
+    assert manifests.partition_dir(tmp_path / "boxes", "/m/09j5n").name == "LabelName=%2Fm%2F09j5n"
 
 
 def test_many_small_flushes_give_the_same_rows_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +101,7 @@ def test_many_small_flushes_give_the_same_rows_in_order(tmp_path: Path, monkeypa
     many = convert_sample(tmp_path / "many", "train-annotations-bbox.2018_04.sample.csv", "misc-real-bbox-rows.csv",
                           flush_rows=2)
     pd.testing.assert_frame_equal(one, many)
-    part = metadata_cache.partition_dir(tmp_path / "many" / "boxes", "/m/01g317") / metadata_cache.PART_FILE
+    part = manifests.partition_dir(tmp_path / "many" / "boxes", "/m/01g317") / manifests.PART_FILE
     assert pq.ParquetFile(part).num_row_groups > 1
     assert (many.groupby(["LabelName", "Subset"]).BoxIndex.apply(lambda s: s.is_monotonic_increasing)).all()
 
@@ -128,7 +128,7 @@ def test_the_image_tables_convert_without_thumbnails_and_with_nan_for_empty_rota
                                     "validation": SAMPLES / "validation-images-with-rotation.sample.csv"},
                                    tmp_path / "images.parquet")
     table = pq.read_table(tmp_path / "images.parquet")
-    assert stats.rows == 3 and table.schema == metadata_cache.IMAGE_SCHEMA
+    assert stats.rows == 3 and table.schema == manifests.IMAGE_SCHEMA
     rows = {r["ImageID"]: r for r in table.to_pylist()}
     first = rows["4fa8054781a4c382"]
     assert first["Subset"] == "train" and first["OriginalMD5"] == "KFukvivpCM5QXl5SqKe41g=="
@@ -165,7 +165,7 @@ def armed(mirror: Mirror) -> Iterator[Mirror]:
 
 def run_metadata(capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
-    assert metadata.main([]) == 0
+    assert metadata_main([]) == 0
     return capsys.readouterr().out
 
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.base.errors import UserError
-from pipeline.core.base.params import load_params
+from pipeline.core.base.params import CleanParams, load_params
 from pipeline.core.net.sources import LAYOUTS
 from pipeline.mirror import Mirror
 from pipeline.mirror.dataset import FAULTS
@@ -519,3 +520,35 @@ def test_workspace_params_point_the_pipeline_at_the_mirror(workspace, mirror):
     params = load_params()
     assert params.source.base_url == mirror.base_url and params.source.cvdf_url == mirror.cvdf_url
     assert params.source.version == "v7" and params.download.rate == 0 and params.labels == ["Hamburger", "Sandwich"]
+
+
+# ------------------------------------------------------------------------------- pooled pictures (big mirrors)
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """Pictures composed from 3 pre-drawn backgrounds and 3 drawings per class: what benchmarks of 100k use."""
+    with Mirror(root=tmp_path_factory.mktemp("pooled"), labels=("Hamburger", "Sandwich"), images_per_label=30,
+                size=(320, 240), faults=True, seed=0, pool=3) as m:
+        yield m
+
+
+def test_pooled_pictures_keep_boxes_tight_and_upright(pooled):
+    for row in pooled.truth[(pooled.truth.fault == "") & (pooled.truth.Subset == "train")].head(6).itertuples():
+        _, crop = _upright_crop(pooled, pd.Series(row._asdict()))
+        assert _marker_corners(crop) == [True, False, False, False]
+    _, crop = _upright_crop(pooled, one(pooled, "rotation90"))
+    assert _marker_corners(crop) == [True, False, False, False]
+
+
+def test_pooled_pictures_are_no_near_copies_of_each_other(pooled):
+    """Only a few drawings, yet no two photos (the planted copies aside) are near copies for the clean stage."""
+    from pipeline.core.images.imaging import image_phash
+    from pipeline.stages.clean import hash_bits, near_pairs
+
+    rows = pooled.truth[pooled.truth.fault == ""]
+    hashes = [image_phash(Image.open(io.BytesIO(requests.get(url, timeout=10).content)).convert("RGB"))
+              for url in rows.OriginalURL]
+    assert len(hashes) > 60
+    assert near_pairs(hash_bits(hashes), CleanParams().near_duplicate_distance).size == 0
+

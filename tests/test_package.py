@@ -425,7 +425,7 @@ def test_the_code_hash_follows_the_dataset_stages_only(tmp_path: Path) -> None:
     assert before == code_version(DATASET_STAGES)  # where the code lies does not matter
     (copy / "stages/train/loop.py").write_text("# the model's code, not the dataset's\n")
     assert code_version(DATASET_STAGES, copy) == before
-    select = copy / "stages/select.py"
+    select = copy / "stages/select/stage.py"
     select.write_bytes(select.read_bytes().replace(b"\n", b"\r\n"))  # a Windows checkout
     assert code_version(DATASET_STAGES, copy) == before
     select.write_text(select.read_text() + "\n# an edit\n")

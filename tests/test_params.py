@@ -147,7 +147,7 @@ def test_runtime_is_apart_from_what_stages_track() -> None:
     assert "runtime" not in TRACKED_SECTIONS and "runtime" not in params.tracked()
     tracked_keys = {f"{s}.{k}" for s, v in params.tracked().items() if isinstance(v, dict) for k in v}
     for machine_setting in ("connections", "download_processes", "crop_processes", "loader_workers", "device",
-                            "cache_mb", "eval_batch_size", "shard_size", "read_timeout"):
+                            "cache_mb", "eval_batch_size", "download_batch_size", "read_timeout"):
         assert not any(key.endswith("." + machine_setting) for key in tracked_keys), machine_setting
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     named = [p for stage in dvc["stages"].values() for p in stage.get("params", [])]

@@ -14,6 +14,7 @@ from pipeline import report as report_command
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.stages.split import report
+from pipeline.stages.split.__main__ import main as split_main
 from pipeline.stages.split import stage as split
 
 EVIL = "<script>alert('x')</script>"
@@ -34,7 +35,7 @@ def done(tmp_path_factory) -> Path:
     ]
     write_inputs(root, rows)
     with inside(root):
-        assert run_cli(split.main, []) == 0
+        assert run_cli(split_main, []) == 0
     return root
 
 

@@ -16,7 +16,8 @@ from pipeline.core.base.params import load_params
 from pipeline.core.base.paths import METADATA_RAW, SELECTED
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.stages import select
+from pipeline.stages.select.__main__ import main as select_main
+from pipeline.stages.metadata.__main__ import main as metadata_main
 from pipeline.stages.metadata import stage as metadata
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
@@ -87,7 +88,7 @@ def cache(workspace, capsys) -> Path:
 
 def run_select(workspace, labels=("Hamburger", "Sandwich"), **options: object) -> pd.DataFrame:
     workspace.write_params({"labels": list(labels), "select": {**NO_FILTERS, **options}})
-    assert select.main([]) == 0
+    assert select_main([]) == 0
     return pq.read_table(SELECTED).to_pandas()
 
 
@@ -155,7 +156,7 @@ def test_subclasses_join_their_parent_and_the_most_specific_label_wins(cache: Pa
 def test_names_in_any_case_and_mids_select_the_same_boxes(cache: Path, workspace) -> None:
     by_name = run_select(workspace)
     workspace.write_params({"labels": ["Pizza"], "select": NO_FILTERS})
-    assert select.main(["--labels", "hAMBURGER", "/m/0l515"]) == 0
+    assert select_main(["--labels", "hAMBURGER", "/m/0l515"]) == 0
     pd.testing.assert_frame_equal(pq.read_table(SELECTED).to_pandas(), by_name)
 
 
@@ -204,8 +205,8 @@ def test_without_a_cache_select_says_which_stage_to_run(workspace) -> None:
 @pytest.mark.parametrize("version", ["v4", "v6", "v7"])
 def test_metadata_then_select_against_the_mirror(mirror: Mirror, workspace, capsys, version: str) -> None:
     workspace.write_params({**mirror.params_overrides(), "source.version": version, "select": NO_FILTERS})
-    assert metadata.main([]) == 0
-    assert select.main([]) == 0
+    assert metadata_main([]) == 0
+    assert select_main([]) == 0
     frame = pq.read_table(SELECTED).to_pandas()
     params = load_params()
     wanted = {"Hamburger", "Sandwich", "Submarine sandwich"}

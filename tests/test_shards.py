@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from package_inputs import write_inputs
 from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, write_params
 
 from pipeline.core.base.errors import UserError, run_cli
-from pipeline.core.learn.data import decode, read_classes, read_split
+from pipeline.core.learn.data import decode
+from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
 from pipeline.core.base.params import RuntimeParams, TrainParams
-from pipeline.stages import shards
+from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.package import dataset as package
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import train
@@ -33,7 +36,7 @@ def run_stage(workdir: Path, max_images: int) -> Path:
     (workdir / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": max_images}}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        assert run_cli(shards.main, []) == 0
+        assert run_cli(shards_main, []) == 0
     return workdir / "data/shards"
 
 
@@ -190,7 +193,7 @@ def test_files_whose_keys_collide_are_refused_naming_both(tmp_path: Path, capsys
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"shards": {"max_images": 100}}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        assert run_cli(shards.main, []) == 2
+        assert run_cli(shards_main, []) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert (f"data/splits/train/Hamburger/{first} and data/splits/train/Hamburger/{second} would both be the sample "
@@ -227,11 +230,21 @@ def test_a_file_name_that_is_not_utf8_is_one_line_for_shards_and_train(tmp_path:
     shown = "data/splits/train/Hamburger/caf\\udce9.jpg"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        assert run_cli(shards.main, []) == 0
+        assert run_cli(shards_main, []) == 0
         bad.write_bytes(next((splits / "train/Hamburger").glob("*.jpg")).read_bytes())
-        for main in (shards.main, train_main.main):
+        for main in (shards_main, train_main.main):
             assert run_cli(main, []) == 2, main.__module__
             err = capsys.readouterr().err
             assert err == f"error: {shown}: the name is not UTF-8 text; rename it (the split stage names crops " \
                           "<ImageID>_<BoxIndex>.jpg in folders named after the labels)\n", err
     assert not (tmp_path / "models/model.pt").exists()
+
+
+def test_the_shards_stage_starts_without_torch(tmp_path: Path) -> None:
+    # it only copies files into tars: torch's import (over a second) would be all of a small run's start-up
+    script = ("import sys\nfrom pipeline.stages.shards.__main__ import main\nfrom pipeline.stages.shards import stage\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'webdataset')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

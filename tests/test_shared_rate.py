@@ -30,7 +30,7 @@ from pipeline.mirror.log import max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 10.0
-RUNTIME = {"connections": 4, "shard_size": 5, "retries": 2, "backoff": 0.05, "read_timeout": 5.0,
+RUNTIME = {"connections": 4, "download_batch_size": 5, "retries": 2, "backoff": 0.05, "read_timeout": 5.0,
            "connect_timeout": 10.0}
 
 

@@ -29,7 +29,7 @@ from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import read_parquet
 from pipeline.core.base.params import RuntimeParams, load_params
 from pipeline.mirror import Mirror
-from pipeline.stages.crop import main as crop_main
+from pipeline.stages.crop.__main__ import main as crop_main
 from pipeline.stages.download.__main__ import main as download_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def make_workspace(root: Path, mirror: Mirror, labels: list[str], images: str = 
               "source": {"base_url": mirror.base_url, "cvdf_url": mirror.cvdf_url, "images": images},
               "download": {"rate": 0},
               "runtime": {"store": STORE, "download_processes": 1, "crop_processes": 1, "connections": 4,
-                          "shard_size": 5, "retries": 2, "backoff": 0.05}}
+                          "download_batch_size": 5, "retries": 2, "backoff": 0.05}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 

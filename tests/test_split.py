@@ -15,6 +15,7 @@ from clean_inputs import inside, row, synthetic_rows, write_inputs
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
+from pipeline.stages.split.__main__ import main as split_main
 from pipeline.stages.split import stage as split
 
 LABELS = ("Hamburger", "Sandwich", "Hot dog")
@@ -22,7 +23,7 @@ LABELS = ("Hamburger", "Sandwich", "Hot dog")
 
 def run_split(root: Path) -> int:
     with inside(root):
-        return run_cli(split.main, [])
+        return run_cli(split_main, [])
 
 
 def splits_of(root: Path) -> pd.DataFrame:
@@ -207,7 +208,7 @@ def test_crop_path_outside_the_crops_folder_is_refused(tmp_path, capsys):
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        split.main(["--help"])
+        split_main(["--help"])
     assert exit_info.value.code == 0
     assert "params.yaml" in capsys.readouterr().out
 

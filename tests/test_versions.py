@@ -44,8 +44,8 @@ TINY = {
 #: only, which no dataset file depends on, and each costs seconds to start.
 RUNTIME_A = {"download_processes": 1, "connections": 2, "crop_processes": 1, "loader_workers": 0, "cache_mb": 0,
              "device": "cpu"}
-RUNTIME_B = {"download_processes": 2, "connections": 16, "shard_size": 5, "crop_processes": 2, "loader_workers": 0,
-             "cache_mb": 64, "device": "cpu"}
+RUNTIME_B = {"download_processes": 2, "connections": 16, "download_batch_size": 5, "crop_processes": 2,
+             "loader_workers": 0, "cache_mb": 64, "device": "cpu"}
 DATASET = "openimages/hamburger-sandwich"
 EXPERIMENT = "openimages/hot-dog-pizza"
 
@@ -172,7 +172,7 @@ def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: di
         # every path DVC shows is the repository's own, relative one
         for path in [*data["deps"], *data["outs"]]:
             assert not os.path.isabs(path) and ".." not in Path(path).parts, path
-    assert "pipeline/core" in base["deps"] and "pipeline/stages/train" in base["deps"]
+    assert "pipeline/core/learn" in base["deps"] and "pipeline/stages/train" in base["deps"]
 
     metrics = json.loads(dvc(repo, env, "metrics", "diff", baseline["rev"], exp, "--all", "--json"))
     top1 = metrics["metrics/eval.json"]["top1"]

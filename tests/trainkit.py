@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from pipeline.core.learn import models
 from pipeline.mirror import drawing
 from pipeline.stages.train import __main__ as train_main
+from pipeline.stages.train import stage as train_stage
 from pipeline.stages.train.stage import Trained
 
 #: split folder -> display name (labels.json), and the painter of each class
@@ -117,7 +118,7 @@ def train_once(basetemp: Path) -> TrainedWorkspace:
     make_splits(workdir / "data" / "splits")
     write_params(workdir, **RECIPE_TRAIN)
     kept: list[Trained] = []
-    real_write = train_main.write_outputs
+    real_write = train_stage.write_outputs
 
     def keep(result: Trained, params: object) -> None:
         kept.append(result)
@@ -125,7 +126,7 @@ def train_once(basetemp: Path) -> TrainedWorkspace:
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), single_thread():
-        mp.setattr(train_main, "write_outputs", keep)
+        mp.setattr(train_stage, "write_outputs", keep)
         mp.setattr(torchvision.models.WeightsEnum, "get_state_dict", refuse_download)
         mp.chdir(workdir)
         assert train_main.main([]) == 0

@@ -8,6 +8,8 @@ Tests, the demo and the benchmarks point the pipeline at it instead of the inter
         load_params(overrides=m.params_overrides())   # source.base_url, source.cvdf_url, labels
 
 or as a process: ``python -m pipeline.mirror --root DIR [--port P]`` (prints its URLs, serves until killed).
+``pool=N`` (``--pool N``) composes every picture from N pre-drawn backgrounds and drawings per class instead
+of drawing each one: what the scale benchmark's mirrors of 100k photos use (:func:`.dataset._composed`).
 
 URL layout (``m.url`` = ``http://127.0.0.1:PORT``):
 

@@ -238,10 +238,11 @@ class Mirror:
 
     def __init__(self, root: str | Path, labels: Sequence[str] = ("Hamburger", "Sandwich"), images_per_label: int = 12,
                  size: tuple[int, int] = (320, 240), faults: bool = True, seed: int = 0, port: int = 0,
-                 latency: float = 0.0, host: str = "127.0.0.1", progress: bool = False) -> None:
+                 latency: float = 0.0, host: str = "127.0.0.1", progress: bool = False, pool: int = 0) -> None:
         self.root = Path(root)
         mids = dataset.resolve_labels([labels] if isinstance(labels, str) else labels)
-        self.spec = dataset.Spec(mids, int(images_per_label), (int(size[0]), int(size[1])), bool(faults), int(seed))
+        self.spec = dataset.Spec(mids, int(images_per_label), (int(size[0]), int(size[1])), bool(faults), int(seed),
+                                 int(pool))
         self.labels = [dataset.display_names()[m] for m in mids]
         self.host, self._port, self._latency, self._progress = host, port, latency, progress
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -8,19 +8,14 @@ ends, even by ``kill -9``, so a killed run can never leave it stuck, and nothing
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import PipelineFailure
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @contextmanager
@@ -53,13 +48,3 @@ def file_lock(path: Path, other: str) -> Iterator[None]:
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
 
-
-def locked(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorator: the function runs under :func:`stage_lock` (for stage entry points that commands share)."""
-    def wrap(function: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(function)
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            with stage_lock(stage):
-                return function(*args, **kwargs)
-        return run
-    return wrap

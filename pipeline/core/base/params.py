@@ -21,17 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      model_validator)
 
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
-from pipeline.core.base.safe import check_http_url
 from pipeline.core.base.redact import public_url
+from pipeline.core.base.safe import check_http_url
+from pipeline.core.base.stages import STAGES
 
 PARAMS_FILE = "params.yaml"
-#: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
-TRACKED_SECTIONS = ("labels", "source", "select", "download", "crop", "clean", "audit", "split", "shards", "train",
-                    "evaluate")
+#: the sections some stage tracks (dvc.yaml's ``params``: a change re-runs it), from the table of stages; every
+#: section but ``runtime``. What a package records is narrower (:data:`~pipeline.core.base.stages.RECORDED`)
+TRACKED_SECTIONS = tuple(dict.fromkeys(section for stage in STAGES for section in stage.sections))
 
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 _SCHEDULER = re.compile(r"^((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
@@ -295,8 +297,8 @@ class RuntimeParams(Section):
     download_processes: int = Field(1, ge=0, le=256)
     #: concurrent downloads per process
     connections: int = Field(16, ge=1, le=1024)
-    #: images per download shard (the unit of progress a killed run keeps)
-    shard_size: int = Field(1000, ge=1)
+    #: images per download batch (the unit of progress a killed run keeps); ``shard_size``, its old name, is read too
+    download_batch_size: int = Field(1000, ge=1, validation_alias=AliasChoices("download_batch_size", "shard_size"))
     #: crop processes (0 = one per usable core)
     crop_processes: int = Field(0, ge=0, le=256)
     #: DataLoader workers decoding images for train and evaluate (-1 = one per usable core, less one)
@@ -366,7 +368,7 @@ class Params(Section):
         return self.model_dump(mode="json")
 
     def tracked(self) -> dict[str, Any]:
-        """The sections that shape a dataset (what a package records): never ``runtime`` or ``package``."""
+        """The sections the stages track (:data:`TRACKED_SECTIONS`): everything but ``runtime``."""
         plain = self.to_dict()
         return {section: plain[section] for section in TRACKED_SECTIONS}
 

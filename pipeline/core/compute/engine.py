@@ -1,25 +1,11 @@
-"""Where a stage's shards run: in this process, in a pool of this machine's processes, or on a Dask cluster.
+"""Where a stage's tasks run: in this process, in a pool of this machine's processes, or on a Dask cluster.
 
-One call shape for all three, like img2dataset's distributors (multiprocessing, pyspark, ray):
-``engine.run(task, context, jobs, on_message=..., on_result=...)`` calls ``task(context, job, emit)`` once per
-job, somewhere, and returns the results in job order. ``emit(message)`` inside a task sends a small message
-home (a download record, say); the engine hands each one to ``on_message`` *in this process*, so the
-journal a re-run resumes from and the one progress bar are written here, whichever machine did the work.
-Messages are best-effort (the last few of a task may arrive after its result, or not at all when a worker
-dies); the result is what counts, so ``on_result`` is told as soon as each job is done.
-``engine.rate_board(key, rate)`` hands a stage the request-rate board its tasks share with every other run
-that names the same key (:mod:`pipeline.core.net.rate`): this machine's for the local engines, the scheduler's for
-Dask, so a stage never needs to know which engine it runs on.
-
-- ``inline`` (``runtime.engine: local`` with one process): a plain loop, nothing to start.
-- ``pool``: a ``ProcessPoolExecutor`` whose workers die with this process; ``context`` reaches them through
-  the pool's initializer, so it may hold what only inheritance can pass (shared memory, a lock). Messages
-  travel through a pipe in batches (one per image cost the stage a fifth more CPU on two cores).
-- ``dask``: ``distributed.Client`` on ``runtime.scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or on a
-  ``LocalCluster`` of ``runtime.dask_workers`` processes started here. ``context`` is pickled with each task;
-  messages travel as Dask events (worker -> scheduler -> this client), batched. A task whose worker dies is
-  run again elsewhere by the scheduler (``distributed.scheduler.allowed-failures`` times, then the run
-  fails); the scheduler itself going away ends the run with one line and exit code 1.
+One call shape for all three: ``engine.run(task, context, jobs, on_message=..., on_result=...)`` calls
+``task(context, job, emit)`` once per job, somewhere, and returns the results in job order; ``emit`` sends a
+small message home, handed to ``on_message`` in this process. ``engine.rate_board(key, rate)`` hands a stage
+the request-rate board its tasks share (this machine's, or the scheduler's). Engines: ``inline``, ``pool``
+(a process pool whose workers die with this process), ``dask`` (a scheduler, or a LocalCluster started
+here). How each passes contexts and messages, and what happens when a worker dies: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -41,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.compute.machine import die_with_parent, usable_cores
-from pipeline.core.net.rate import Board, HeldBoard, machine_board
 from pipeline.core.base.redact import public_url
+from pipeline.core.net.rate import Board, RemoteBoard, machine_board
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
     from distributed import Client
@@ -77,7 +63,7 @@ class Engine(ABC):
         """``task`` must be a module-level function (the pool and Dask pickle it by name)."""
 
     @contextmanager
-    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | RemoteBoard]:
         """The request-rate board (:mod:`pipeline.core.net.rate`) this engine's tasks share with every run that
         names the same ``key``, joined by this run at ``rate`` (> 0) requests/s while the block runs; it
         travels to the tasks in their ``context``. Here: this machine's board, which every process of this
@@ -240,7 +226,7 @@ class DaskEngine(Engine):
         return results
 
     @contextmanager
-    def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
+    def rate_board(self, key: str, rate: float) -> Iterator[Board | RemoteBoard]:
         """The scheduler's board for ``key`` (:mod:`pipeline.core.net.rate_cluster`), which every run on this
         scheduler shares: the workers may be on other machines, whose clocks and files are not this one's. A
         LocalCluster started by this run has its workers here and no other run on its scheduler, so it takes

@@ -1,47 +1,11 @@
 """Where workers put photos and crops (``runtime.store``): a folder they all reach by path, or an object store
 that any number of runs share.
 
-- Empty (the default): ``data/images`` and ``data/crops`` here. With ``runtime.engine: dask`` on more than
-  one machine, this working directory must then be on a file system every worker mounts **at the same
-  path** (NFS, Lustre, EFS, a Kubernetes ReadWriteMany volume); workers are handed absolute paths.
-- An object store's URL (``s3://bucket/prefix``, ``gs://...``, ``az://...``: the protocols
-  :func:`pipeline.core.base.params.check_store_url` accepts): one ``put`` per file (an object store never shows
-  half an object, so a killed worker leaves no partial file). The manifests, the shards and the DVC outputs
-  stay where the stages expect them: the download's manifest in ``data/images``, and the crops are copied
-  into ``data/crops`` once they are all made (clean, split and train read them there). The photos, the bulk,
-  stay in the store.
-
-**One store, many runs, no lock.** Runs that do not know each other use one store at once: a team, or
-``dvc exp run --queue``, whose queued experiments all get the same ``runtime.store`` (no stage tracks
-``runtime``). A lock would have to work on S3, where there is no ``flock``: a lock object needs an expiry a
-killed run cannot leave stuck, hence clocks and fencing, and it would serialise whole runs. The layout needs
-none, because no two runs ever write different bytes under one name, and no run deletes what another may
-read:
-
-- **Photos are named by their content**: ``<store>/images/<md5 of the body>.<ext>``
-  (:func:`photo_name`). Two runs that fetch the same photo put the same bytes under the same name (the
-  second put changes nothing a reader could see); two that get different bytes for one ImageID (Flickr's
-  original and CVDF's resized copy, or an original its owner replaced) write two names. No run removes
-  anything from ``<store>/images``: a photo no manifest lists any more costs storage, never another run's
-  work (expire it with the store's lifecycle rules if it matters). Each workspace's manifest records
-  ``path`` (``<ImageID>.<ext>``, as in ``data/images``) and ``md5``, from which the name follows, so the
-  manifest is the same bytes with or without a store, and a re-run finds what it has from its journals and
-  one listing. md5 suffices as a name: the only bodies anyone can give a colliding md5 are two they both
-  made (a chosen-prefix collision), which are their own photos anyway; an original checked against Open
-  Images' OriginalMD5 could only be matched by a second preimage, which nobody can compute for md5.
-- **Crops are one run's scratch**: made in ``<store>/crops/<run>``, ``<run>`` being
-  ``<machine>.<pid>.<random>`` (:func:`run_name`), copied into ``data/crops``, then removed by that run
-  (:func:`run_folder`). A run killed before removing its folder leaves it; the next crop run on the same
-  machine removes the folders of that machine whose process is gone (as :mod:`pipeline.core.base.staging` does
-  for local folders), and never one of another machine, whose processes it cannot see. ``<machine>`` is the
-  host name with a tag of the kernel's boot id and pid namespace: two containers with one host name (each
-  its own pids) or two machines both called ``localhost`` are never taken for one. Nothing ever empties
-  ``<store>/crops`` as a whole.
-
-Credentials and endpoints come from the store's own settings (for S3: AWS profiles, ``AWS_*`` variables,
-``AWS_ENDPOINT_URL_S3`` for MinIO and other S3-compatible stores; see docs/s3.md), on every worker.
-Locations are plain strings (a path or a URL), so tasks pickle them; fsspec caches one file system per
-process. Failures are one line naming the location without credentials.
+Empty: ``data/images`` and ``data/crops`` here (on a cluster, a file system mounted at the same path on every
+worker). An object store's URL: one ``put`` per file; photos named by their content
+(``<store>/images/<md5>.<ext>``, :func:`photo_name`), never deleted; crops in one run's scratch folder
+(``<store>/crops/<run>``, :func:`run_name`), copied into ``data/crops``, then removed. So many runs share one
+store without a lock. Why, and what a killed run leaves: docs/architecture.md ("Design notes of the core").
 """
 from __future__ import annotations
 

@@ -1,25 +1,9 @@
 """Image helpers shared by the crop and clean stages: open safely, decode fully, make RGB, turn upright.
 
-Every picture comes from the internet, so it is opened the defensive way:
-
-- **Our own pixel cap, checked before decoding.** Pillow reads the size from the header without decoding;
-  we refuse anything over ``max_pixels`` there. Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) only *warns*
-  between 89 and 179 megapixels and raises above that; we silence the warning (our cap is the rule) and
-  report Pillow's error as the same refusal.
-- **Only the formats the download stage keeps** (JPEG, PNG, GIF, WebP), so a
-  file claiming to be an image cannot reach one of Pillow's rarer parsers.
-- **A full decode, never ``Image.draft``.** Draft mode lets libjpeg decode at 1/2..1/8 scale, which is fast but
-  skips most of the data, so a file truncated or broken near its end would pass. ``load()`` decodes every
-  pixel; a truncated file raises (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays False).
-
-Colour: CMYK, palette, greyscale (8 and 16 bit) and images with alpha all become 8-bit RGB; transparency is
-composited on white, as a browser shows a transparent PNG. A greyscale photo stays a real photo (three equal
-channels), nothing here treats one channel as a defect.
-
-Orientation: :func:`upright` turns an image counter-clockwise by Open Images' ``Rotation`` column. EXIF
-orientation is deliberately *not* applied anywhere (``ImageOps.exif_transpose`` is never called): Open Images
-recovered ``Rotation`` from the EXIF tag and its boxes refer to the stored pixel matrix, so applying both
-would turn a picture twice (see the crop stage).
+Every picture comes from the internet: our own pixel cap is checked before decoding, only JPEG, PNG, GIF and
+WebP are opened, and every pixel is decoded (never ``Image.draft``), so a truncated file is refused. Colour
+becomes 8-bit RGB (transparency on white; greyscale stays a photo). :func:`upright` turns an image by Open
+Images' ``Rotation``; EXIF orientation is never applied. Why: docs/architecture.md ("Design notes of the core").
 """
 from __future__ import annotations
 

@@ -1,42 +1,12 @@
 """One request rate for every run that shares a server: the slot rule, the allowance, and the boards of one process
 and of one machine (the board of a Dask scheduler is :mod:`pipeline.core.net.rate_cluster`).
 
-**The rule.** A *board* holds one number, the earliest time the next request may go (the next free slot); each
-grant moves it on by one interval. A caller whose slot has not come sleeps until it should have and asks again;
-nothing is booked ahead (:func:`take_slot`, a pure function, so tests replay it under a fake clock). Grants are
-therefore spaced as they actually happened: a stalled process delays the queue instead of releasing the missed
-slots together as a burst. A token bucket would hand out its saved tokens at once (pyrate-limiter let 28-36 a
-second through when asked for 20/s); ``ratelim`` 0.1.6 holds no lock at all (4.5x the limit with 8 threads).
-
-**Who shares a board.** ``download.rate`` is a promise to the image server, so every run that downloads from
-that server shares one board, not only the processes of one run: runs name their board by a key (the server's
-domain, or ``runtime.rate_key``), and every run of this user on this machine that asks for the same key books
-on the same :class:`MachineBoard` (a Dask scheduler keeps one per key for the runs that join it). When runs ask
-different rates for one key, the politest (lowest) rate of the runs still open holds for all of them: a run
-that asked for less must get no more than it asked for, wherever the others' requests come from.
-
-**The allowance.** A grant is not an arrival: between the board and the server's clock a request meets a
-wake-up, the event loop, the send and the network (on a cluster also the reply that booked it), each delayed
-now and then by a busy CPU. Slots spaced exactly ``1/rate`` put rate + 2 in a second at the server as soon as
-two requests rate + 1 apart are delayed by one interval (48 ms at 20/s) more than each other, and a loaded
-machine did that (22 in a second at 20/s). Those delays are a matter of milliseconds whatever the rate, so the
-allowance is a time too: every board spaces its slots so that rate + 1 gaps span at least ``1 + ALLOWANCE``
-seconds (:func:`board_interval`). The server then counts rate + 2 in a second only if two requests' delays
-differ by more than :data:`ALLOWANCE` (100 ms): half again the most measured, 64 ms, with two runs on one Dask
-scheduler on a 2-core machine at a load average of 9-13 (``bench/rate_bench.py``, BENCHMARKS.md). It costs nothing at whole
-rates up to 9/s (their interval is room enough), 5% at 20/s and at most 9% at high rates: a request
-sent a little early is a promise broken, one sent a little later is not. (A fraction of the rate, the first
-margin, protected high rates less: 2% left 27 ms at 150/s, but 69 ms at 20/s.)
-
-**The machine's board** is a file of 32 bytes, ``<runtime dir>/rate-boards/<host>/<sha256 of the key>/board``,
-read and written under ``flock``. Its slot is on CLOCK_MONOTONIC (``time.monotonic``), one clock for every
-process of the machine. The kernel releases a ``flock`` when its holder dies, so a run killed anywhere (even
-holding the lock) never leaves the board stuck. The runs using a board are files in its ``runs/`` folder, each
-holding the run's rate and held under ``flock`` by its run for as long as it runs; a run file whose lock can be
-taken is a dead run's, and is removed by whoever finds it (at most :data:`RECHECK` seconds after the death).
-The runtime dir is ``$XDG_RUNTIME_DIR`` (per user, in memory, emptied at log-out), else a folder of this user's
-own in the temporary folder: a board is shared by one user's runs, and a board file from another clock (a
-reboot, another machine) is recognised and started afresh.
+A board holds the next free slot; each grant moves it on by one interval, nothing is booked ahead
+(:func:`take_slot`), so a stalled process never releases a burst. Every run of this user on this machine
+that names the same key books on one :class:`MachineBoard` (a file under ``flock``), and the lowest rate of
+the runs using it holds. Slots keep an allowance (:data:`ALLOWANCE`) for the jitter between board and
+server. The rule, the allowance and the board file, with the measurements behind them: docs/architecture.md
+("Design notes of the core").
 """
 from __future__ import annotations
 
@@ -112,8 +82,8 @@ class Board(Protocol):
 
 
 @runtime_checkable
-class HeldBoard(Protocol):
-    """A board far away (a Dask scheduler's, :mod:`.rate_cluster`): one call that returns when the caller's turn
+class RemoteBoard(Protocol):
+    """A remote board (a Dask scheduler's, :mod:`.rate_cluster`): one call that returns when the caller's turn
     has come (it books a slot there and sleeps here), since asking again and again over the network would cost
     a round trip per question."""
 

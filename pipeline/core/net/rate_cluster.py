@@ -1,41 +1,11 @@
 """One request rate for every run on a Dask scheduler: the scheduler keeps one board per key, and every worker
 of every run with that key books its slots there.
 
-Design (docs/scale.md, "How the rate behaves"). The rule is the one of :mod:`.rate`: one "next free slot" number,
-moved on by one interval per grant, slots never closer than that. What changes on a cluster is *where* that
-number lives, and there must be exactly one place with one clock, because ``time.monotonic`` of two machines
-are unrelated numbers:
-
-- **On the scheduler** (chosen): a :class:`RateBoards` scheduler plugin keeps one :class:`Slots` per key (the
-  image server's domain, or ``runtime.rate_key``). The scheduler is the one process a Dask run cannot lose
-  (without it the run ends anyway), so the board dies with nothing that would not end the run; and it is the
-  one process every run that joins the cluster talks to, so runs that do not know each other (a team's, a
-  queue of ``dvc exp run``) share the rate they promised the same server. A board is kept while any run uses
-  it: each run joins it (with its rate) and leaves it, and a run whose stage is gone (``kill -9``, a lost
-  connection) is dropped when the scheduler sees its client go (:meth:`RateBoards.remove_client`); the other
-  runs' slots are untouched. The politest (lowest) rate of the runs using a board holds for all of them.
-- Not a Dask actor: an actor lives on one worker, and a worker may be killed mid-run (the run must go on).
-- Not leases of the rate (each worker paced locally at rate/N, re-balanced now and then): N unrelated local
-  clocks put up to N requests together in one second (rate + N), and a worker that finishes early strands
-  its share until the next re-balance.
-
-**One slot booked per worker process.** Locally a caller whose slot has not come sleeps and asks again, and
-nothing is booked ahead. Across a network every question is a round trip, and a board that made callers
-wait on its own timer would lose rate whenever the scheduler's busy event loop woke late (measured: 138-146/s
-of 150 on a loaded 2-core machine). So :meth:`Slots.book` gives the caller the next free slot at once
-(:func:`~.rate.book_slot`), as "send in ``wait`` seconds", and the worker sleeps on its own clock. The
-accounting is exact (slots exactly one interval apart, whatever the timers do), and since each worker process
-asks for one slot at a time (the limiter's asyncio lock) and only after using the last, at most one slot per
-process is booked ahead: a process that stalls holds back one request, never a burst, and one that wakes more
-than :data:`LATE_LIMIT` after its slot books a new one instead of sending late into a later second.
-
-**Jitter between the board and the server**: the board spaces its slots with the allowance every board keeps
-(:func:`~.rate.board_interval`): the server counts rate + 2 in a second only if two requests' delays between
-the board and the server differ by more than :data:`~.rate.ALLOWANCE` (100 ms). Without room for them 5 ms
-was enough at 150/s, and one of five 10-second runs on a loaded machine counted 152.
-
-A worker that dies holding a slot wastes that one slot. A run that has left its board gets no more slots
-(:class:`RunEnded`): its shards still running stop instead of downloading beside a re-run.
+The rule is :mod:`.rate`'s; the board lives on the scheduler (:class:`RateBoards`, a scheduler plugin with one
+:class:`Slots` per key), the one process a run cannot lose and every run talks to. :meth:`Slots.book` gives
+a worker its next slot at once and the worker sleeps on its own clock: at most one slot per process booked
+ahead. A run that left its board gets no more slots (:class:`RunEnded`). Why there and not elsewhere, and
+what was measured: docs/architecture.md ("Design notes of the core") and docs/scale.md.
 """
 from __future__ import annotations
 
@@ -123,7 +93,7 @@ class RateBoards(SchedulerPlugin):
 
 
 class ClusterBoard:
-    """A worker's handle on a key's board for one run (a :class:`~.rate.HeldBoard`): two names, so it pickles."""
+    """A worker's handle on a key's board for one run (a :class:`~.rate.RemoteBoard`): two names, so it pickles."""
 
     def __init__(self, key: str, run: str) -> None:
         self.key, self.run = key, run

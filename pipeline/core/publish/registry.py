@@ -1,62 +1,11 @@
 """quilt3 package registries (an S3 bucket, or a local folder): publish, list, install and relink versions.
 
-Used by :mod:`pipeline.stages.package` (publish) and :mod:`pipeline.pull` (list, install, relink).
-
-quilt3 is imported here and nowhere else (on first use, so ``--help`` and bad arguments answer at once),
-after switching its usage metrics off: by default it posts a record of every API call to
-telemetry.quiltdata.cloud, and this project's commands never reach out to the internet unasked. Its
-manifest cache is switched off too: it downloads a manifest to one fixed temporary name and renames it
-into the cache, so two runs reading one S3 manifest at once (two pulls, two publishes) broke each other
-("no package" from a file renamed away); without the cache each read has a temporary file of its own.
-Where only a version's own line is needed (its metadata and message: the checks before publishing,
-``--list``), only the manifest's first line is read, not the list of every file after it.
-
-Objects are stored by content, at ``<name>/objects/<sha256><extension>``, not by file name. A newer version
-then never overwrites an older version's bytes, even in a bucket without S3 versioning (MinIO's default), a
-file that several versions share is stored once, and the extension (``.parquet``, ``.json``, ``.csv``) is
-what quilt3's own readers go by: ``pkg["manifests/clean.parquet"]()`` gives a DataFrame. A local registry
-is self-contained the same way (quilt3 itself would only record where the files are in the working
-directory, which the next pipeline run rewrites).
-
-quilt3 records absolute locations (``file:///...``, ``s3://bucket/...``) in its manifests, so a registry
-folder that was moved or copied still lists its versions but points at the old place. Since every object's
-name is its content, :func:`install` reads each one from the registry it was asked for, wherever the
-manifest says it was; :func:`relink` rewrites a local registry's manifests for its new place, so plain
-quilt3 reads it again (quilt3's top hash does not cover locations, so no version changes).
-
-Publishing uploads every object first, then writes the version's manifest (named by its top hash), and
-registers the version last (its pointer, then ``latest``), so a publish that dies half way leaves no
-version behind; running it again finishes the job. quilt3's own push is not used: its multipart upload
-needs checksums from the server (``ChecksumSHA256``) that not every S3 server returns, and its
-registration loses versions (below). Instead each file is hashed here once, both ways (:func:`digest_file`),
-its object is uploaded with boto3's managed transfer when the bucket lacks it, and the manifest is built
-from entries that already point at their objects, with quilt3's checksums: the same top hash quilt3 would
-compute, and quilt3 reads, installs and verifies such versions as its own. Content identical to the latest
-version is not registered again (:class:`Published` says so).
-
-A registry is shared by runs that do not know each other (two workspaces, a team, a queue of experiments),
-so publishing must never lose another run's version. Without care it did: quilt3 names a version's pointer
-by the time in seconds and overwrites whatever is there, so of two versions registered within one second
-only the last was listed. And ``latest`` and the checks made against it (the kind of package and labels
-a name holds, "is this content already the latest?") are read-then-write: two runs could both pass a check
-that only one of them should. So:
-
-- objects and manifests need no coordination: both are named by their content (an object by its SHA-256, a
-  manifest by its top hash), so two runs writing one write the same bytes, atomically (a rename into place,
-  or one S3 PUT), and a manifest no pointer names is not a version;
-- registering is done under a lock per package name in the registry (:mod:`pipeline.core.publish.registry_lock`:
-  ``flock`` in a local registry; on S3 a lock object created only if absent, with a lease, so a killed
-  holder cannot leave it stuck). Under it the latest version is read again, the checks run again if another
-  run registered one since, and then the pointer and ``latest`` are written. It is held for a few small
-  requests; the uploads happen before;
-- the version's pointer is created only if no pointer of that second exists (``os.link``; S3's
-  ``If-None-Match: *``), trying the next second otherwise, and read back: even a run that does not take the
-  lock (plain quilt3, an older version of this project) cannot make this one's version disappear.
-
-Failures (unknown package or hash, missing bucket, refused credentials, unreachable server, a bad AWS
-setting, a manifest or pointer that is not quilt3's) become one-line errors here, so both commands report
-them the same way. A pointer must hold a top hash before anything is read by it: quilt3 would read a
-"manifest" from wherever a doctored one (``../../..``) points.
+Used by :mod:`pipeline.stages.package` (publish) and :mod:`pipeline.pull` (list, install, relink); quilt3 is
+imported here alone, late, with its telemetry and manifest cache off. Objects are stored by content
+(``<name>/objects/<sha256><ext>``); a publish uploads objects, then the manifest, then registers the version
+under a lock per package name (:mod:`.registry_lock`), so a publish that dies half way leaves no version and
+two runs never lose each other's. Failures are one-line errors. Why each of these: docs/architecture.md
+("Design notes of the core").
 """
 from __future__ import annotations
 

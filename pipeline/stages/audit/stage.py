@@ -13,6 +13,8 @@ threshold re-runs the audit without computing one again.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 from pipeline.core.base import paths
@@ -22,6 +24,7 @@ from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
 from pipeline.core.base.params import Params
 from pipeline.core.base.safe import join_inside
+from pipeline.core.base.stages import Summary
 
 KEYS = ["ImageID", "BoxIndex", "Label", "crop_path"]
 
@@ -49,7 +52,7 @@ def crop_files(kept: pd.DataFrame) -> list:
     return files
 
 
-def run(params: Params) -> dict:
+def run(params: Params) -> AuditSummary:
     """Audit the clean crops; write the ledger, its summary and the report. Returns the summary with timings."""
     manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
     kept = kept_crops(manifest)
@@ -64,4 +67,19 @@ def run(params: Params) -> dict:
         write_json(new / "summary.json", {k: summary[k] for k in ("crops", "decisions", "issues")})
     with replace_dir(paths.AUDIT_REPORT) as new:
         write_report(ledger, pd.Series(files), new, "Audit of the clean crops")
-    return summary
+    return AuditSummary(summary)
+
+
+@dataclass(frozen=True)
+class AuditSummary(Summary):
+    """The audit's counts (crops, decisions, issues) and this run's circumstances (embeddings computed, seconds)."""
+
+    counts: dict
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        decisions, seconds = c["decisions"], c["seconds"]
+        issues = "".join(f"; {n} {kind}" for kind, n in c["issues"].items() if n)
+        return [f"audit: {decisions['kept']} kept, {decisions['flagged']} flagged, {decisions['rejected']} rejected "
+                f"of {c['crops']} crops{issues} ({c['embeddings_computed']} embeddings computed, "
+                f"{seconds['embeddings']:.1f} s) -> {paths.AUDIT_LEDGER}"]

@@ -1,4 +1,4 @@
-"""``python -m pipeline.stages.download``: the DVC stage (reads params.yaml and data/selected.parquet)."""
+"""``python -m pipeline.stages.download``: the flags; the work is :func:`pipeline.stages.download.stage.run`."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.params import load_params
+from pipeline.core.base.stages import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,10 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(source.images, source.cvdf_url, download.*). Safe to interrupt: a re-run fetches only "
                     "what is missing.",
     ).parse_args(argv)
-    from pipeline.stages.download.stage import download, summary_table  # late: --help stays fast
+    params = load_params()
+    from pipeline.stages.download.stage import run  # late: --help answers at once
 
-    manifest = download(load_params())
-    print(summary_table(manifest))
+    run_stage("download", run, params)
     return 0
 
 

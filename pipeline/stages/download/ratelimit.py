@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 from urllib.parse import urlsplit
 
-from pipeline.core.net.rate import Board, HeldBoard, LocalBoard
+from pipeline.core.net.rate import Board, RemoteBoard, LocalBoard
 from pipeline.core.base.safe import is_http_url
 
 #: the image server of a run is judged from this many of its URLs (its first, in ImageID order)
@@ -52,19 +52,19 @@ class RateLimiter:
     The callers of one process queue on an asyncio lock, so only one of them at a time asks the board.
     """
 
-    def __init__(self, rate: float, board: Board | HeldBoard | None = None,
+    def __init__(self, rate: float, board: Board | RemoteBoard | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not rate >= 0:  # also NaN
             raise ValueError(f"rate must be a number >= 0, got {rate}")
         self.rate = rate
         self.board = board or (LocalBoard(rate) if rate else None)
-        self._held = isinstance(self.board, HeldBoard)
+        self._remote = isinstance(self.board, RemoteBoard)
         self._sleep = sleep
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _loop_lock(self) -> asyncio.Lock:
-        """An asyncio lock for the running loop (a lock cannot be shared between loops; shards run one each)."""
+        """An asyncio lock for the running loop (a lock cannot be shared between loops; batches run one each)."""
         loop = asyncio.get_running_loop()
         if self._lock is None or self._loop is not loop:
             self._lock, self._loop = asyncio.Lock(), loop
@@ -75,7 +75,7 @@ class RateLimiter:
         if not self.rate:
             return
         async with self._loop_lock():
-            if self._held:
+            if self._remote:
                 await self.board.turn()
                 return
             while (delay := self.board.take()) > 0:

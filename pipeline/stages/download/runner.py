@@ -1,13 +1,13 @@
-"""Download one shard: ``run_shard(rows, settings, images) -> manifest part``, and :func:`shard_task`, the same as
+"""Download one batch: ``run_batch(rows, settings, images) -> manifest part``, and :func:`batch_task`, the same as
 a task of :mod:`pipeline.core.compute.engine` (this process, a local pool, or a Dask cluster).
 
-``run_shard`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
-map it over shards. ``images`` is where the photos go: a folder (an absolute path, for workers elsewhere) or
+``run_batch`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
+map it over batches. ``images`` is where the photos go: a folder (an absolute path, for workers elsewhere) or
 an object store URL (:mod:`pipeline.core.compute.store`). Each finished image's record goes to ``on_record`` at once
-(the engine sends it home, where the stage appends it to the shard's journal and moves the progress bar).
+(the engine sends it home, where the stage appends it to the batch's journal and moves the progress bar).
 
-Inside a shard, ``settings.connections`` coroutines share one aiohttp session and one rate limiter, whose
-board is shared by every shard of the run (:class:`ShardContext`). Hashing and writing run in a thread so
+Inside a batch, ``settings.connections`` coroutines share one aiohttp session and one rate limiter, whose
+board is shared by every batch of the run (:class:`BatchContext`). Hashing and writing run in a thread so
 the event loop keeps other downloads moving meanwhile.
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ import pyarrow as pa
 from pipeline.core.compute import store
 from pipeline.core.net.http import HttpPolicy
 from pipeline.core.base.params import Params
-from pipeline.core.net.rate import Board, HeldBoard
-from pipeline.core.base.safe import is_http_url
 from pipeline.core.base.redact import public_url
+from pipeline.core.base.safe import is_http_url
+from pipeline.core.net.rate import Board, RemoteBoard
 from pipeline.core.base.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
-from pipeline.stages.download.shards import Image, journal_path, manifest_table
+from pipeline.stages.download.batches import Image, journal_path, manifest_table
 from pipeline.stages.download.verify import Verdict, verify
 from pipeline.stages.download.writer import Journal, image_path, write_image
 
@@ -37,24 +37,25 @@ Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class ShardSettings:
-    """What a shard needs to know, picklable: the HTTP policy, the rate and the connections per process."""
+class BatchSettings:
+    """What a batch needs to know, picklable: the HTTP policy, the rate and the connections per process."""
 
     policy: HttpPolicy
     rate: float
     connections: int
 
     @classmethod
-    def from_params(cls, params: Params) -> ShardSettings:
-        return cls(HttpPolicy.for_images(params.runtime, params.download.max_bytes), params.download.rate, params.runtime.connections)
+    def from_params(cls, params: Params) -> BatchSettings:
+        return cls(HttpPolicy.for_images(params.runtime, params.download.max_bytes), params.download.rate,
+                   params.runtime.connections)
 
 
-def run_shard(rows: Sequence[Image], settings: ShardSettings, images_dir: Path | str, journal: Path | None = None, *,
+def run_batch(rows: Sequence[Image], settings: BatchSettings, images_dir: Path | str, journal: Path | None = None, *,
               limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pa.Table:
     """Download every image in ``rows`` into ``images_dir`` (a folder or a store URL); return their manifest rows.
 
     Each finished image goes to ``on_record`` at once and, when ``journal`` is given, is appended to it, so
-    a killed run loses nothing it finished. ``limiter`` lets shards share one rate; without one the shard
+    a killed run loses nothing it finished. ``limiter`` lets batches share one rate; without one the batch
     has its own.
     """
     limiter = limiter or RateLimiter(settings.rate)
@@ -80,28 +81,28 @@ class _NoJournal:
 
 
 @dataclass(frozen=True)
-class ShardContext:
-    """What every shard of a run shares: its settings, where the photos go, the rate's board (None when the
+class BatchContext:
+    """What every batch of a run shares: its settings, where the photos go, the rate's board (None when the
     rate is off; the machine's or the scheduler's, shared with other runs) and the folder of the journals
     when the workers reach it (None: the stage journals the records they send home)."""
 
-    settings: ShardSettings
+    settings: BatchSettings
     images: str
-    board: Board | HeldBoard | None
+    board: Board | RemoteBoard | None
     journals: str | None
 
 
-def shard_task(context: ShardContext, job: tuple[int, Sequence[Image]], emit: Callable[[Any], None]) -> pa.Table:
-    """One shard as a task of :class:`pipeline.core.compute.engine.Engine`: ``job`` is ``(shard index, rows)``; each
-    record is emitted as ``{"shard": index, "record": record}``."""
+def batch_task(context: BatchContext, job: tuple[int, Sequence[Image]], emit: Callable[[Any], None]) -> pa.Table:
+    """One batch as a task of :class:`pipeline.core.compute.engine.Engine`: ``job`` is ``(batch index, rows)``; each
+    record is emitted as ``{"batch": index, "record": record}``."""
     index, rows = job
     limiter = RateLimiter(context.settings.rate, context.board)
     journal = journal_path(Path(context.journals), index) if context.journals else None
-    return run_shard(rows, context.settings, context.images, journal, limiter=limiter,
-                     on_record=lambda record: emit({"shard": index, "record": record}))
+    return run_batch(rows, context.settings, context.images, journal, limiter=limiter,
+                     on_record=lambda record: emit({"batch": index, "record": record}))
 
 
-async def _download(rows: Sequence[Image], settings: ShardSettings, images_dir: str, limiter: RateLimiter,
+async def _download(rows: Sequence[Image], settings: BatchSettings, images_dir: str, limiter: RateLimiter,
                     finished: Callable[[Record], None]) -> list[Record]:
     records: list[Record] = []
     todo = iter(rows)

@@ -1,4 +1,4 @@
-"""The download stage: selection -> distinct images -> shards -> ``data/images`` + manifest.
+"""The download stage: selection -> distinct images -> batches -> ``data/images`` + manifest.
 
 Each ImageID is fetched once however many of its boxes were selected. A re-run (after success, a crash
 or ``kill -9``) skips every image whose answer is already recorded and fetches only the rest.
@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,18 @@ from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_table, sweep_temporaries
-from pipeline.core.base.locks import locked
 from pipeline.core.compute.machine import processes
 from pipeline.core.base.params import SUBSETS, Params, SourceParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id
+from pipeline.core.base.stages import Summary
 from pipeline.core.net.sources import join_url
-from pipeline.stages.download import aside, shards
+from pipeline.stages.download import batches
+from pipeline.stages.download import unlisted as aside
 from pipeline.stages.download.ratelimit import rate_key
-from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
-from pipeline.stages.download.shards import Image
-from pipeline.stages.download.home import Home, Plan
+from pipeline.stages.download.runner import Record, BatchContext, BatchSettings, batch_task
+from pipeline.stages.download.batches import Image
+from pipeline.stages.download.collect import Plan, RecordCollector, Tried
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")
@@ -65,7 +67,21 @@ def _image(image_id: str, subset: str, original_url: Any, size: int | None, md5:
     return Image(image_id, subset, url, None, None)
 
 
-@locked("download")
+@dataclass(frozen=True)
+class DownloadSummary(Summary):
+    """The manifest written: one row per image, its status and bytes."""
+
+    manifest: pa.Table
+
+    def lines(self) -> list[str]:
+        return [summary_table(self.manifest)]
+
+
+def run(params: Params) -> DownloadSummary:
+    """The stage: every image of ``data/selected.parquet`` once into ``data/images``, with its manifest."""
+    return DownloadSummary(download(params))
+
+
 def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path = paths.IMAGES_DIR,
              progress: bool = True) -> pa.Table:
     """Run the stage and return the manifest (also written to ``images_dir/manifest.parquet``).
@@ -76,78 +92,79 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     images, dropped = images_table(read_table(selected, "selection"), params.source)
     if dropped:
         print(f"warning: skipped {dropped} image(s) whose ImageID is not 16 hex digits", file=sys.stderr)
-    shards_dir = images_dir / "shards"
+    batches_dir = batches.folder(images_dir)
     photos = store.folder(params.runtime.store, store.IMAGES, images_dir)  # where the workers put them
     store.check_writable(params.runtime.store)
     try:
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        swept = sweep_temporaries(images_dir) + sweep_temporaries(shards_dir)
+        batches_dir.mkdir(parents=True, exist_ok=True)
+        swept = sweep_temporaries(images_dir) + sweep_temporaries(batches_dir)
         if swept:
             print(f"removed {swept} partial file(s) left by an interrupted run", file=sys.stderr)
-        known = shards.load_records(shards_dir)
+        known = batches.load_records(batches_dir)
         listed = store.sizes(photos) if store.is_remote(photos) else None
         if listed is None:  # photos in a folder: those an earlier run set aside come back, with their records
             known = {**aside.restore(Path(photos), (image.ImageID for image in images)), **known}
-        plan = [(shard, *_split_done(shard, known, images_dir, listed))
-                for shard in shards.plan_shards(images, params.runtime.shard_size)]
-        parts, tried = _run(plan, params, photos, shards_dir, progress)
-        manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
+        plan = [(batch, *_split_done(batch, known, images_dir, listed))
+                for batch in batches.plan_batches(images, params.runtime.download_batch_size)]
+        parts, tried = _run(plan, params, photos, batches_dir, progress)
+        manifest = batches.finish(batches_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
         if listed is None:  # a folder: what killed workers left goes, what is no longer selected is set aside
             _tidy(Path(photos), manifest, known)
         # an object store is never tidied: other runs share it, and its names are contents (core/compute/store.py)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
-    if tried and all(record["status"] == "failed" for record in tried):
-        raise PipelineFailure(f"all {len(tried)} download(s) failed, e.g. {tried[0]['reason']}; "
+    if tried.all_failed:
+        raise PipelineFailure(f"all {tried.requested} download(s) failed, e.g. {tried.first_failure}; "
                               "is the server reachable?")
     return manifest
 
 
-def _run(plan: Plan, params: Params, images: str, shards_dir: Path, progress: bool) -> tuple[list[pa.Table], list[Record]]:
-    """Fetch what each shard still needs; every shard's manifest part is written as soon as it is complete
-    (:class:`~.home.Home`). Returns the parts and the records of the images requested now."""
+def _run(plan: Plan, params: Params, images: str, batches_dir: Path, progress: bool) -> tuple[list[pa.Table], Tried]:
+    """Fetch what each batch still needs; every batch's manifest part is written as soon as it is complete
+    (:class:`~.collect.RecordCollector`). Returns the parts and the count of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
     journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
     busy = sum(1 for _, _, rows in plan if rows)
     opened = open_engine(params.runtime, min(processes(params.runtime.download_processes), busy), "download",
                          "; run again to resume") if busy else nullcontext(None)  # nothing to fetch: no cluster
     with opened as engine, Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
-            Home(plan, shards_dir, bar, journal_here) as home:
+            RecordCollector(plan, batches_dir, bar, journal_here) as collector:
         if engine is not None:
-            _fetch(engine, home.jobs(), ShardSettings.from_params(params), images,
-                   None if journal_here else shards_dir, home.on_message, home.on_result, params.runtime.rate_key)
-    return home.finished_parts(), home.tried
+            _fetch(engine, collector.jobs(), BatchSettings.from_params(params), images,
+                   None if journal_here else batches_dir, collector.on_message, collector.on_result,
+                   params.runtime.rate_key)
+    return collector.finished_parts(), collector.tried
 
 
-def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: ShardSettings, images: str,
+def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: BatchSettings, images: str,
            journals: Path | None, on_message: Callable[[Any], None],
            on_result: Callable[[int, pa.Table], None], board_name: str = "") -> list[pa.Table]:
-    """Run the shards (``(index, rows)`` each) on ``engine``; return their tables in order. The workers
+    """Run the batches (``(index, rows)`` each) on ``engine``; return their tables in order. The workers
     journal each record in ``journals`` as it finishes (None: the caller journals the messages).
     ``board_name`` is ``runtime.rate_key`` (empty: the board of the images' server, :func:`.ratelimit.rate_key`).
 
     Locally in this process, or in a pool of ``runtime.download_processes`` (0 = one per usable core): a
     single event loop spends a whole core on 700 images/s, so a second one on a second core is what a higher
-    rate needs. Or on a Dask cluster (``runtime.engine: dask``). Each shard is a task of its own, so a process
-    that runs out of work takes the next shard, and every process asks the board the engine hands out for the
+    rate needs. Or on a Dask cluster (``runtime.engine: dask``). Each batch is a task of its own, so a process
+    that runs out of work takes the next batch, and every process asks the board the engine hands out for the
     key (this machine's, or the scheduler's: :meth:`~pipeline.core.compute.engine.Engine.rate_board`), which every
     other run with that key asks too, so the rate holds for all of them together.
     """
     urls = (image.url for _, rows in jobs for image in rows)
     boarded = engine.rate_board(rate_key(board_name, urls), settings.rate) if settings.rate else nullcontext(None)
     with boarded as board:
-        context = ShardContext(settings, images, board, str(journals.absolute()) if journals else None)
-        return engine.run(shard_task, context, jobs, on_message, on_result)
+        context = BatchContext(settings, images, board, str(journals.absolute()) if journals else None)
+        return engine.run(batch_task, context, jobs, on_message, on_result)
 
 
-def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path,
+def _split_done(batch: batches.Batch, known: dict[str, Record], images_dir: Path,
                 listed: dict[str, int] | None = None) -> tuple[list[Record], list[Image]]:
-    """The shard's records a re-run keeps, and the images it still has to fetch (``listed``: the sizes of the
+    """The batch's records a re-run keeps, and the images it still has to fetch (``listed``: the sizes of the
     photos in an object store, when they are kept there)."""
     done, todo = [], []
-    for image in shard.images:
+    for image in batch.images:
         record = known.get(image.ImageID)
-        if shards.is_finished(record, image.url, images_dir, listed):
+        if batches.is_finished(record, image.url, images_dir, listed):
             done.append(record)
         else:
             todo.append(image)
@@ -155,7 +172,7 @@ def _split_done(shard: shards.Shard, known: dict[str, Record], images_dir: Path,
 
 
 def _tidy(photos: Path, manifest: pa.Table, known: dict[str, Record]) -> None:
-    """After every shard is done: remove the hidden temporary files killed workers left, and move the photos
+    """After every batch is done: remove the hidden temporary files killed workers left, and move the photos
     the manifest no longer lists out of the folder (:mod:`.aside`)."""
     sweep_temporaries(photos)
     moved = aside.set_aside(photos, manifest, known)

@@ -89,8 +89,8 @@ def _records(lines: Iterable[bytes]) -> list[dict[str, Any]]:
 
 
 class Journals:
-    """The journals of a run's shards, written by the stage as the records come home from the workers
-    (whichever process or machine fetched them): one open file per shard still running."""
+    """The journals of a run's batches, written by the stage as the records come home from the workers
+    (whichever process or machine fetched them): one open file per batch still running."""
 
     def __init__(self, path_of: Callable[[int], Path]) -> None:
         self.path_of = path_of

@@ -1,25 +1,10 @@
 """Open Images CSVs -> the Parquet cache, streamed so memory stays bounded.
 
-The V6 train box file is 2.3 GB / 14.6 M rows: reading it whole (what pandas does) takes 7 GB. We read it
-with ``pyarrow.csv.open_csv`` in blocks, with explicit column types (``Is*`` flags are ``1/0/-1``: int8;
-coordinates float32; the ``XClick*`` columns are not kept), and write:
-
-- ``boxes/``: one Parquet file per LabelName (hive layout ``LabelName=<URI-encoded MID>/part-0.parquet``,
-  readable with ``pyarrow.dataset(..., partitioning="hive")``), so selecting two labels reads two small
-  files. Rows are buffered up to :data:`FLUSH_ROWS`; a flush groups them by label (one stable sort of
-  the label codes, one ``take``) and appends one row group to each label's file. That bounds memory and
-  keeps row groups few. Measured on the full V6 file here: ``pyarrow.dataset.write_dataset`` took 21 s and
-  2.4 GB with ``min_rows_per_group=65536``, and 587 s and 5 GB with its default tiny row groups; this
-  writer takes 12-14 s and 0.9 GB.
-- ``images.parquet``: the image tables of all subsets, ``Thumbnail300KURL`` dropped; ``Rotation`` empty
-  (the photo had left Flickr) or absent (the V3-era 11-column table) becomes NaN.
-- ``classes.parquet``: the class list, whose header row ``LabelName,DisplayName`` some versions have and
-  some do not; we look at the first line to tell.
-
-Rows that do not have the header's column count are skipped and counted (the caller reports them), so
-one damaged line in a 14.6 M-row download does not cost the whole conversion. A file with nothing usable
-(not the format at all: a garbage body that arrived whole) raises :class:`UnusableFile`, naming it, so the
-stage can set it aside and the next run fetch it again instead of finding it "present".
+The CSVs are read in blocks with explicit column types and written as ``boxes/`` (one Parquet file per
+LabelName, hive layout, one row group per flush of :data:`FLUSH_ROWS`), ``images.parquet`` and
+``classes.parquet``. Rows with the wrong column count are skipped and counted; a file with nothing usable
+raises :class:`UnusableFile`, so the stage sets it aside and fetches it again. The layout, why it is
+written this way and what it costs: docs/architecture.md ("metadata") and BENCHMARKS.md.
 """
 from __future__ import annotations
 

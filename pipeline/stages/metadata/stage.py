@@ -1,4 +1,4 @@
-"""``python -m pipeline.stages.metadata``: fetch one Open Images version's metadata, convert it once to Parquet.
+"""The metadata stage: fetch one Open Images version's metadata, convert it once to Parquet.
 
 1. The class list and the hierarchy (small) come first, so ``labels`` in params.yaml is checked against
    the real class names before gigabytes are fetched: a typo ends the run with exit code 2 and a
@@ -15,23 +15,23 @@ Prints what it did, one line per file and per output.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.net.http import HttpPolicy
 from pipeline.core.base.io import atomic_path, write_parquet
 from pipeline.core.net.labels import ClassList
-from pipeline.core.base.locks import locked
-from pipeline.core.base.params import Params, load_params
+from pipeline.core.base.params import Params
 from pipeline.core.base.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
                                  METADATA_REJECTED, METADATA_STAMP)
 from pipeline.core.base.redact import public_url
+from pipeline.core.base.stages import Summary
 from pipeline.core.net.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert
 from pipeline.stages.metadata.transfer import fetch, new_session
@@ -147,9 +147,18 @@ def _write_boxes(raws: dict[str, Path]) -> str:
     return f"{stats.rows:,} boxes in {stats.labels} label partitions{_warn_skipped(stats)}"
 
 
-@locked("metadata")
-def run(params: Params) -> None:
-    """Fetch what is missing, convert what changed, and check ``params.labels`` on the way."""
+@dataclass(frozen=True)
+class MetadataSummary(Summary):
+    """The labels of params.yaml, as the class list names them: ``{MID: display name}``."""
+
+    labels: dict[str, str]
+
+    def lines(self) -> list[str]:
+        return ["labels: " + ", ".join(f"{name} ({mid})" for mid, name in self.labels.items())]
+
+
+def run(params: Params) -> MetadataSummary:
+    """The stage: fetch what is missing, convert what changed, and check ``params.labels`` on the way."""
     source = params.source
     version, base_url, subsets, labels = source.version, source.base_url, source.subsets, params.labels
     lay: Layout = layout(version)
@@ -167,16 +176,4 @@ def run(params: Params) -> None:
     boxes = {subset: downloader.get(lay.boxes[subset]) for subset in subsets}
     refresh(stamps, IMAGES_TABLE, list(images.values()), lambda: _write_images(images))
     refresh(stamps, BOXES_DIR, list(boxes.values()), lambda: _write_boxes(boxes))
-    print("labels: " + ", ".join(f"{classes.names[m]} ({m})" for m in mids))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.metadata",
-        description="Download the Open Images metadata of source.version (params.yaml) into data/metadata/raw, "
-        "resuming broken transfers, and convert it once to Parquet (data/metadata/boxes, images.parquet, "
-        "classes.parquet, hierarchy.json).",
-    )
-    parser.parse_args(argv)
-    run(load_params())
-    return 0
+    return MetadataSummary({mid: classes.names[mid] for mid in mids})

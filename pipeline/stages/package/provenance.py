@@ -15,13 +15,12 @@ from pathlib import Path
 import pipeline
 from pipeline.core.base.params import Params
 from pipeline.core.base.redact import public_url
+from pipeline.core.base.stages import DATASET, MODEL, recorded_sections, stage_names
 
 PIPELINE_DIR = Path(pipeline.__file__).resolve().parent
-#: the stages whose code made the dataset's files (package writes its README and ATTRIBUTION.csv)
-DATASET_STAGES = ("metadata", "select", "download", "crop", "clean", "audit", "split", "shards", "package")
-MODEL_STAGES = ("train", "evaluate", "package")
-DATASET_PARAMS = ("labels", "source", "select", "crop", "clean", "audit", "split", "shards")
-MODEL_PARAMS = ("train", "evaluate")
+#: the stages whose code made the dataset's files (package writes its README and ATTRIBUTION.csv), and the model's
+DATASET_STAGES, MODEL_STAGES = stage_names(DATASET), stage_names(MODEL)
+DATASET_PARAMS, MODEL_PARAMS = recorded_sections(DATASET), recorded_sections(MODEL)
 
 
 def recorded_params(params: Params, sections: Sequence[str]) -> dict:

@@ -11,7 +11,7 @@ import yaml
 from pipeline.stages.package.naming import model_name
 
 
-def _get_it(name: str, example: str) -> list[str]:
+def _how_to_pull(name: str, example: str) -> list[str]:
     """How to pull the package; ``example`` is a line of Python reading one entry with quilt3."""
     folder = name.split("/")[1]
     return [
@@ -89,7 +89,7 @@ def dataset_readme(name: str, meta: dict) -> str:
         f"- The model trained on it, with its metrics, is the package `{model_name(name)}` (its metadata names "
         "this package's top hash).",
         "",
-        *_get_it(name, 'pkg["manifests/clean.parquet"]()  # parquet, json and csv entries: DataFrames, dicts'),
+        *_how_to_pull(name, 'pkg["manifests/clean.parquet"]()  # parquet, json and csv entries: DataFrames, dicts'),
         "## Licences and attribution",
         "",
         "Each photo keeps its author's licence (the `License` column of ATTRIBUTION.csv):",
@@ -129,7 +129,7 @@ def model_readme(name: str, meta: dict) -> str:
         lines += [f"| {key} | {value:.4g} |" for key, value in sorted(meta["metrics"].items())]
         lines.append("")
     lines += [
-        *_get_it(name, 'pkg["metrics/eval.json"]()  # json and csv entries: dicts, DataFrames'),
+        *_how_to_pull(name, 'pkg["metrics/eval.json"]()  # json and csv entries: dicts, DataFrames'),
         "## Licence",
         "",
         f"Trained on photos under their authors' licences: see the dataset package `{dataset['name']}` "

@@ -1,4 +1,4 @@
-"""``python -m pipeline.stages.package``: publish the dataset, and the model trained on it, as quilt3 packages.
+"""The package stage: publish the dataset, and the model trained on it, as quilt3 packages.
 
 Two packages, so that a dataset version is a function of its inputs alone:
 
@@ -15,21 +15,20 @@ half registered: :mod:`pipeline.core.publish.registry`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pipeline.core.base import paths
 from pipeline.core.base import manifests
 from pipeline.core.base.io import atomic_path
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.base.params import Params, load_params
+from pipeline.core.base.params import Params
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
 from pipeline.core.publish.registry import Published, Registry, publish
 from pipeline.core.base.staging import staging_path, sweep
+from pipeline.core.base.stages import Summary
 from pipeline.stages.package import dataset, model
 from pipeline.stages.package.naming import MODEL, dataset_name, model_name, same_dataset, same_kind
 from pipeline.stages.package.readme import dataset_readme, model_readme
@@ -46,27 +45,32 @@ def write_package_info(registry: Registry, name: str, data: Published, model_inf
         tmp.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _said(name: str, registry: Registry, published: Published, what: str) -> str:
+def published_line(name: str, registry: Registry, published: Published, what: str) -> str:
+    """One line on what ``publish`` did: the version's hash, where, and whether it is new."""
     news = "new version" if published.added else "unchanged: already the latest version, no version added"
     return f"{what} {name}@{published.top_hash[:12]} in {registry.shown} ({news})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.package",
-        description="Publish data/splits, the manifests, a README and ATTRIBUTION.csv as the quilt3 package "
-        "NAME, and models/model.pt with its metrics and curves as NAME-model: pushed to package.registry "
-        "(s3://bucket), or built into data/quilt-registry when it is empty. NAME is package.name, or "
-        "openimages/<labels> when that is empty.",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("package"):  # two runs at once would race for the same registry's "latest"
-        return publish_both(params)
+@dataclass(frozen=True)
+class PackageSummary(Summary):
+    """What was published: the dataset's name and top hash, where, and the model's (None: no model)."""
+
+    name: str
+    registry: str
+    top_hash: str
+    model_name: str | None
+    images: int
+    files: int
+
+    def lines(self) -> list[str]:
+        model_too = f" (and {self.model_name} the same way)" if self.model_name else ""
+        return [f"{self.images} images in {self.files} files; pull them: python -m pipeline.pull {self.name} "
+                f"--registry {shlex.quote(self.registry)} --hash {self.top_hash[:12]} --dest DIR{model_too}"]
 
 
-def publish_both(params: Params) -> int:
-    """Publish the dataset, then the model that names its top hash; write ``data/package.json``."""
+def run(params: Params) -> PackageSummary:
+    """The stage: publish the dataset, then the model that names its top hash; write ``data/package.json``.
+    (Under the stage's lock: two runs at once would race for the same registry's "latest".)"""
     labels = dataset.read_labels()
     display = sorted(labels.values())
     name = params.package.name or dataset_name(display)
@@ -96,7 +100,7 @@ def publish_both(params: Params) -> int:
         files.update(dataset.decided_manifests(staging))
         data = publish(registry, name, {**files, "README.md": readme, "ATTRIBUTION.csv": credits_csv}, meta,
                        params.package.message, accept_latest=same_dataset(name, display, params.package.allow_other_labels))
-        print(_said(name, registry, data, "dataset"))
+        print(published_line(name, registry, data, "dataset"))
         model_info = None
         if model_files:
             model_meta = model.metadata(params, name, data.top_hash, display, model.scalar_metrics(model_files))
@@ -105,14 +109,12 @@ def publish_both(params: Params) -> int:
             trained = publish(registry, model_package, {**model_files, "README.md": model_readme_file}, model_meta,
                               params.package.message, accept_latest=same_kind(model_package, MODEL))
             model_info = {"name": model_package, "top_hash": trained.top_hash}
-            print(_said(model_package, registry, trained, "model  "))
+            print(published_line(model_package, registry, trained, "model  "))
         else:
             print(f"no {paths.MODEL}: only the dataset was published (run the train stage for {model_package})")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     write_package_info(registry, name, data, model_info)
-    print(f"{meta['dataset']['images']} images in {len(files) + 2} files; pull them: python -m pipeline.pull "
-          f"{name} --registry {shlex.quote(registry.shown)} --hash {data.top_hash[:12]} --dest DIR"
-          + (f" (and {model_package} the same way)" if model_info else ""))
-    return 0
+    return PackageSummary(name, registry.shown, data.top_hash, model_package if model_info else None,
+                          meta["dataset"]["images"], len(files) + 2)

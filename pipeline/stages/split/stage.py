@@ -1,32 +1,18 @@
-"""``python -m pipeline.stages.split``: leak-free, stratified train/val/test class folders from the clean crops.
+"""The split stage: leak-free, stratified train/val/test class folders from the clean crops.
 
-Why grouped: one photo can hold boxes of both labels, and near-duplicate photos (re-uploads, bursts)
-look alike; when one copy trains and the other tests, the test score measures memory, not skill. So all
-crops of one ImageID, and all crops tied together through a near-duplicate group (``dup_group``), land in
-one split. The groups are connected components of those ties, rejected rows included: a near duplicate that
-clean dropped still ties the other crops of its photo to the copy that was kept.
-
-Why greedy: stratifying whole groups exactly is a bin-packing problem. Shuffling the groups with the
-seed, placing big groups first and giving each one to the split whose quota for the group's labels is
-furthest from met stays within about one group of the fractions, and is the same on every run.
-
-Why by photographer (``split.group_by_author``): one author's series of a scene (same table, same light,
-minutes apart) is a near copy that a perceptual hash does not catch; photos sharing ``AuthorProfileURL``
-(``Author`` when it is empty) from ``data/selected.parquet`` are tied too. The audit's rejected crops
-(``data/audit/ledger.parquet``) are left out like clean's rejects, and still tie their photo's group.
-
-Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
-as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
-``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
+All crops of one photo, of a near-duplicate group and (``split.group_by_author``) of one photographer land
+in one split; whole groups are placed greedily, biggest first, towards each split's quota per label; the
+audit's rejected crops are left out. Output: ``data/splits/{train,val,test}/<label_dirname>/`` (hard links
+to data/crops), ``splits.parquet`` and ``labels.json``, rebuilt on every run, then the dataset report.
+Why grouped, greedy and by photographer: docs/architecture.md ("split").
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +23,10 @@ from pipeline.core.base import manifests
 from pipeline.core.base.errors import UserError
 from pipeline.core.images.groups import connected_groups
 from pipeline.core.base.io import replace_dir, write_parquet
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.base.params import SplitParams, load_params
+from pipeline.core.base.params import Params, SplitParams
 from pipeline.core.base.progress import track
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.stages import Summary
 from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES
@@ -227,31 +213,37 @@ def write_splits(table: pd.DataFrame) -> None:
         (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.split",
-        description="Split the clean crops into leak-free, stratified train/val/test class folders "
-        f"({paths.SPLITS_DIR}) and write the dataset report ({paths.DATASET_REPORT}/index.html). "
-        "Settings: the split section of params.yaml.",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("split"):
-        manifest = leave_out_rejected(manifests.CLEAN.read(), manifests.LEDGER.read())
-        if params.split.group_by_author:
-            manifest = with_authors(manifest, manifests.SELECTED.read())
-        table = assign_splits(manifest, params.split)
-        if "author" in manifest.columns:
-            photo_only = assign_splits(manifest.drop(columns="author"), params.split)
-            photo_only = photo_only.assign(author=photo_only["ImageID"].map(
-                manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]))
-            print(f"split: grouping by author kept {author_leaks(photo_only)} crop(s) from sharing "
-                  "a photographer across splits")
-        write_splits(table)
-        sizes = table["split"].value_counts()
-        print(
-            f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
-            f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}"
-        )
-        print(f"report: {report.build_report()}")
-    return 0
+@dataclass(frozen=True)
+class SplitSummary(Summary):
+    """Crops per split, how many labels, the crops that grouping by author kept from leaking (None: not
+    grouped), and the report's page."""
+
+    sizes: dict[str, int]
+    labels: int
+    author_leaks_avoided: int | None
+    report: Path
+
+    def lines(self) -> list[str]:
+        grouped = [] if self.author_leaks_avoided is None else [
+            f"split: grouping by author kept {self.author_leaks_avoided} crop(s) from sharing a photographer "
+            "across splits"]
+        counts = ", ".join(f"{self.sizes.get(s, 0)} {s}" for s in SPLITS)
+        return [*grouped, f"split: {counts} crops of {self.labels} label(s) -> {paths.SPLITS_DIR}",
+                f"report: {self.report}"]
+
+
+def run(params: Params) -> SplitSummary:
+    """The stage: the clean crops the audit did not reject, into ``data/splits``, and the dataset report."""
+    manifest = leave_out_rejected(manifests.CLEAN.read(), manifests.LEDGER.read())
+    if params.split.group_by_author:
+        manifest = with_authors(manifest, manifests.SELECTED.read())
+    table = assign_splits(manifest, params.split)
+    leaks = None
+    if "author" in manifest.columns:
+        photo_only = assign_splits(manifest.drop(columns="author"), params.split)
+        photo_only = photo_only.assign(author=photo_only["ImageID"].map(
+            manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]))
+        leaks = author_leaks(photo_only)
+    write_splits(table)
+    sizes = {str(s): int(n) for s, n in table["split"].value_counts().items()}
+    return SplitSummary(sizes, int(table["Label"].nunique()), leaks, report.build_report())

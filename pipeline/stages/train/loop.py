@@ -1,29 +1,11 @@
 """fastai's ``fine_tune`` schedule in plain PyTorch, with the rates and augmentation re-measured for small data.
 
-The schedule: with the body frozen (BatchNorm still trained), one-cycle the head for ``freeze_epochs`` (peak
-``lr``, warm-up nearly the whole cycle); then unfreeze and one-cycle everything for ``epochs`` at half that
-peak, spread geometrically over the layer groups from ``1/lr_spread`` of it (earliest layers) to all of it
-(head). The optimizer is AdamW with fastai's betas and no weight decay on BatchNorm and bias terms;
-one-cycle also cycles Adam's beta1 between 0.95 and 0.85. Training images are randomly cropped (area
-``min_scale``..1) and flipped; the loss is cross-entropy with ``label_smoothing``.
-
-Why the defaults are not fastai's (``bench/recipe_bench.py``, BENCHMARKS.md): with fastai's numbers
-(one frozen epoch, lr 0.002, spread 100, crops down to 35% of the area) the stage lost to the plain PyTorch
-tutorial (Adam 1e-3 on every layer, 5 epochs) on real small images: scikit-learn's digits at 32 px, 59.3%
-against 92.9% test top-1; four look-alike digits at 64 px, 43.9% against 78.3% (seed 0). One change at a
-time on the digits (seed 0): spread 4 instead of 100: 82.2%; lr 0.008: 77.1%; crops >= 80%: 64.7%; no
-frozen epoch: 54.9%. The earliest layers are what was held back: at 1/100 of the head's rate they hardly
-move in the few dozen steps a small set gives, and ImageNet's first filters do not fit small grey photos
-as they are. The frozen epoch taught the head nothing (validation accuracy 13% after it, loss ln 10: its
-one-cycle warms up over 99% of 16 steps) and cost half an unfrozen epoch (gradients still run through
-the body for BatchNorm). Together (no freeze, 5 epochs, lr 0.01, spread 3, crops >= 75%) 94.4%, plus label
-smoothing 0.1: 96.2%; then spread 2 and crops >= 85%: 97.6%, and on three seeds of both sets the best of
-what was tried (the defaults now); the three-seed table is in BENCHMARKS.md. ``freeze_epochs`` and the other knobs stay
-for data that needs them (a large set far from ImageNet, where fastai's numbers were tuned).
-
-The model that comes out holds the weights of the best epoch by validation accuracy (ties: the later
-epoch), as the PyTorch transfer-learning tutorial's ``best_model_wts``: a last epoch that overshot does
-not cost the run its best model.
+With the body frozen (BatchNorm still trained), one-cycle the head for ``freeze_epochs``; then unfreeze and
+one-cycle everything for ``epochs`` at half that peak, spread geometrically over the layer groups from
+``1/lr_spread`` of it (earliest layers) to all of it (head). AdamW with fastai's betas, no weight decay on
+BatchNorm and bias; random crops (area ``min_scale``..1) and flips; cross-entropy with ``label_smoothing``.
+The model kept is the best epoch's by validation accuracy. Why the defaults are not fastai's (measured on
+two real sets, ``bench/recipe_bench.py``): BENCHMARKS.md and docs/architecture.md ("train").
 """
 from __future__ import annotations
 

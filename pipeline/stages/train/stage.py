@@ -20,13 +20,16 @@ from torch import nn
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import replace_dir, save_figure, write_json
-from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, Split, augment,
-                                      decode, fits_cache, make_batches, read_classes, read_split)
+from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Normalize, augment, decode,
+                                      fits_cache, make_batches)
+from pipeline.core.learn.folders import Classes, Split, read_classes, read_split
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
 from pipeline.core.learn.shards import ShardBatches, matching_shards
 from pipeline.core.compute.machine import loader_workers
-from pipeline.core.base.params import RuntimeParams, TrainParams
+from pipeline.core.base.params import Params, RuntimeParams, TrainParams
+from pipeline.core.base.stages import Summary
+from pipeline.stages.train.live import epoch_logger
 from pipeline.stages.train.loop import EpochStats, Recipe, best_epoch, fine_tune
 
 TRAIN_METRICS = paths.METRICS_DIR / "train.json"
@@ -86,6 +89,27 @@ class Trained:
     history: list[EpochStats]
     metrics: dict
     batch: tuple[torch.Tensor, list[int]]  # a training batch as the model sees it (uint8) and its classes
+
+
+@dataclass(frozen=True)
+class TrainSummary(Summary):
+    """The training metrics (metrics/train.json's numbers)."""
+
+    metrics: dict
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        return [f"trained {m['arch']} on {m['train_images']} images ({m['device']}, {m['data']}): val_accuracy "
+                f"{m['val_accuracy']:.3f} (epoch {m['best_epoch']} of {m['epochs']}) -> {paths.MODEL}"]
+
+
+def run(params: Params) -> TrainSummary:
+    """The stage: train on ``data/splits`` (or its shards), log each epoch with dvclive, write the model,
+    its metrics and figures."""
+    with epoch_logger() as log_epoch:
+        result = train(params.train, params.runtime, paths.SPLITS_DIR, paths.SHARDS_DIR, log_epoch)
+        write_outputs(result, params.train)
+    return TrainSummary(result.metrics)
 
 
 def train(p: TrainParams, runtime: RuntimeParams, splits_dir: Path, shards_dir: Path | None = None,

@@ -1,42 +1,15 @@
-"""``python -m pipeline.stages.clean``: judge every crop, keep the usable ones, and say why each other one goes.
+"""The clean stage: judge every crop, keep the usable ones, and say why each other one goes.
 
 One row per selected box (the crop manifest) plus ``keep``, ``reject_reason``, ``detail``, ``sha256`` and
-``dup_group`` (``docs/architecture.md``). The first rule that applies decides:
-
-==================  ===========================================================================================
-reject_reason       rule
-==================  ===========================================================================================
-``not_downloaded``  no photo (404, 410, bad URL, ...: the crop stage's reason says which)
-``placeholder``     Flickr's "photo unavailable" picture: the download followed a redirect to it, or the file's
-                    md5 is a known placeholder's, or the photo's perceptual hash is within
-                    ``clean.placeholder_distance`` bits of a reference's (catches re-encoded copies; the
-                    only reference shipped is the mirror's look-alike: see ``PLACEHOLDER_PHASHES``)
-``changed``         the owner replaced the photo: md5 or size differ from OriginalMD5 / OriginalSize, so the
-                    boxes were drawn on another picture
-``corrupt``         the photo or the crop file does not fully decode (the crop stage's other refusals,
-                    ``too_large`` and ``bad_rotation``, keep their own names)
-``too_small``       the crop's shorter side is under ``crop.min_side`` (the crop stage's cut, or the file)
-``duplicate``       byte-identical (sha256) to a crop that is kept
-``near_duplicate``  its photo is a near copy of the photo of a kept crop: 256-bit perceptual hashes of the
-                    two photos within ``clean.near_duplicate_distance`` bits (a re-upload, a resized copy)
-==================  ===========================================================================================
-
-Colour is no rule: a real black-and-white photo is kept (the original project's "one channel means
-placeholder" test threw every one of them away; placeholders are recognised by what they are instead).
-
-Near duplicates are judged by **photo**, not by crop: tight crops of one kind of object (a burger, side on)
-hash alike even from different photos, while whole photos, background and all, only do when they are copies.
-Duplicates are **rejected**, all but one per group, because a copy adds no new example and only tilts the
-class balance. The photo kept is deterministic: the one with the most crop pixels (the larger copy), then the
-smaller ImageID; it keeps all its crops. Every member of a group, the kept ones included, gets the same
-``dup_group`` (the leading kept crop's ``<ImageID>_<BoxIndex>``; '' for crops without copies), so the split
-stage can still tie a rejected copy's photo to the kept one. Groups are transitive (connected components).
+``dup_group``; the first rule that applies decides: not_downloaded, placeholder, changed, corrupt,
+too_small, duplicate, near_duplicate. Near duplicates are judged by photo, not by crop, and all copies but
+one per group are rejected. The rules and why: docs/architecture.md ("clean").
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +18,14 @@ import pandas as pd
 
 from pipeline.core.base import paths
 from pipeline.core.base import manifests
-from pipeline.core.base.errors import run_cli
 from pipeline.core.images.groups import connected_groups
 from pipeline.core.images.imaging import ImageProblem, hamming, load_image
 from pipeline.core.base.io import write_parquet
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.base.params import CleanParams, CropParams, load_params
+from pipeline.core.base.params import CleanParams, CropParams, Params
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import join_inside
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import CROP_REFUSALS, Crop, Download, Reject
 
 
@@ -216,23 +188,22 @@ def clean(crops: pd.DataFrame, downloads: pd.DataFrame, params: CleanParams, cro
     return rows[[*crops.columns, *manifests.CLEAN.columns[len(manifests.CROPS.columns):]]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.clean",
-        description=f"Judge every crop in {paths.CROPS_MANIFEST}: keep it or give the reason it goes "
-                    "(placeholder, changed, corrupt, too small, duplicate, near duplicate). "
-                    f"Writes {paths.CLEAN_MANIFEST}. Settings: the clean section of params.yaml.",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("clean"):
-        manifest = clean(manifests.CROPS.read(), manifests.IMAGES.read(), params.clean, params.crop)
-        write_parquet(manifest, paths.CLEAN_MANIFEST)
+@dataclass(frozen=True)
+class CleanSummary(Summary):
+    """How many crops were judged and kept, and how many went for each reason."""
+
+    crops: int
+    kept: int
+    rejected: dict[str, int]
+
+    def lines(self) -> list[str]:
+        reasons = "".join(f"; {n} {reason}" for reason, n in self.rejected.items())
+        return [f"{self.kept} of {self.crops} crops kept in {paths.CLEAN_MANIFEST}{reasons}"]
+
+
+def run(params: Params) -> CleanSummary:
+    """The stage: every crop of the crop manifest judged, into ``data/clean/manifest.parquet``."""
+    manifest = clean(manifests.CROPS.read(), manifests.IMAGES.read(), params.clean, params.crop)
+    write_parquet(manifest, paths.CLEAN_MANIFEST)
     rejected = manifest.loc[~manifest["keep"], "reject_reason"].value_counts()
-    print(f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept in {paths.CLEAN_MANIFEST}"
-          + "".join(f"; {n} {reason}" for reason, n in rejected.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    return CleanSummary(len(manifest), int(manifest["keep"].sum()), {str(r): int(n) for r, n in rejected.items()})

@@ -1,33 +1,13 @@
-"""``python -m pipeline.stages.select``: the boxes of the requested labels, with everything later stages need.
+"""The select stage: the boxes of the requested labels, with everything later stages need.
 
-Rules, applied in this order:
-
-1. ``labels`` (params.yaml, or ``--labels A B``) are display names in any case or MIDs; an unknown one
-   stops the run (exit 2) with the closest real names, before any box is read.
-2. With ``select.include_subclasses`` a label also takes the boxes of its subclasses in the hierarchy.
-   Overlap rule: a box whose MID several requested labels reach goes to the most specific one (the box's
-   own MID if requested, else the nearest requested ancestor; a tie goes to the label listed first), so
-   a box never gets two labels (see :mod:`pipeline.core.net.labels`).
-3. ``exclude_group_of/_depiction/_occluded/_truncated`` drop boxes whose flag is 1; 0 and -1 (unknown)
-   are kept. ``min_box_area`` drops boxes smaller than that fraction of the image.
-4. ``limit_per_label`` keeps at most that many boxes per label, drawn with ``seed`` mixed with the
-   label's MID, over the label's boxes in a fixed order (Subset, ImageID, BoxIndex): the same params give
-   the same rows, and adding a label does not change another label's draw.
-5. The image table's columns are joined on ImageID (a box whose image row is missing keeps nulls).
-
-Output rows are ordered by label (as requested), Subset, ImageID, BoxIndex.
-
-Speed (targets: under 1 s and 1 GiB on the full V6 cache). Only the partitions of the MIDs the labels
-reach are opened, by path (``boxes/LabelName=<URI-encoded MID>/``): ``pyarrow.dataset`` would read the
-same files, but importing it and discovering all 600 partitions costs ~0.3 s. From ``images.parquet``
-only the needed columns are read, batch by batch, keeping the rows of selected images (Parquet cannot
-skip to single rows, and selected images are spread over every row group). The row bookkeeping is done
-on numpy index arrays, moved between numpy and Arrow by :func:`_arrow` and :func:`_numpy`, because
-``pa.array()`` and ``to_numpy()`` import pandas on first use (another ~0.3 s).
+``labels`` (display names or MIDs; an unknown one stops the run, exit 2), their subclasses with
+``select.include_subclasses`` (a box goes to the most specific label), the ``exclude_*`` flags and
+``min_box_area``, then at most ``limit_per_label`` boxes per label drawn with ``seed`` and the label's MID;
+the image table's columns joined on ImageID. Only the partitions of the MIDs the labels reach are opened.
+The rules in order, and why it is fast: docs/architecture.md ("select").
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import zlib
 from collections.abc import Sequence
@@ -38,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import open_parquet, write_parquet
 from pipeline.core.net.labels import ClassList, Hierarchy, assign
-from pipeline.core.base.locks import locked
 from pipeline.core.base import manifests
 from pipeline.core.base.manifests import BOX_SCHEMA, SELECTED_IMAGE_COLUMNS, partition_dir
-from pipeline.core.base.params import SelectParams, load_params
+from pipeline.core.base.params import Params, SelectParams
 from pipeline.core.base.safe import IMAGE_ID_PATTERN
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
 BOX_COLUMNS = BOX_SCHEMA.names
@@ -213,7 +193,6 @@ def assemble(boxes: Boxes, mids: Sequence[str], names: dict[str, str], images: p
     return table.select(list(manifests.SELECTED.columns))
 
 
-@locked("select")
 def select(labels: Sequence[str], options: SelectParams, out: Path = SELECTED) -> list[LabelCounts]:
     """Write ``out`` for ``labels`` and return the per-label counts."""
     classes = ClassList.load(CLASSES_TABLE)
@@ -265,24 +244,20 @@ def format_counts(counts: Sequence[LabelCounts], options: SelectParams) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.select",
-        description="Select the boxes of the labels in params.yaml (or --labels) from the metadata cache "
-        "into data/selected.parquet, applying the select.* rules of params.yaml.",
-    )
-    parser.add_argument("--labels", nargs="+", metavar="LABEL",
-                        help="display names (any case) or MIDs, instead of params.yaml's labels")
-    args = parser.parse_args(argv)
-    params = load_params(overrides={"labels": args.labels} if args.labels else None)
-    counts = select(params.labels, params.select)
-    print(f"wrote {SELECTED}")
-    print(format_counts(counts, params.select))
-    for c in counts:
-        if not c.selected:
-            print(f"warning: no boxes selected for '{c.label}' (see the select.* options)", file=sys.stderr)
-    return 0
+@dataclass(frozen=True)
+class SelectSummary(Summary):
+    """The per-label counts (boxes found, after the filters, selected, images) under ``options``."""
+
+    counts: list[LabelCounts]
+    options: SelectParams
+
+    def lines(self) -> list[str]:
+        return [f"wrote {SELECTED}", format_counts(self.counts, self.options)]
+
+    def warnings(self) -> list[str]:
+        return [f"no boxes selected for '{c.label}' (see the select.* options)" for c in self.counts if not c.selected]
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+def run(params: Params) -> SelectSummary:
+    """The stage: the boxes of ``params.labels`` into ``data/selected.parquet``."""
+    return SelectSummary(select(params.labels, params.select), params.select)

@@ -1,44 +1,20 @@
-"""``python -m pipeline.stages.crop``: cut every selected box out of its downloaded photo, upright, as a JPEG.
+"""The crop stage: cut every selected box out of its downloaded photo, upright, as a JPEG.
 
-Orientation convention (Open Images' note on rotated images, tests/fixtures/openimages-samples/SOURCES.md):
-
-1. Boxes are cut from the **stored pixel matrix**, exactly as the file decodes. EXIF orientation is never
-   applied: Open Images recovered its ``Rotation`` column from that EXIF tag and drew the boxes on the stored
-   pixels, so honouring the tag as well would turn a crop twice (or cut the wrong region).
-2. Each crop is then turned **counter-clockwise by Rotation** (0, 90, 180, 270), "the degrees that the image
-   and boxes should be rotated" to be upright. An empty Rotation (NaN: the photo had already left Flickr when
-   it was recovered) is taken as 0. Crops are written without EXIF, so no viewer turns them again.
-
-Box geometry: normalised ``XMin XMax YMin YMax`` (0..1) are widened by ``crop.padding`` times the box's own
-width and height, clamped to the picture and rounded to whole pixels. A crop whose shorter side is under
-``crop.min_side`` pixels is skipped (``too_small``); one whose longer side is over ``crop.max_side`` is shrunk.
-Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.images.imaging`).
-
-Speed: each photo is read and decoded **once** for all of its boxes (a photo often holds several), by a pool
-of worker processes (``runtime.crop_processes``, 0 = every core) or a Dask cluster (``runtime.engine: dask``,
-docs/scale.md) fed chunks of photos. JPEGs are written with 4:2:0
-chroma subsampling (libjpeg's usual choice for photos; the cheapest to encode). While a photo is decoded we
-also take its perceptual hash, which the clean stage compares with Flickr's placeholder picture.
-
-Output (``docs/architecture.md``): ``data/crops/<label_dirname>/<ImageID>_<BoxIndex>.jpg`` and
-``data/crops/manifest.parquet`` with one row per selected box. The folder is built aside and swapped in whole
-(:func:`pipeline.core.base.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
-holds a crop from an earlier run's boxes or params.
-
-With ``runtime.store`` (an object store that other workspaces' runs share at the same time) the photos are
-read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.compute.store`) and the workers put
-the crops in this run's own folder ``<store>/crops/<machine>.<pid>.<random>``, which the stage copies into
-``data/crops`` and then removes; a run killed before that leaves its folder to the next run on its machine.
-No run ever empties ``<store>/crops`` or touches another live run's folder.
+Boxes are cut from the stored pixels (EXIF orientation never applied), then turned counter-clockwise by
+``Rotation``; ``crop.padding`` widens a box, ``crop.min_side`` skips, ``crop.max_side`` shrinks. Each photo is
+decoded once for all its boxes, by a process pool or a Dask cluster (``runtime.engine``), and its perceptual
+hash taken for clean. Output: ``data/crops/<label_dirname>/<ImageID>_<BoxIndex>.jpg`` and the manifest, the
+folder swapped in whole; with ``runtime.store`` the crops go through this run's own store folder. The
+conventions and why: docs/architecture.md ("crop").
 """
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,14 +25,14 @@ from pipeline.core.base import paths
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.base import manifests
-from pipeline.core.base.errors import PipelineFailure, run_cli
+from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.base.io import replace_dir, write_parquet
-from pipeline.core.base.locks import stage_lock
 from pipeline.core.compute.machine import processes
-from pipeline.core.base.params import CropParams, RuntimeParams, load_params
+from pipeline.core.base.params import CropParams, Params, RuntimeParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import KEPT_ON_DISK, Crop
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
@@ -324,28 +300,18 @@ def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:
     return tasks
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.crop",
-        description="Cut each selected box out of its downloaded photo (upright by the Rotation column) "
-                    f"into {paths.CROPS_DIR}/<label>/<ImageID>_<BoxIndex>.jpg, with {paths.CROPS_MANIFEST}. "
-                    "Settings: the crop section of params.yaml.",
-    )
-    parser.add_argument("--processes", type=int, metavar="N",
-                        help="worker processes (overrides runtime.crop_processes; 0 = one per usable core)")
-    args = parser.parse_args(argv)
-    flags = {"runtime.crop_processes": "--processes"}
-    params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
-                         flags=flags)
-    with stage_lock("crop"):
-        boxes, downloads = manifests.SELECTED.read(), manifests.IMAGES.read()
-        manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes),
-                            runtime=params.runtime)
-    counts = manifest["status"].value_counts()
-    print(f"{counts.get('ok', 0)} crops written to {paths.CROPS_DIR}; "
-          + ", ".join(f"{n} {s}" for s, n in counts.items() if s != "ok"))
-    return 0
+@dataclass(frozen=True)
+class CropSummary(Summary):
+    """How many boxes ended in each status (``ok``: a crop written)."""
+
+    statuses: dict[str, int]
+
+    def lines(self) -> list[str]:
+        others = ", ".join(f"{n} {status}" for status, n in self.statuses.items() if status != Crop.OK)
+        return [f"{self.statuses.get(Crop.OK, 0)} crops written to {paths.CROPS_DIR}; {others}"]
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+def run(params: Params) -> CropSummary:
+    """The stage: every selected box of the downloaded photos into ``data/crops`` and its manifest."""
+    manifest = crop_all(manifests.SELECTED.read(), manifests.IMAGES.read(), params.crop, processes(params.runtime.crop_processes), runtime=params.runtime)
+    return CropSummary({str(status): int(n) for status, n in manifest["status"].value_counts().items()})

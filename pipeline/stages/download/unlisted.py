@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.safe import is_image_id
 from pipeline.core.base.manifests import IMAGES_SCHEMA
-from pipeline.stages.download.shards import manifest_table
+from pipeline.stages.download.batches import manifest_table
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 
 Record = dict[str, Any]

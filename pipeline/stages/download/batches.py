@@ -1,11 +1,11 @@
-"""Shards: slices of the image list, each with its own manifest part, and what a re-run may skip.
+"""Batches: slices of the image list, each with its own manifest part, and what a re-run may skip.
 
-A shard is the unit of progress that survives between runs and the unit a distributed engine would hand
+A batch is the unit of progress that survives between runs and the unit a distributed engine would hand
 to a worker. Images are sorted by ImageID before slicing, so the plan is the same on every run with the
-same selection, and labels are spread evenly over shards (ImageIDs are random hex).
+same selection, and labels are spread evenly over batches (ImageIDs are random hex).
 
-Progress is recorded twice: per image in ``part-NNNNN.jsonl`` journals while a shard runs (what a
-``kill -9`` keeps), and per shard in ``part-NNNNN.parquet`` when it ends. :func:`load_records` reads both,
+Progress is recorded twice: per image in ``part-NNNNN.jsonl`` journals while a batch runs (what a
+``kill -9`` keeps), and per batch in ``part-NNNNN.parquet`` when it ends. :func:`load_records` reads both,
 so a re-run knows every image that was finished, whichever of the two holds it.
 """
 from __future__ import annotations
@@ -42,25 +42,34 @@ class Image(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Shard:
+class Batch:
     """The ``index``-th slice of the image list."""
 
     index: int
     images: list[Image]
 
 
-def plan_shards(images: list[Image], shard_size: int) -> list[Shard]:
-    """Slices of ``shard_size`` images, in ImageID order."""
+def plan_batches(images: list[Image], size: int) -> list[Batch]:
+    """Slices of ``size`` images (``runtime.download_batch_size``), in ImageID order."""
     images = sorted(images, key=lambda image: image.ImageID)
-    return [Shard(i, images[start:start + shard_size]) for i, start in enumerate(range(0, len(images), shard_size))]
+    return [Batch(i, images[start:start + size]) for i, start in enumerate(range(0, len(images), size))]
 
 
-def part_path(shards_dir: Path, index: int) -> Path:
-    return shards_dir / f"part-{index:05d}.parquet"
+def folder(images_dir: Path) -> Path:
+    """``<images>/batches``, where the parts and journals live; a folder an older version named ``shards`` is
+    taken over (renamed), so its records still spare a re-run the requests."""
+    batches_dir, old = images_dir / "batches", images_dir / "shards"
+    if old.is_dir() and not batches_dir.exists():
+        old.rename(batches_dir)
+    return batches_dir
 
 
-def journal_path(shards_dir: Path, index: int) -> Path:
-    return shards_dir / f"part-{index:05d}.jsonl"
+def part_path(batches_dir: Path, index: int) -> Path:
+    return batches_dir / f"part-{index:05d}.parquet"
+
+
+def journal_path(batches_dir: Path, index: int) -> Path:
+    return batches_dir / f"part-{index:05d}.jsonl"
 
 
 def manifest_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -68,16 +77,16 @@ def manifest_table(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(sorted(records, key=itemgetter("ImageID")), schema=IMAGES_SCHEMA)
 
 
-def load_records(shards_dir: Path) -> dict[str, dict[str, Any]]:
+def load_records(batches_dir: Path) -> dict[str, dict[str, Any]]:
     """Every image record in the folder's parts and journals, by ImageID.
 
-    Journals are read after parts (a journal only exists for a shard that was still running, so it is
+    Journals are read after parts (a journal only exists for a batch that was still running, so it is
     the newer of the two), and oldest journal first.
     """
     records: dict[str, dict[str, Any]] = {}
-    if not shards_dir.is_dir():
+    if not batches_dir.is_dir():
         return records
-    parts = sorted(p for p in shards_dir.iterdir() if _PART.match(p.name))
+    parts = sorted(p for p in batches_dir.iterdir() if _PART.match(p.name))
     for path in [p for p in parts if p.suffix == ".parquet"]:
         for record in pq.read_table(path).to_pylist():
             records[record["ImageID"]] = record
@@ -105,18 +114,18 @@ def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path, liste
     return file.is_file() and file.stat().st_size == record.get("bytes")
 
 
-def write_part(shards_dir: Path, index: int, part: pa.Table) -> Path:
-    return write_parquet(part, part_path(shards_dir, index))
+def write_part(batches_dir: Path, index: int, part: pa.Table) -> Path:
+    return write_parquet(part, part_path(batches_dir, index))
 
 
-def finish(shards_dir: Path, parts: list[pa.Table], manifest_path: Path) -> pa.Table:
+def finish(batches_dir: Path, parts: list[pa.Table], manifest_path: Path) -> pa.Table:
     """Merge the parts into the manifest, then drop journals and parts left from other plans.
 
     The order matters for ``kill -9``: the journals go only after the manifest (and every part) is on disk.
     """
     manifest = pa.concat_tables(parts) if parts else manifest_table([])
     write_parquet(manifest, manifest_path)
-    for path in shards_dir.iterdir():
+    for path in batches_dir.iterdir():
         match = _PART.match(path.name)
         if match and (path.suffix == ".jsonl" or int(match.group(1)) >= len(parts)):
             path.unlink()

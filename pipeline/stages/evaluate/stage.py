@@ -1,4 +1,4 @@
-"""``python -m pipeline.stages.evaluate``: judge ``models/model.pt`` on the test split (the DVC stage ``evaluate``).
+"""The evaluate stage: judge ``models/model.pt`` on the test split (the DVC stage ``evaluate``).
 
 Writes ``metrics/eval.json`` (top-1, top-3/top-5 where there are more classes than that, per-class
 precision/recall/F1, the most confused pairs), ``plots/confusion.csv`` (one row per test image, for dvc's
@@ -8,11 +8,8 @@ confusion template), and the report ``reports/evaluate/``: ``index.html`` (the n
 """
 from __future__ import annotations
 
-import argparse
 import html
 import math
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +19,15 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from pipeline.core.base import paths
-from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import replace_dir, save_figure, write_csv, write_json, write_text
-from pipeline.core.base.locks import stage_lock
-from pipeline.core.learn.data import Classes, Normalize, Split, decode, make_batches, read_split
+from pipeline.core.learn.data import Normalize, decode, make_batches
+from pipeline.core.learn.folders import Classes, Split, read_split
 from pipeline.core.learn.device import pick_device, predict_logits, to_device
-from pipeline.core.learn.explain import gradcam
+from pipeline.stages.evaluate.explain import gradcam
 from pipeline.core.learn.models import gradcam_layer, load_checkpoint
 from pipeline.core.compute.machine import loader_workers
-from pipeline.core.base.params import RuntimeParams, load_params
+from pipeline.core.base.params import Params, RuntimeParams
+from pipeline.core.base.stages import Summary
 
 EVAL_METRICS = paths.METRICS_DIR / "eval.json"
 CONFUSION_CSV = paths.PLOTS_DIR / "confusion.csv"
@@ -266,25 +263,21 @@ def thumbnail(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stages.evaluate",
-        description="Evaluate models/model.pt on data/splits/test: top-1/top-k accuracy, per-class precision/"
-        "recall/F1 and the most confused pairs (metrics/eval.json), confusion matrix (plots/confusion.csv, "
-        "reports/evaluate/confusion.png), the most confident mistakes (worst.png), Grad-CAM maps (gradcam.png) "
-        "and reports/evaluate/index.html.",
-    )
-    parser.parse_args(argv)
-    params = load_params()
-    with stage_lock("evaluate"):
-        result = evaluate(params.runtime, paths.MODEL, paths.SPLITS_DIR, params.evaluate.gradcam)
-        write_outputs(result, params.evaluate.worst)
-    m = result.metrics
-    extra = "".join(f", top{k} {m[f'top{k}']:.3f}" for k in TOP_K if f"top{k}" in m)
-    print(f"test: top1 {m['top1']:.3f}{extra}, macro F1 {m['macro_f1']:.3f} on {m['test_images']} images "
-          f"-> {EVAL_METRICS}, {EVAL_REPORT}/")
-    return 0
+@dataclass(frozen=True)
+class EvaluateSummary(Summary):
+    """The test metrics (metrics/eval.json's numbers)."""
+
+    metrics: dict
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        extra = "".join(f", top{k} {m[f'top{k}']:.3f}" for k in TOP_K if f"top{k}" in m)
+        return [f"test: top1 {m['top1']:.3f}{extra}, macro F1 {m['macro_f1']:.3f} on {m['test_images']} images "
+                f"-> {EVAL_METRICS}, {EVAL_REPORT}/"]
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
+def run(params: Params) -> EvaluateSummary:
+    """The stage: ``models/model.pt`` on the test split, its metrics, plots and report."""
+    result = evaluate(params.runtime, paths.MODEL, paths.SPLITS_DIR, params.evaluate.gradcam)
+    write_outputs(result, params.evaluate.worst)
+    return EvaluateSummary(result.metrics)

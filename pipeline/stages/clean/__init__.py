@@ -1,0 +1,1 @@
+"""The clean stage (``python -m pipeline.stages.clean``): see :mod:`.stage`."""

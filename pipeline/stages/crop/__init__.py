@@ -1,0 +1,1 @@
+"""The crop stage (``python -m pipeline.stages.crop``): see :mod:`.stage`."""

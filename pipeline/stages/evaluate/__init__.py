@@ -1,0 +1,1 @@
+"""The evaluate stage (``python -m pipeline.stages.evaluate``): see :mod:`.stage`."""

@@ -1,0 +1,1 @@
+"""The select stage (``python -m pipeline.stages.select``): see :mod:`.stage`."""

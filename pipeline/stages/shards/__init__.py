@@ -1,0 +1,1 @@
+"""The shards stage (``python -m pipeline.stages.shards``): see :mod:`.stage`."""
