@@ -17,7 +17,8 @@ minutes apart) is a near copy that a perceptual hash does not catch; photos shar
 
 Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
 as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
-``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
+``labels.json``; the folder is rebuilt on every run, so nothing stale survives. ``metrics/split.json``: what
+grouping by photographer prevented and cost (:func:`author_leak_report`). Then the dataset report.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import pandas as pd
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.groups import connected_groups
-from pipeline.core.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.io import read_parquet, replace_dir, write_json, write_parquet
 from pipeline.core.locks import stage_lock
 from pipeline.core.params import SplitParams, load_params
 from pipeline.core.progress import track
@@ -192,12 +193,45 @@ def with_authors(manifest: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame
     return manifest.assign(author=manifest["ImageID"].astype(str).map(author).fillna(""))
 
 
-def author_leaks(without_authors: pd.DataFrame) -> int:
-    """Crops that grouping by photographer kept from sharing an author across splits: in the split made
-    without it, the crops of every author whose crops landed in more than one split."""
-    spans = without_authors.groupby("author")["split"].nunique()
-    straddling = spans[(spans > 1) & (spans.index != "")].index
-    return int(without_authors["author"].isin(straddling).sum())
+def label_fractions(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per label, the fraction of its crops in each split (what stratification aims at)."""
+    counts = pd.crosstab(table["Label"], table["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    return {str(label): {s: round(int(row[s]) / max(int(row.sum()), 1), 4) for s in SPLITS}
+            for label, row in counts.iterrows()}
+
+
+def largest_gap(fractions: dict[str, dict[str, float]], params: SplitParams) -> float:
+    """The largest distance of any label's split fraction from the one asked for (0 = exact stratification)."""
+    target = {"train": params.train, "val": params.val, "test": params.test}
+    return round(max((abs(f[s] - target[s]) for f in fractions.values() for s in SPLITS), default=0.0), 4)
+
+
+def author_leak_report(grouped: pd.DataFrame, photo_only: pd.DataFrame, params: SplitParams) -> dict:
+    """What grouping by photographer prevented, and what it cost in balance.
+
+    ``grouped`` and ``photo_only``: :func:`assign_splits` tables made with and without the author ties, both
+    with an ``author`` column. Prevented: in ``photo_only``, the authors whose photos landed in more than one
+    split (and in train and test both), with their photos and crops. Cost: each label's split fractions in
+    both tables, and the largest gap from ``params``' fractions in each.
+    """
+    known = photo_only[photo_only["author"] != ""]
+    spans = known.groupby("author")["split"].agg(frozenset)
+    across = photo_only[photo_only["author"].isin(spans[spans.map(len) > 1].index)]
+    train_test = photo_only[photo_only["author"].isin(spans[spans.map({"train", "test"}.issubset)].index)]
+    balance = {"grouped": label_fractions(grouped), "photo_only": label_fractions(photo_only)}
+    return {
+        "group_by_author": True,
+        "authors": int(known["author"].nunique()),
+        "prevented": {
+            "authors_across_splits": int(across["author"].nunique()),
+            "photos_across_splits": int(across["ImageID"].nunique()),
+            "crops_across_splits": len(across),
+            "authors_in_train_and_test": int(train_test["author"].nunique()),
+            "photos_in_train_and_test": int(train_test["ImageID"].nunique()),
+        },
+        "largest_gap": {name: largest_gap(fractions, params) for name, fractions in balance.items()},
+        "fractions": balance,
+    }
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -248,13 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             selected = read_parquet(paths.SELECTED, "selection (python -m pipeline.stages.select)")
             manifest = with_authors(manifest, selected)
         table = assign_splits(manifest, params.split)
+        leaks = {"group_by_author": False}
         if "author" in manifest.columns:
+            authors = manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]
             photo_only = assign_splits(manifest.drop(columns="author"), params.split)
-            photo_only = photo_only.assign(author=photo_only["ImageID"].map(
-                manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]))
-            print(f"split: grouping by author kept {author_leaks(photo_only)} crop(s) from sharing "
-                  "a photographer across splits")
+            leaks = author_leak_report(table.assign(author=table["ImageID"].map(authors)),
+                                       photo_only.assign(author=photo_only["ImageID"].map(authors)), params.split)
+            prevented, gap = leaks["prevented"], leaks["largest_gap"]
+            print(f"split: grouping by author kept {prevented['authors_across_splits']} author(s) "
+                  f"({prevented['photos_across_splits']} photo(s), {prevented['crops_across_splits']} crop(s)) from "
+                  f"straddling splits, {prevented['authors_in_train_and_test']} of them train and test; largest gap "
+                  f"from the split fractions {gap['grouped']:.3f} (photo grouping only: {gap['photo_only']:.3f})")
         write_splits(table)
+        write_json(report.SPLIT_METRICS, leaks)
         sizes = table["split"].value_counts()
         print(
             f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
