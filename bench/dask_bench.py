@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO))
 
 from measure import busy_cpu_seconds, own_cpu_seconds  # noqa: E402
 
-from pipeline.core.io import write_parquet  # noqa: E402
-from pipeline.core.rate import board_interval  # noqa: E402
-from pipeline.core.sources import layout  # noqa: E402
+from pipeline.core.base.io import write_parquet  # noqa: E402
+from pipeline.core.net.rate import board_interval  # noqa: E402
+from pipeline.core.net.sources import layout  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 from pipeline.mirror.log import max_in_window  # noqa: E402
 

@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from measure import busy_cpu_seconds, waited_children_cpu_seconds  # noqa: E402
 
-from pipeline.core.io import write_parquet  # noqa: E402
-from pipeline.core.sources import layout  # noqa: E402
+from pipeline.core.base.io import write_parquet  # noqa: E402
+from pipeline.core.net.sources import layout  # noqa: E402
 
 
 @dataclass

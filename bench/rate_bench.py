@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from dask_bench import Cluster, CpuMeter  # noqa: E402
 
-from pipeline.core.io import write_parquet  # noqa: E402
-from pipeline.core.sources import layout  # noqa: E402
+from pipeline.core.base.io import write_parquet  # noqa: E402
+from pipeline.core.net.sources import layout  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 from pipeline.mirror.log import max_in_window  # noqa: E402
 

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.core.io import save_figure  # noqa: E402
+from pipeline.core.base.io import save_figure  # noqa: E402
 from pipeline.core.learn.data import Normalize, decode, read_classes, read_split  # noqa: E402
 from pipeline.core.learn.device import pick_device  # noqa: E402
 from pipeline.core.learn.explain import gradcam  # noqa: E402
 from pipeline.core.learn.models import load_checkpoint  # noqa: E402
-from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.base.params import load_params  # noqa: E402
 from pipeline.stages import evaluate  # noqa: E402
 from pipeline.stages.train.stage import augmented_sample, batch_figure  # noqa: E402
 

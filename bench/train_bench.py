@@ -50,7 +50,7 @@ try:
     from pipeline.core.learn.device import pick_device, to_device
     from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
     from pipeline.core.learn.shards import ShardBatches, write_split_shards
-    from pipeline.core.params import TrainParams
+    from pipeline.core.base.params import TrainParams
     from pipeline.stages.train.loop import one_cycle, train_step
 except ModuleNotFoundError as exc:  # a bare python with torch only: carry the project's pure-Python dependencies
     sys.exit(f"{exc}: install the project (pip install -e '.[train]'), or put a folder holding tqdm, webdataset "

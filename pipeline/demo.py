@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.core import paths
-from pipeline.core.errors import PipelineFailure, UserError, run_cli
-from pipeline.core.io import replace_dir, write_text
-from pipeline.core.params import load_params
+from pipeline.core.base import paths
+from pipeline.core.base.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.base.io import replace_dir, write_text
+from pipeline.core.base.params import load_params
 
 if TYPE_CHECKING:
     from pipeline.mirror import Mirror

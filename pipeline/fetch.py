@@ -16,10 +16,10 @@ from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.params import PARAMS_FILE, load_params
-from pipeline.core.sources import VERSIONS
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.params import PARAMS_FILE, load_params
+from pipeline.core.net.sources import VERSIONS
 
 #: params key -> the flag that sets it (errors about a value name the flag the user typed)
 FLAGS = {
@@ -67,7 +67,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def working_dir(folder: Path) -> Iterator[None]:
-    """Run the stages inside ``folder``: their paths (``pipeline.core.paths``) are relative to the cwd."""
+    """Run the stages inside ``folder``: their paths (``pipeline.core.base.paths``) are relative to the cwd."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.io import write_csv
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.io import write_csv
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import ModelInfo, load_checkpoint
-from pipeline.core.progress import Progress
-from pipeline.core.safe import printable
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import printable
 
 BATCH = 32
 DEFAULT_CSV = Path("predictions.csv")

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.core.audit.diff import crop_changes, describe
-from pipeline.core.errors import run_cli
-from pipeline.core.registry import Registry, Version, check_hash, check_name, install, relink, versions
+from pipeline.core.base.errors import run_cli
+from pipeline.core.publish.registry import Registry, Version, check_hash, check_name, install, relink, versions
 
 
 def format_versions(found: Sequence[Version]) -> list[str]:

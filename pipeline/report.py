@@ -9,8 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
 from pipeline.stages.split.report import build_report
 
 

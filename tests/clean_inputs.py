@@ -14,9 +14,9 @@ import pandas as pd
 import yaml
 from PIL import Image, ImageDraw
 
-from pipeline.core import paths
-from pipeline.core.io import write_parquet
-from pipeline.core.safe import label_dirname
+from pipeline.core.base import paths
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.safe import label_dirname
 
 #: reasons whose crop exists on disk (the photo was fine, the crop was judged); others are photo-level
 CROP_REASONS = {"", "too_small", "duplicate", "near_duplicate"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core import paths
-from pipeline.core.io import write_parquet
+from pipeline.core.base import paths
+from pipeline.core.base.io import write_parquet
 from pipeline.mirror import Mirror, dataset, drawing
 
 KEPT = ("ok", "changed", "placeholder")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 from crop_inputs import write_inputs
 
-from pipeline.core import paths
-from pipeline.core.io import write_parquet
-from pipeline.core.sources import layout
+from pipeline.core.base import paths
+from pipeline.core.base.io import write_parquet
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 
 

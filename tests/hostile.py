@@ -16,7 +16,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from pipeline.core.sources import layout
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]

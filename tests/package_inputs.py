@@ -22,8 +22,8 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from pipeline.core.io import write_parquet
-from pipeline.core.safe import label_dirname
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.safe import label_dirname
 
 LABELS = ("Hamburger", "Submarine sandwich")
 #: crops per label in each split

@@ -1,6 +1,6 @@
 """Several processes that do not know each other publishing to one registry at once, round after round.
 
-Each process publishes its own content (``pipeline.core.registry.publish``, the stage's own call) once per
+Each process publishes its own content (``pipeline.core.publish.registry.publish``, the stage's own call) once per
 round. A round starts for all of them together: each says it is ready (a file), the test starts the round
 (another file) at the start of a wall-clock second, so that their registrations fall within one second,
 as they do for runs that start together (quilt3 named versions by the second).
@@ -15,8 +15,8 @@ from pathlib import Path
 _PUBLISHER = """
 import sys, time
 from pathlib import Path
-from pipeline.core.errors import run_cli
-from pipeline.core.registry import Registry, publish
+from pipeline.core.base.errors import run_cli
+from pipeline.core.publish.registry import Registry, publish
 
 registry, name, tag, work, rounds = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
 

@@ -7,7 +7,7 @@ import multiprocessing.synchronize
 import time
 from pathlib import Path
 
-from pipeline.core.rate import MachineBoard, machine_board
+from pipeline.core.net.rate import MachineBoard, machine_board
 
 
 class FrozenClock:

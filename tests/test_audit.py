@@ -18,11 +18,11 @@ from PIL import Image, ImageFilter
 from trainkit import needs_offline_weights
 
 from pipeline import audit as audit_command
-from pipeline.core import paths
+from pipeline.core.base import paths
 from pipeline.core.audit.quality import quality_stats
-from pipeline.core.errors import run_cli
-from pipeline.core.io import write_parquet
-from pipeline.core.params import AuditParams
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.params import AuditParams
 from pipeline.stages.audit import __main__ as audit_stage
 
 #: digits of three classes, enough per class for 5-fold cross-validation to judge the labels

@@ -15,11 +15,11 @@ from clean_inputs import inside
 from crop_inputs import write_inputs
 from trainkit import needs_offline_weights
 
-from pipeline.core import paths
+from pipeline.core.base import paths
 from pipeline.core.audit.ledger import QUALITY
-from pipeline.core.errors import run_cli
-from pipeline.core.io import write_parquet
-from pipeline.core.params import AuditParams, CleanParams, CropParams
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.params import AuditParams, CleanParams, CropParams
 from pipeline.mirror import Mirror
 from pipeline.stages import clean, crop
 from pipeline.stages.audit import __main__ as audit_stage

@@ -11,12 +11,12 @@ import pytest
 from crop_inputs import write_inputs
 from PIL import Image
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.imaging import image_phash, load_image, to_rgb
-from pipeline.core.io import write_parquet
-from pipeline.core.params import CleanParams, CropParams
-from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.images.imaging import image_phash, load_image, to_rgb
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.params import CleanParams, CropParams
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.mirror import Mirror, drawing
 from pipeline.stages import clean, crop
 

@@ -23,9 +23,9 @@ import psutil
 from clean_inputs import synthetic_rows, write_inputs
 from crop_inputs import write_inputs as write_crop_inputs
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.io import read_parquet, write_parquet
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.stages import crop
 from pipeline.stages.metadata.stage import main as metadata_main
 from pipeline.stages.split import stage as split
@@ -95,11 +95,11 @@ def test_two_split_runs_at_once_give_the_same_splits_every_round(tmp_path, monke
 
 
 def test_a_second_run_waits_for_the_first_and_says_so(tmp_path, monkeypatch) -> None:
-    from pipeline.core.locks import stage_lock
+    from pipeline.core.base.locks import stage_lock
 
     monkeypatch.chdir(tmp_path)
     with stage_lock("split"):
-        waiting = subprocess.Popen([sys.executable, "-c", "from pipeline.core.locks import stage_lock\n"
+        waiting = subprocess.Popen([sys.executable, "-c", "from pipeline.core.base.locks import stage_lock\n"
                                     "with stage_lock('split'): print('got it')"],
                                    env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
@@ -112,7 +112,7 @@ def test_a_second_run_waits_for_the_first_and_says_so(tmp_path, monkeypatch) -> 
 
 def test_a_lock_held_by_a_killed_run_is_free_at_once(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom pipeline.core.locks import stage_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom pipeline.core.base.locks import stage_lock\n"
                                "with stage_lock('crop'):\n    print('held', flush=True)\n    time.sleep(600)"],
                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -120,7 +120,7 @@ def test_a_lock_held_by_a_killed_run_is_free_at_once(tmp_path, monkeypatch) -> N
     finally:
         holder.kill()
         holder.wait()
-    from pipeline.core.locks import stage_lock
+    from pipeline.core.base.locks import stage_lock
 
     with stage_lock("crop"):  # no wait, no stale lock file to clean up
         pass

@@ -10,9 +10,9 @@ import pytest
 from crop_inputs import mirror_records, write_inputs
 from PIL import Image
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.params import CropParams
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.params import CropParams
 from pipeline.mirror import Mirror, drawing
 from pipeline.stages import crop
 

@@ -1,4 +1,4 @@
-"""The cluster's rate boards (pipeline/core/rate_cluster.py), the local engines' call shape and the
+"""The cluster's rate boards (pipeline/core/net/rate_cluster.py), the local engines' call shape and the
 engine settings, without a cluster and without the wall clock.
 
 The board is replayed under a fake clock, as real workers use it: each worker process books a slot, sleeps
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.engine import open_engine
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.params import RuntimeParams, load_params
-from pipeline.core.rate import CATCH_UP, board_interval, book_slot
-from pipeline.core.rate_cluster import LATE_LIMIT, RateBoards, RunEnded
+from pipeline.core.compute.engine import open_engine
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.params import RuntimeParams, load_params
+from pipeline.core.net.rate import CATCH_UP, board_interval, book_slot
+from pipeline.core.net.rate_cluster import LATE_LIMIT, RateBoards, RunEnded
 from pipeline.mirror.log import max_in_window
 
 

@@ -19,8 +19,8 @@ import yaml
 from s3server import isolated_env
 from trainkit import needs_offline_weights
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
 from pipeline.mirror import Mirror
 from pipeline.stages import clean, crop, select, shards
 from pipeline.stages.audit.__main__ import main as audit_main

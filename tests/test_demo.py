@@ -60,7 +60,7 @@ def test_the_workspace_is_a_committed_git_repository_with_relative_paths(demo_wo
     git = subprocess.run(["git", "status", "--porcelain"], cwd=ws, env=_env(), capture_output=True, text=True)
     assert git.returncode == 0 and git.stdout == "", git.stdout + git.stderr  # the run is committed
     tracked = subprocess.run(["git", "ls-files"], cwd=ws, env=_env(), capture_output=True, text=True).stdout.split()
-    assert {"dvc.lock", "metrics/eval.json", "dvclive/metrics.json", "pipeline/core/params.py"} <= set(tracked)
+    assert {"dvc.lock", "metrics/eval.json", "dvclive/metrics.json", "pipeline/core/base/params.py"} <= set(tracked)
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ws, env=_env(),
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from download_inputs import write_selection
 
-from pipeline.core.errors import run_cli
-from pipeline.core.io import read_parquet, write_parquet
-from pipeline.core.placeholder import PLACEHOLDER_MD5S
-from pipeline.core.status import KEPT_ON_DISK
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S
+from pipeline.core.base.status import KEPT_ON_DISK
 from pipeline.mirror import Mirror
 from pipeline.stages.download import shards
 from pipeline.stages.download.__main__ import main as download_main
@@ -151,7 +151,7 @@ def test_run_shard_is_a_plain_function_any_executor_can_map(clean_mirror, tmp_pa
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.core.params import load_params
+    from pipeline.core.base.params import load_params
     from pipeline.stages.download.runner import ShardSettings, run_shard
     from pipeline.stages.download.stage import images_table
 
@@ -184,8 +184,8 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
 
 
 def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
-    from pipeline.core.engine import open_engine
-    from pipeline.core.params import load_params
+    from pipeline.core.compute.engine import open_engine
+    from pipeline.core.base.params import load_params
     from pipeline.stages.download.runner import ShardSettings
     from pipeline.stages.download.stage import _fetch, images_table
 

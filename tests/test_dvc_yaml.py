@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.params import load_params
+from pipeline.core.base.params import load_params
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -50,7 +50,8 @@ def code_files_run_by(module: str) -> set[str]:
         if path is not None:
             todo.extend(_pipeline_imports(path))
     files = {str(_module_file(n).relative_to(REPO)) for n in seen if _module_file(n)}
-    return files - {"pipeline/__init__.py", "pipeline/mirror/__init__.py"}
+    # (package docstrings only: an edit to them changes no stage's result)
+    return files - {"pipeline/__init__.py", "pipeline/core/__init__.py", "pipeline/mirror/__init__.py"}
 
 
 def _covered(file: str, deps: list[str]) -> bool:
@@ -76,10 +77,34 @@ def test_every_named_param_exists(stage: str) -> None:
 
 
 def test_the_checker_sees_a_missing_dep() -> None:
-    # the crop stage imports pipeline.core.imaging; without pipeline/core in deps the check above must complain
+    # the crop stage imports pipeline.core.images.imaging; without that room in deps the check must complain
     files = code_files_run_by("pipeline.stages.crop")
-    assert "pipeline/core/imaging.py" in files
-    assert not _covered("pipeline/core/imaging.py", [d for d in STAGES["crop"]["deps"] if d != "pipeline/core"])
+    assert "pipeline/core/images/imaging.py" in files
+    assert not _covered("pipeline/core/images/imaging.py",
+                        [d for d in STAGES["crop"]["deps"] if d != "pipeline/core/images"])
+
+
+def _core_rooms(files: set[str]) -> set[str]:
+    """``pipeline/core/<room>`` for every core file in ``files``."""
+    return {"/".join(f.split("/")[:3]) for f in files if f.startswith("pipeline/core/") and f.count("/") >= 3}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_code_deps_are_no_wider_than_the_imports(stage: str) -> None:
+    # a room listed but never imported would re-run the stage for edits that cannot change its results
+    spec = STAGES[stage]
+    module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+    listed = {d.rstrip("/") for d in spec["deps"] if d.startswith("pipeline/")}
+    run = code_files_run_by(module)
+    assert "pipeline/core" not in listed, f"stage {stage} lists the whole core; name the rooms it imports"
+    unused = sorted(d for d in listed if not any(_covered(f, [d]) for f in run))
+    assert not unused, f"stage {stage} lists code deps it never imports: {unused}"
+
+
+def test_only_the_package_stage_depends_on_the_publishing_room() -> None:
+    users = sorted(name for name, spec in STAGES.items()
+                   if any(_covered("pipeline/core/publish/registry.py", [d]) for d in spec["deps"]))
+    assert users == ["package"]
 
 
 def _stage_of(module: str) -> str | None:
@@ -113,6 +138,25 @@ def test_the_core_and_the_mirror_import_no_stage_or_command(folder: str) -> None
 def test_the_layout_check_sees_a_crossing(tmp_path: Path) -> None:
     # a stage importing another must be caught by the AST scan the checks above rely on
     bad = tmp_path / "x.py"
-    bad.write_text("from pipeline.stages.download.verify import verify\nfrom pipeline.core import paths\n")
+    bad.write_text("from pipeline.stages.download.verify import verify\nfrom pipeline.core.base import paths\n")
     imported = _pipeline_imports(bad)
     assert _stage_of("pipeline.stages.download.verify") == "download" and "pipeline.stages.download.verify" in imported
+
+
+# The core's rooms, each importing only rooms listed before it: the foundation first, nothing circular.
+ROOM_ORDER = ["base", "net", "images", "publish", "compute", "learn", "audit"]
+
+
+def test_the_core_rooms_import_only_rooms_below_them() -> None:
+    rooms = sorted(p.name for p in (REPO / "pipeline/core").iterdir() if (p / "__init__.py").exists())
+    assert rooms == sorted(ROOM_ORDER), "a new room of the core needs its place in ROOM_ORDER"
+    upward = {}
+    for file, imported in _imports_of("pipeline/core").items():
+        own = Path(file).parts[2]
+        if own not in ROOM_ORDER:
+            continue
+        used = {m.split(".")[2] for m in imported if m.startswith("pipeline.core.") and m.count(".") >= 2}
+        above = sorted(r for r in used if ROOM_ORDER.index(r) > ROOM_ORDER.index(own))
+        if above:
+            upward[file] = above
+    assert not upward, f"core rooms importing rooms above them (move the shared part down): {upward}"

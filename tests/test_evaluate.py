@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from trainkit import LABELS, TINY_RUNTIME, make_splits, one_thread, trained  # noqa: F401
 
-from pipeline.core.errors import run_cli
+from pipeline.core.base.errors import run_cli
 from pipeline.core.learn.data import Classes, read_split
-from pipeline.core.params import RuntimeParams
+from pipeline.core.base.params import RuntimeParams
 from pipeline.stages import evaluate
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.errors import run_cli
-from pipeline.core.io import read_parquet
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import read_parquet
 from pipeline.fetch import main as fetch_main
 
 REPO = Path(__file__).resolve().parent.parent

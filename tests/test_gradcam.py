@@ -21,7 +21,7 @@ from trainkit import TINY_RUNTIME, needs_offline_weights, one_thread  # noqa: F4
 from pipeline.core.learn import models
 from pipeline.core.learn.data import Normalize, decode, read_classes, read_split
 from pipeline.core.learn.explain import gradcam
-from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.mirror import drawing
 from pipeline.stages.train.stage import train
 

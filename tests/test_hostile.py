@@ -17,10 +17,10 @@ import pytest
 from download_inputs import write_selection
 from hostile import HostileServer, hostile, hostile_server  # noqa: F401
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.io import read_parquet, write_parquet
-from pipeline.core.sources import layout
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages import crop, select
 from pipeline.stages.download.__main__ import main as download_main
@@ -169,7 +169,7 @@ def test_a_subcategory_that_is_not_a_list_is_ignored(hostile, workspace, capsys)
 
 
 def load_select():
-    from pipeline.core.params import load_params
+    from pipeline.core.base.params import load_params
     return load_params().select
 
 

@@ -1,4 +1,4 @@
-"""pipeline.core.imaging: the pixel cap holds before decoding, broken files are named, every mode becomes RGB."""
+"""pipeline.core.images.imaging: the pixel cap holds before decoding, broken files are named, every mode becomes RGB."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.imaging import (BadRotation, ImageProblem, TooLarge, hamming, image_phash, load_image,
+from pipeline.core.images.imaging import (BadRotation, ImageProblem, TooLarge, hamming, image_phash, load_image,
                                    rotation_degrees, to_rgb, upright)
 
 PATCHES = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (20, 60, 235), "white": (255, 255, 255)}

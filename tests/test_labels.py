@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.errors import UserError
-from pipeline.core.labels import ClassList, Hierarchy, assign
+from pipeline.core.base.errors import UserError
+from pipeline.core.net.labels import ClassList, Hierarchy, assign
 from pipeline.stages.metadata.convert import read_classes
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.io import atomic_path, replace_dir
+from pipeline.core.base.io import atomic_path, replace_dir
 
 
 def test_replace_dir_swaps_in_only_this_runs_files_and_sweeps_killed_runs(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from pipeline.core import metadata_cache
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
-from pipeline.core.sources import layout
+from pipeline.core.net import metadata_cache
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata import convert
 from pipeline.stages.metadata import stage as metadata

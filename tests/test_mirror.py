@@ -17,9 +17,9 @@ import pytest
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core.errors import UserError
-from pipeline.core.params import load_params
-from pipeline.core.sources import LAYOUTS
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.params import load_params
+from pipeline.core.net.sources import LAYOUTS
 from pipeline.mirror import Mirror
 from pipeline.mirror.dataset import FAULTS
 from pipeline.mirror.drawing import MARKER_RGB

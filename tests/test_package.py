@@ -22,7 +22,7 @@ from package_inputs import (BY, BY_SA, LABELS, PER_SPLIT, crops, expected_model_
 from s3server import isolated_env
 
 import pipeline
-from pipeline.core.io import write_parquet
+from pipeline.core.base.io import write_parquet
 from pipeline.stages.package import dataset
 from pipeline.stages.package.provenance import DATASET_STAGES, code_version
 
@@ -250,7 +250,7 @@ def test_names_follow_the_labels_and_a_name_keeps_its_labels(tmp_path: Path, env
 
 
 def test_a_derived_name_never_takes_a_models_name() -> None:
-    from pipeline.core.package_names import check_dataset_name
+    from pipeline.core.base.package_names import check_dataset_name
     from pipeline.stages.package.naming import dataset_name
 
     assert dataset_name(["Fashion model"]) == "openimages/fashion-model_dataset"  # not the model of fashion
@@ -272,7 +272,7 @@ NOT_A_DATASET = {
 
 @pytest.mark.parametrize("latest", NOT_A_DATASET)
 def test_a_dataset_is_never_published_onto_another_kind(ws: Path, env: dict[str, str], latest: str) -> None:
-    from pipeline.core.registry import Registry, publish
+    from pipeline.core.publish.registry import Registry, publish
 
     meta, says = NOT_A_DATASET[latest]
     registry = Registry.parse(str(ws / REGISTRY))
@@ -287,7 +287,7 @@ def test_a_dataset_is_never_published_onto_another_kind(ws: Path, env: dict[str,
 
 
 def test_a_model_is_never_published_onto_a_dataset(ws: Path, env: dict[str, str]) -> None:
-    from pipeline.core.registry import Registry, publish
+    from pipeline.core.publish.registry import Registry, publish
 
     # A dataset that an older version of the pipeline let be called tests/local-ds-model.
     registry = Registry.parse(str(ws / REGISTRY))

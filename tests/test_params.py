@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.errors import UserError
-from pipeline.core.params import TRACKED_SECTIONS, Params, load_params
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.params import TRACKED_SECTIONS, Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

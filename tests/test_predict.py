@@ -11,7 +11,7 @@ from PIL import Image
 from trainkit import one_thread, trained  # noqa: F401
 
 from pipeline import predict
-from pipeline.core.errors import run_cli
+from pipeline.core.base.errors import run_cli
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint

@@ -15,7 +15,7 @@ from crop_inputs import write_inputs
 from download_inputs import write_selection
 from trainkit import make_splits, write_params
 
-from pipeline.core.progress import Progress
+from pipeline.core.base.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 

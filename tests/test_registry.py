@@ -220,7 +220,7 @@ def test_files_are_hashed_as_quilt3_hashes_them(tmp_path: Path, size: int) -> No
     from quilt3.checksums import SHA256_CHUNKED_HASH_NAME
     from quilt3.util import PhysicalKey
 
-    from pipeline.core.registry import digest_file
+    from pipeline.core.publish.registry import digest_file
 
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))

@@ -11,8 +11,8 @@ from clean_inputs import inside, row, synthetic_rows, write_inputs
 from PIL import Image
 
 from pipeline import report as report_command
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
 from pipeline.stages.split import report
 from pipeline.stages.split import stage as split
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.params import load_params
-from pipeline.core.paths import METADATA_RAW, SELECTED
-from pipeline.core.sources import layout
+from pipeline.core.base.params import load_params
+from pipeline.core.base.paths import METADATA_RAW, SELECTED
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages import select
 from pipeline.stages.metadata import stage as metadata

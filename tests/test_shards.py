@@ -15,10 +15,10 @@ import yaml
 from package_inputs import write_inputs
 from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread, write_params  # noqa: F401
 
-from pipeline.core.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.learn.data import decode, read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
-from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.stages import shards
 from pipeline.stages.package import dataset as package
 from pipeline.stages.train import __main__ as train_main

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from s3server import free_port
 
-from pipeline.core import paths
-from pipeline.core.io import read_parquet, write_parquet
-from pipeline.core.sources import layout
+from pipeline.core.base import paths
+from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.mirror.log import max_in_window
 

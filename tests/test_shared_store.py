@@ -24,10 +24,10 @@ import yaml
 from download_inputs import write_boxes_and_images
 from s3server import GateProxy, S3Server, aws_env, s3_server  # noqa: F401 - a fixture
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.io import read_parquet
-from pipeline.core.params import RuntimeParams, load_params
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.io import read_parquet
+from pipeline.core.base.params import RuntimeParams, load_params
 from pipeline.mirror import Mirror
 from pipeline.stages.crop import main as crop_main
 from pipeline.stages.download.__main__ import main as download_main

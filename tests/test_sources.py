@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from pipeline.core.errors import UserError
-from pipeline.core.sources import LAYOUTS, SUBSETS, VERSIONS, join_url, layout
+from pipeline.core.base.errors import UserError
+from pipeline.core.net.sources import LAYOUTS, SUBSETS, VERSIONS, join_url, layout
 from pipeline.mirror import Mirror
 
 

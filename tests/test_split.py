@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from clean_inputs import inside, row, synthetic_rows, write_inputs
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
 from pipeline.stages.split import stage as split
 
 LABELS = ("Hamburger", "Sandwich", "Hot dog")

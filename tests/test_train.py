@@ -24,12 +24,12 @@ from trainkit import (  # noqa: F401
 )
 
 from pipeline import lr_find
-from pipeline.core.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.learn import models
 from pipeline.core.learn.data import (CachedBatches, Normalize, StreamedBatches, augment, decode, make_batches,
                                       read_classes, read_split)
 from pipeline.core.learn.device import infer
-from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.loop import Recipe, fine_tune
 from pipeline.stages.train.live import LOGGED, epoch_logger

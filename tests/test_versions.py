@@ -24,7 +24,7 @@ import yaml
 from s3server import isolated_env
 
 from pipeline import demo
-from pipeline.core.params import load_params
+from pipeline.core.base.params import load_params
 from pipeline.mirror import Mirror
 
 pytestmark = pytest.mark.slow
@@ -140,6 +140,16 @@ def test_machine_settings_rerun_nothing_and_change_no_hash(baseline: dict) -> No
     for where, package in ((repo, info), (clone, other)):
         assert user_meta(where, package["model"]["top_hash"])["dataset"] == {"name": DATASET,
                                                                             "top_hash": info["top_hash"]}
+
+
+def test_an_edit_to_the_publishing_code_reruns_only_the_package_stage(baseline: dict) -> None:
+    repo, env = baseline["repo"], baseline["env"]
+    code = repo / "pipeline" / "core" / "publish" / "s3.py"
+    code.write_text(code.read_text() + "\n# an edit\n")
+    try:
+        assert sorted(json.loads(dvc(repo, env, "status", "--json"))) == ["package"]
+    finally:
+        sh(repo, env, "git", "checkout", "--", "pipeline/core/publish/s3.py")
 
 
 def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: dict) -> None:

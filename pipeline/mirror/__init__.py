@@ -12,7 +12,7 @@ or as a process: ``python -m pipeline.mirror --root DIR [--port P]`` (prints its
 URL layout (``m.url`` = ``http://127.0.0.1:PORT``):
 
 - ``/openimages/<official path>`` (``m.base_url``): every metadata file of v4..v7 at the paths in
-  :mod:`pipeline.core.sources`, in the real formats, with the real sample rows mixed in (:mod:`.tables`).
+  :mod:`pipeline.core.net.sources`, in the real formats, with the real sample rows mixed in (:mod:`.tables`).
   HEAD, ``Range`` (206/416), ``If-Range``, ``If-None-Match`` (304), ETag and Last-Modified work.
 - ``/flickr/<server>/<photo>_<secret>_o.<jpg|png>``: the originals named in the image tables'
   OriginalURL, each misbehaving as its fault says (``m.truth``); ``/flickr/photo_unavailable.png``

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from pipeline.core.errors import UserError, run_cli
+from pipeline.core.base.errors import UserError, run_cli
 from pipeline.mirror.server import Mirror
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 from pipeline.mirror import drawing
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -471,7 +471,7 @@ def build(root: Path, spec: Spec, progress: bool = False) -> list[ImageRecord]:
 def _progress(plans: list[_Plan], enabled: bool) -> Iterator[_Plan]:
     if not enabled:
         return iter(plans)
-    from pipeline.core.progress import track  # a bar on a terminal, a line every few seconds in a log
+    from pipeline.core.base.progress import track  # a bar on a terminal, a line every few seconds in a log
 
     return track(plans, "drawing mirror images", "img")
 

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import pandas as pd
 from aiohttp import web
 
-from pipeline.core.errors import UserError
-from pipeline.core.io import write_parquet
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.io import write_parquet
 from pipeline.mirror import dataset, tables
 from pipeline.mirror.drawing import placeholder_png
 

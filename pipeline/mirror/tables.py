@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from pipeline.core.sources import LAYOUTS
+from pipeline.core.net.sources import LAYOUTS
 from pipeline.mirror.dataset import FAULTS, FIXTURES, UPRIGHT, BoxRecord, ImageRecord, display_names
 
 BOX_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",

@@ -43,17 +43,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.groups import connected_groups
-from pipeline.core.imaging import ImageProblem, hamming, load_image
-from pipeline.core.io import read_parquet, write_parquet
-from pipeline.core.locks import stage_lock
-from pipeline.core.params import CleanParams, CropParams, load_params
-from pipeline.core.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
-from pipeline.core.progress import Progress
-from pipeline.core.safe import join_inside
-from pipeline.core.status import CROP_REFUSALS, Crop, Download, Reject
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.images.groups import connected_groups
+from pipeline.core.images.imaging import ImageProblem, hamming, load_image
+from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.base.params import CleanParams, CropParams, load_params
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import join_inside
+from pipeline.core.base.status import CROP_REFUSALS, Crop, Download, Reject
 
 ADDED = ["keep", "reject_reason", "detail", "sha256", "dup_group"]
 

@@ -12,7 +12,7 @@ Orientation convention (Open Images' note on rotated images, tests/fixtures/open
 Box geometry: normalised ``XMin XMax YMin YMax`` (0..1) are widened by ``crop.padding`` times the box's own
 width and height, clamped to the picture and rounded to whole pixels. A crop whose shorter side is under
 ``crop.min_side`` pixels is skipped (``too_small``); one whose longer side is over ``crop.max_side`` is shrunk.
-Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.imaging`).
+Colour is made RGB first (CMYK, palette, alpha on white, 16-bit grey: :mod:`pipeline.core.images.imaging`).
 
 Speed: each photo is read and decoded **once** for all of its boxes (a photo often holds several), by a pool
 of worker processes (``runtime.crop_processes``, 0 = every core) or a Dask cluster (``runtime.engine: dask``,
@@ -22,11 +22,11 @@ also take its perceptual hash, which the clean stage compares with Flickr's plac
 
 Output (``docs/architecture.md``): ``data/crops/<label_dirname>/<ImageID>_<BoxIndex>.jpg`` and
 ``data/crops/manifest.parquet`` with one row per selected box. The folder is built aside and swapped in whole
-(:func:`pipeline.core.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
+(:func:`pipeline.core.base.io.replace_dir`): readers never see half of it, a crash leaves the old one, and it never
 holds a crop from an earlier run's boxes or params.
 
 With ``runtime.store`` (an object store that other workspaces' runs share at the same time) the photos are
-read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.store`) and the workers put
+read from ``<store>/images/<md5>.<ext>`` (named by content, :mod:`pipeline.core.compute.store`) and the workers put
 the crops in this run's own folder ``<store>/crops/<machine>.<pid>.<random>``, which the stage copies into
 ``data/crops`` and then removes; a run killed before that leaves its folder to the next run on its machine.
 No run ever empties ``<store>/crops`` or touches another live run's folder.
@@ -45,17 +45,18 @@ from typing import NamedTuple
 import pandas as pd
 from PIL import Image
 
-from pipeline.core import paths, store
-from pipeline.core.engine import Engine, open_engine
-from pipeline.core.errors import PipelineFailure, UserError, run_cli
-from pipeline.core.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
-from pipeline.core.io import read_parquet, replace_dir, write_parquet
-from pipeline.core.locks import stage_lock
-from pipeline.core.machine import processes
-from pipeline.core.params import CropParams, RuntimeParams, load_params
-from pipeline.core.progress import Progress
-from pipeline.core.safe import is_image_id, join_inside, label_dirname
-from pipeline.core.status import KEPT_ON_DISK, Crop
+from pipeline.core.base import paths
+from pipeline.core.compute import store
+from pipeline.core.compute.engine import Engine, open_engine
+from pipeline.core.base.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
+from pipeline.core.base.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.compute.machine import processes
+from pipeline.core.base.params import CropParams, RuntimeParams, load_params
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.status import KEPT_ON_DISK, Crop
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
 COLUMNS = ["ImageID", "Subset", "BoxIndex", "Label", "LabelName", "download_status", "crop_path",
@@ -182,7 +183,7 @@ def crop_chunk(tasks: Sequence[ImageTask], params: CropParams) -> list[ImageResu
 
 
 def _crop_task(params: CropParams, tasks: Sequence[ImageTask], emit: Callable[[object], None]) -> list[ImageResult]:
-    """:func:`crop_chunk` as a task of :class:`pipeline.core.engine.Engine` (one chunk is a few seconds of work:
+    """:func:`crop_chunk` as a task of :class:`pipeline.core.compute.engine.Engine` (one chunk is a few seconds of work:
     its result is the progress, no message needed)."""
     return crop_chunk(tasks, params)
 
@@ -233,7 +234,7 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
 
 def _photo_finder(images: Path | str) -> Callable[[object, object], str]:
     """(manifest path, md5) -> where the photo is ('' when it is not there): in a folder by its path, or in an
-    object store (``runtime.store``) by its content's name (:func:`pipeline.core.store.photo_name`), one
+    object store (``runtime.store``) by its content's name (:func:`pipeline.core.compute.store.photo_name`), one
     listing of which answers for every photo."""
     if isinstance(images, str) and store.is_remote(images):
         listed = store.sizes(images)
@@ -301,7 +302,7 @@ def _crops_folder(store_url: str, new: Path) -> Iterator[str]:
     """Where the workers put the crops: ``new`` (the folder that becomes data/crops), or with an object store
     this run's own folder there, ``<store>/crops/<run>``, removed once the crops are copied home. Other runs
     share the store and crop at the same time: none ever empties ``<store>/crops``, or a folder of another
-    live run (:func:`pipeline.core.store.run_folder`)."""
+    live run (:func:`pipeline.core.compute.store.run_folder`)."""
     if not store_url:
         yield str(new.absolute())
         return

@@ -21,16 +21,16 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.io import replace_dir, save_figure, write_csv, write_json, write_text
-from pipeline.core.locks import stage_lock
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import replace_dir, save_figure, write_csv, write_json, write_text
+from pipeline.core.base.locks import stage_lock
 from pipeline.core.learn.data import Classes, Normalize, Split, decode, make_batches, read_split
 from pipeline.core.learn.device import pick_device, predict_logits, to_device
 from pipeline.core.learn.explain import gradcam
 from pipeline.core.learn.models import gradcam_layer, load_checkpoint
-from pipeline.core.machine import loader_workers
-from pipeline.core.params import RuntimeParams, load_params
+from pipeline.core.compute.machine import loader_workers
+from pipeline.core.base.params import RuntimeParams, load_params
 
 EVAL_METRICS = paths.METRICS_DIR / "eval.json"
 CONFUSION_CSV = paths.PLOTS_DIR / "confusion.csv"

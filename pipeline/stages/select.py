@@ -7,7 +7,7 @@ Rules, applied in this order:
 2. With ``select.include_subclasses`` a label also takes the boxes of its subclasses in the hierarchy.
    Overlap rule: a box whose MID several requested labels reach goes to the most specific one (the box's
    own MID if requested, else the nearest requested ancestor; a tie goes to the label listed first), so
-   a box never gets two labels (see :mod:`pipeline.core.labels`).
+   a box never gets two labels (see :mod:`pipeline.core.net.labels`).
 3. ``exclude_group_of/_depiction/_occluded/_truncated`` drop boxes whose flag is 1; 0 and -1 (unknown)
    are kept. ``min_box_area`` drops boxes smaller than that fraction of the image.
 4. ``limit_per_label`` keeps at most that many boxes per label, drawn with ``seed`` mixed with the
@@ -38,14 +38,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.errors import UserError, run_cli
-from pipeline.core.io import open_parquet, write_parquet
-from pipeline.core.labels import ClassList, Hierarchy, assign
-from pipeline.core.locks import locked
-from pipeline.core.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
-from pipeline.core.params import SelectParams, load_params
-from pipeline.core.safe import IMAGE_ID_PATTERN
-from pipeline.core.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
+from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.io import open_parquet, write_parquet
+from pipeline.core.net.labels import ClassList, Hierarchy, assign
+from pipeline.core.base.locks import locked
+from pipeline.core.net.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
+from pipeline.core.base.params import SelectParams, load_params
+from pipeline.core.base.safe import IMAGE_ID_PATTERN
+from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
 IMAGE_COLUMNS = ["OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title",
                  "OriginalSize", "OriginalMD5", "Rotation"]

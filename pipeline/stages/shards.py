@@ -18,13 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.io import replace_dir, write_json
-from pipeline.core.locks import stage_lock
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.io import replace_dir, write_json
+from pipeline.core.base.locks import stage_lock
 from pipeline.core.learn.data import read_classes, read_split
 from pipeline.core.learn.shards import INDEX_NAME, ShardIndex, write_split_shards
-from pipeline.core.params import ShardsParams, load_params
+from pipeline.core.base.params import ShardsParams, load_params
 
 
 def write_shards(splits_dir: Path, out: Path, params: ShardsParams) -> ShardIndex:

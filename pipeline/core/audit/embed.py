@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.core.io import atomic_path
+from pipeline.core.base.io import atomic_path
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from pipeline.core.learn.data import Normalize

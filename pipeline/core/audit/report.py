@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.core.audit.ledger import DECISIONS, ISSUES, QUALITY
-from pipeline.core.io import atomic_path, write_text
+from pipeline.core.base.io import atomic_path, write_text
 
 TILE = 112
 CAPTION = 30

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.core.errors import UserError
-from pipeline.core.paths import IMAGE_SUFFIXES
-from pipeline.core.progress import Progress
-from pipeline.core.safe import printable
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.paths import IMAGE_SUFFIXES
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import printable
 
 #: name of the ``{label_dirname: display name}`` file in the splits folder
 LABELS_FILE = "labels.json"

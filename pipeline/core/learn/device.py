@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 from pipeline.core.learn.data import Batch, Normalize
 
 

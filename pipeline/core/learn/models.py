@@ -18,9 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path
-from pipeline.core.params import MAX_IMG_SIZE, MIN_IMG_SIZE
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.io import atomic_path
+from pipeline.core.base.params import MAX_IMG_SIZE, MIN_IMG_SIZE
 
 ARCHS = ("mobilenet_v2", "resnet18", "resnet50")
 #: torchvision's ImageNet statistics: every pretrained backbone here expects inputs normalised by them

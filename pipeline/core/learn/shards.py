@@ -31,9 +31,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 from pipeline.core.learn.data import Batch, Classes, Split, decode, num_batches
-from pipeline.core.progress import Progress
+from pipeline.core.base.progress import Progress
 
 #: the index beside the shards
 INDEX_NAME = "index.json"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.core import paths
+from pipeline.core.base import paths
 from pipeline.core.audit.ledger import audit
 from pipeline.core.audit.report import write_report
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.io import read_parquet, replace_dir, write_json, write_parquet
-from pipeline.core.params import Params
-from pipeline.core.safe import join_inside
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
+from pipeline.core.base.params import Params
+from pipeline.core.base.safe import join_inside
 
 KEYS = ["ImageID", "BoxIndex", "Label", "crop_path"]
 

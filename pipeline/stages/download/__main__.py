@@ -5,9 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.params import load_params
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.params import load_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.io import write_parquet
-from pipeline.core.safe import is_image_id
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.safe import is_image_id
 from pipeline.stages.download.shards import MANIFEST_SCHEMA, manifest_table
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 

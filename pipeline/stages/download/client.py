@@ -3,7 +3,7 @@
 asyncio + aiohttp rather than a thread pool of ``requests``: on this project's 2-core machines a thread pool
 tops out near 220 images/s (the GIL), while one event loop keeps hundreds of requests in flight. What is
 retried, how long to wait, the deadline, the minimum-progress rule, the size cap and the user agent come
-from :mod:`pipeline.core.http`; 403/404/410 are answers about the photo, recorded and never retried.
+from :mod:`pipeline.core.net.http`; 403/404/410 are answers about the photo, recorded and never retried.
 Every attempt, retries included, waits for the shared :class:`~.ratelimit.RateLimiter`.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from pipeline.core.http import (FINAL_STATUSES, MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard,
+from pipeline.core.net.http import (FINAL_STATUSES, MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard,
                                 TooSlow, is_retryable, parse_retry_after)
-from pipeline.core.safe import is_http_url
-from pipeline.core.status import Download
+from pipeline.core.base.safe import is_http_url
+from pipeline.core.base.status import Download
 from pipeline.stages.download.ratelimit import RateLimiter
 
 _CHUNK = 1 << 16

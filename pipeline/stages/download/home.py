@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core.progress import Progress
+from pipeline.core.base.progress import Progress
 from pipeline.stages.download import shards
 from pipeline.stages.download.shards import Image
 from pipeline.stages.download.writer import Journals
@@ -26,7 +26,7 @@ Plan = list[tuple[shards.Shard, list[Record], list[Image]]]
 
 
 class Home:
-    """``on_message`` and ``on_result`` for :meth:`pipeline.core.engine.Engine.run` over a download plan
+    """``on_message`` and ``on_result`` for :meth:`pipeline.core.compute.engine.Engine.run` over a download plan
     (``(shard, records kept from earlier runs, images still to fetch)`` per shard, shard ``i`` at place ``i``)."""
 
     def __init__(self, plan: Plan, shards_dir: Path, bar: Progress, journal_here: bool) -> None:

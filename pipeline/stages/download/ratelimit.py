@@ -1,7 +1,7 @@
 """The download's side of the request rate: which board a run books on (:func:`rate_key`), and the limiter
 every request of a process awaits (:class:`RateLimiter`). The boards and their rule are
-:mod:`pipeline.core.rate` (this machine) and :mod:`pipeline.core.rate_cluster` (a Dask scheduler); the engine
-hands the stage the right one (:meth:`pipeline.core.engine.Engine.rate_board`).
+:mod:`pipeline.core.net.rate` (this machine) and :mod:`pipeline.core.net.rate_cluster` (a Dask scheduler); the engine
+hands the stage the right one (:meth:`pipeline.core.compute.engine.Engine.rate_board`).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 from urllib.parse import urlsplit
 
-from pipeline.core.rate import Board, HeldBoard, LocalBoard
-from pipeline.core.safe import is_http_url
+from pipeline.core.net.rate import Board, HeldBoard, LocalBoard
+from pipeline.core.base.safe import is_http_url
 
 #: the image server of a run is judged from this many of its URLs (its first, in ImageID order)
 KEY_SAMPLE = 1000

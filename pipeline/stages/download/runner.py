@@ -1,9 +1,9 @@
 """Download one shard: ``run_shard(rows, settings, images) -> manifest part``, and :func:`shard_task`, the same as
-a task of :mod:`pipeline.core.engine` (this process, a local pool, or a Dask cluster).
+a task of :mod:`pipeline.core.compute.engine` (this process, a local pool, or a Dask cluster).
 
 ``run_shard`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
 map it over shards. ``images`` is where the photos go: a folder (an absolute path, for workers elsewhere) or
-an object store URL (:mod:`pipeline.core.store`). Each finished image's record goes to ``on_record`` at once
+an object store URL (:mod:`pipeline.core.compute.store`). Each finished image's record goes to ``on_record`` at once
 (the engine sends it home, where the stage appends it to the shard's journal and moves the progress bar).
 
 Inside a shard, ``settings.connections`` coroutines share one aiohttp session and one rate limiter, whose
@@ -20,12 +20,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core import store
-from pipeline.core.http import HttpPolicy
-from pipeline.core.params import Params
-from pipeline.core.rate import Board, HeldBoard
-from pipeline.core.safe import is_http_url, public_url
-from pipeline.core.status import Download
+from pipeline.core.compute import store
+from pipeline.core.net.http import HttpPolicy
+from pipeline.core.base.params import Params
+from pipeline.core.net.rate import Board, HeldBoard
+from pipeline.core.base.safe import is_http_url
+from pipeline.core.base.redact import public_url
+from pipeline.core.base.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
 from pipeline.stages.download.shards import Image, journal_path, manifest_table
@@ -45,7 +46,7 @@ class ShardSettings:
 
     @classmethod
     def from_params(cls, params: Params) -> ShardSettings:
-        return cls(HttpPolicy.for_images(params), params.download.rate, params.runtime.connections)
+        return cls(HttpPolicy.for_images(params.runtime, params.download.max_bytes), params.download.rate, params.runtime.connections)
 
 
 def run_shard(rows: Sequence[Image], settings: ShardSettings, images_dir: Path | str, journal: Path | None = None, *,
@@ -91,7 +92,7 @@ class ShardContext:
 
 
 def shard_task(context: ShardContext, job: tuple[int, Sequence[Image]], emit: Callable[[Any], None]) -> pa.Table:
-    """One shard as a task of :class:`pipeline.core.engine.Engine`: ``job`` is ``(shard index, rows)``; each
+    """One shard as a task of :class:`pipeline.core.compute.engine.Engine`: ``job`` is ``(shard index, rows)``; each
     record is emitted as ``{"shard": index, "record": record}``."""
     index, rows = job
     limiter = RateLimiter(context.settings.rate, context.board)
@@ -136,7 +137,7 @@ def _settle(row: Image, fetched: Fetched, images_dir: str) -> Verdict | None:
     """Verify the body (if any) and make the folder match: the body under its name, or no file at all.
 
     In an object store, which other runs share, the body is put under its content's name
-    (:func:`pipeline.core.store.photo_name`) and nothing is ever removed: the same name always holds the same
+    (:func:`pipeline.core.compute.store.photo_name`) and nothing is ever removed: the same name always holds the same
     bytes, so no run can overwrite or delete a photo another run's manifest vouches for."""
     verdict = None if fetched.body is None else verify(
         fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)

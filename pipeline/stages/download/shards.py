@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import store
-from pipeline.core.io import write_parquet
-from pipeline.core.safe import public_url
-from pipeline.core.status import KEPT_ON_DISK, RETRIED_ON_RERUN
+from pipeline.core.compute import store
+from pipeline.core.base.io import write_parquet
+from pipeline.core.base.redact import public_url
+from pipeline.core.base.status import KEPT_ON_DISK, RETRIED_ON_RERUN
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 from pipeline.stages.download.writer import read_journal
 

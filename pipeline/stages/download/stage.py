@@ -5,7 +5,7 @@ or ``kill -9``) skips every image whose answer is already recorded and fetches o
 
 With ``runtime.store`` the photos go to ``<store>/images`` instead, named by their content, where other
 workspaces' runs put theirs at the same time: this stage never removes anything there, and a re-run finds
-what it has from its records and one listing (:mod:`pipeline.core.store` argues the layout).
+what it has from its records and one listing (:mod:`pipeline.core.compute.store` argues the layout).
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core import paths, store
-from pipeline.core.engine import Engine, open_engine
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.io import read_table, sweep_temporaries
-from pipeline.core.locks import locked
-from pipeline.core.machine import processes
-from pipeline.core.params import Params, SourceParams
-from pipeline.core.progress import Progress
-from pipeline.core.safe import is_image_id
-from pipeline.core.sources import SUBSETS, join_url
+from pipeline.core.base import paths
+from pipeline.core.compute import store
+from pipeline.core.compute.engine import Engine, open_engine
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.io import read_table, sweep_temporaries
+from pipeline.core.base.locks import locked
+from pipeline.core.compute.machine import processes
+from pipeline.core.base.params import Params, SourceParams
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import is_image_id
+from pipeline.core.net.sources import SUBSETS, join_url
 from pipeline.stages.download import aside, shards
 from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task
@@ -93,7 +94,7 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
         manifest = shards.finish(shards_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
         if listed is None:  # a folder: what killed workers left goes, what is no longer selected is set aside
             _tidy(Path(photos), manifest, known)
-        # an object store is never tidied: other runs share it, and its names are contents (core/store.py)
+        # an object store is never tidied: other runs share it, and its names are contents (core/compute/store.py)
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
     if tried and all(record["status"] == "failed" for record in tried):
@@ -129,7 +130,7 @@ def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: ShardS
     single event loop spends a whole core on 700 images/s, so a second one on a second core is what a higher
     rate needs. Or on a Dask cluster (``runtime.engine: dask``). Each shard is a task of its own, so a process
     that runs out of work takes the next shard, and every process asks the board the engine hands out for the
-    key (this machine's, or the scheduler's: :meth:`~pipeline.core.engine.Engine.rate_board`), which every
+    key (this machine's, or the scheduler's: :meth:`~pipeline.core.compute.engine.Engine.rate_board`), which every
     other run with that key asks too, so the rate holds for all of them together.
     """
     urls = (image.url for _, rows in jobs for image in rows)

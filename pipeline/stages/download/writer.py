@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.core.io import write_bytes
+from pipeline.core.base.io import write_bytes
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 
 
 def image_path(images_dir: Path, image_id: str, ext: str) -> Path:
-    """``<images_dir>/<ImageID>.<ext>``; ``image_id`` must already be validated (``pipeline.core.safe``)."""
+    """``<images_dir>/<ImageID>.<ext>``; ``image_id`` must already be validated (``pipeline.core.base.safe``)."""
     return images_dir / f"{image_id}.{ext}"
 
 

@@ -40,10 +40,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.io import atomic_path, replace_dir
-from pipeline.core.safe import IMAGE_ID_PATTERN
-from pipeline.core.metadata_cache import (BOX_SCHEMA, CLASS_SCHEMA, CODES, COORDS, F32, FLAGS, I8, IMAGE_COLUMNS,
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.base.io import atomic_path, replace_dir
+from pipeline.core.base.safe import IMAGE_ID_PATTERN
+from pipeline.core.net.metadata_cache import (BOX_SCHEMA, CLASS_SCHEMA, CODES, COORDS, F32, FLAGS, I8, IMAGE_COLUMNS,
                                           IMAGE_SCHEMA, PART_FILE, PARTITION, STR, partition_dir)
 
 #: columns kept from the box CSVs (13-column V4/V5 and 21-column V6 files alike), with their types

@@ -23,16 +23,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.http import HttpPolicy
-from pipeline.core.io import atomic_path, write_parquet
-from pipeline.core.labels import ClassList
-from pipeline.core.locks import locked
-from pipeline.core.params import Params, load_params
-from pipeline.core.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.net.http import HttpPolicy
+from pipeline.core.base.io import atomic_path, write_parquet
+from pipeline.core.net.labels import ClassList
+from pipeline.core.base.locks import locked
+from pipeline.core.base.params import Params, load_params
+from pipeline.core.base.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
                                  METADATA_REJECTED, METADATA_STAMP)
-from pipeline.core.safe import public_url
-from pipeline.core.sources import Layout, join_url, layout
+from pipeline.core.base.redact import public_url
+from pipeline.core.net.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert
 from pipeline.stages.metadata.transfer import fetch, new_session
 
@@ -154,7 +154,7 @@ def run(params: Params) -> None:
     version, base_url, subsets, labels = source.version, source.base_url, source.subsets, params.labels
     lay: Layout = layout(version)
     print(f"metadata {version} from {public_url(base_url)} (subsets: {', '.join(subsets)})")
-    downloader = Downloader(base_url, METADATA_RAW, HttpPolicy.for_metadata(params))
+    downloader = Downloader(base_url, METADATA_RAW, HttpPolicy.for_metadata(params.runtime, params.metadata.max_bytes))
     stamps = Stamps(METADATA_STAMP)
     classes_raw = downloader.get(lay.classes, cap=SMALL_FILE_CAP)
     hierarchy_raw = downloader.get(lay.hierarchy, cap=SMALL_FILE_CAP)

@@ -10,7 +10,7 @@ Content-Range) is ``.part`` renamed to ``dest``, so ``dest`` existing means "com
 announces no length gets the body only up to the size cap, and a body cut there is refused, never kept.
 
 Retries, backoff, Retry-After, the deadline, the minimum-progress rule, the size cap and the user agent are
-:mod:`pipeline.core.http`'s; an attempt that made progress resumes at once without counting as a failure.
+:mod:`pipeline.core.net.http`'s; an attempt that made progress resumes at once without counting as a failure.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from pathlib import Path
 import requests
 import urllib3
 
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.http import (MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.net.http import (MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
                                 is_retryable, parse_retry_after)
-from pipeline.core.progress import Progress
-from pipeline.core.safe import is_http_url, public_url, require_http_url
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import is_http_url, require_http_url
+from pipeline.core.base.redact import public_url
 
 CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError
-from pipeline.core.io import read_table, write_parquet
-from pipeline.core.params import Params
-from pipeline.core.status import Download
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.io import read_table, write_parquet
+from pipeline.core.base.params import Params
+from pipeline.core.base.status import Download
 from pipeline.stages.package.licences import licence_counts
 from pipeline.stages.package.naming import DATASET
 from pipeline.stages.package.provenance import DATASET_PARAMS, DATASET_STAGES, code_version, recorded_params

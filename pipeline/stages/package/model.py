@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError
-from pipeline.core.params import Params
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.params import Params
 from pipeline.stages.package.dataset import read_json_object
 from pipeline.stages.package.naming import MODEL
 from pipeline.stages.package.provenance import MODEL_PARAMS, MODEL_STAGES, code_version, recorded_params

@@ -5,7 +5,7 @@ Without ``package.name`` the dataset is ``openimages/<labels>``: the label set, 
 (``[Hamburger, Sandwich]`` -> ``openimages/hamburger-sandwich``), so ``dvc exp run -S 'labels=[Pizza,"Hot
 dog"]'`` publishes ``openimages/hot-dog-pizza`` and never becomes another dataset's latest. The model
 trained on it is ``<name>-model``; a dataset name never ends in ``-model`` (the grammar and that rule:
-:mod:`pipeline.core.package_names`), so a label set such as ``[Fashion model]`` is published as
+:mod:`pipeline.core.base.package_names`), so a label set such as ``[Fashion model]`` is published as
 ``openimages/fashion-model_dataset``.
 
 Each package records its kind (``"kind": "dataset"`` or ``"model"``) in its metadata, and a version is
@@ -19,8 +19,8 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 
-from pipeline.core.errors import UserError
-from pipeline.core.package_names import MAX_DATASET_PART, MODEL_SUFFIX
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.package_names import MAX_DATASET_PART, MODEL_SUFFIX
 
 OWNER = "openimages"
 DATASET = "dataset"
@@ -43,7 +43,7 @@ def dataset_name(labels: Sequence[str]) -> str:
 
 
 def model_name(dataset: str) -> str:
-    """The model package of ``dataset`` (a name :func:`~pipeline.core.package_names.check_dataset_name` passed)."""
+    """The model package of ``dataset`` (a name :func:`~pipeline.core.base.package_names.check_dataset_name` passed)."""
     return dataset + MODEL_SUFFIX
 
 

@@ -11,7 +11,7 @@ Two packages, so that a dataset version is a function of its inputs alone:
 (``s3://bucket``) both are pushed there; empty, they are built into the local registry
 ``data/quilt-registry``, so nothing touches S3 or the user's home folder. Content identical to a package's
 latest version adds no version, and says so. How objects are stored, and why a failed push leaves nothing
-half registered: :mod:`pipeline.core.registry`.
+half registered: :mod:`pipeline.core.publish.registry`.
 """
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ import shlex
 import shutil
 from collections.abc import Sequence
 
-from pipeline.core import paths
-from pipeline.core.io import atomic_path, read_parquet
-from pipeline.core.locks import stage_lock
-from pipeline.core.params import Params, load_params
-from pipeline.core.errors import UserError
-from pipeline.core.package_names import check_dataset_name
-from pipeline.core.registry import Published, Registry, publish
-from pipeline.core.staging import staging_path, sweep
+from pipeline.core.base import paths
+from pipeline.core.base.io import atomic_path, read_parquet
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.base.params import Params, load_params
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.package_names import check_dataset_name
+from pipeline.core.publish.registry import Published, Registry, publish
+from pipeline.core.base.staging import staging_path, sweep
 from pipeline.stages.package import dataset, model
 from pipeline.stages.package.naming import MODEL, dataset_name, model_name, same_dataset, same_kind
 from pipeline.stages.package.readme import dataset_readme, model_readme

@@ -28,11 +28,11 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.core import paths
-from pipeline.core.io import atomic_path, read_parquet, replace_dir
-from pipeline.core.progress import track
-from pipeline.core.safe import join_inside, label_dirname
-from pipeline.core.status import Reject
+from pipeline.core.base import paths
+from pipeline.core.base.io import atomic_path, read_parquet, replace_dir
+from pipeline.core.base.progress import track
+from pipeline.core.base.safe import join_inside, label_dirname
+from pipeline.core.base.status import Reject
 
 SPLITS = paths.SPLIT_NAMES
 #: the split stage's metrics: what grouping by photographer prevented and cost (written before the report)

@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError
-from pipeline.core.groups import connected_groups
-from pipeline.core.io import read_parquet, replace_dir, write_json, write_parquet
-from pipeline.core.locks import stage_lock
-from pipeline.core.params import SplitParams, load_params
-from pipeline.core.progress import track
-from pipeline.core.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError
+from pipeline.core.images.groups import connected_groups
+from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.base.params import SplitParams, load_params
+from pipeline.core.base.progress import track
+from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
 from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES

@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.core import paths
-from pipeline.core.errors import run_cli
-from pipeline.core.locks import stage_lock
-from pipeline.core.params import load_params
+from pipeline.core.base import paths
+from pipeline.core.base.errors import run_cli
+from pipeline.core.base.locks import stage_lock
+from pipeline.core.base.params import load_params
 from pipeline.stages.train.live import epoch_logger
 from pipeline.stages.train.stage import train, write_outputs
 

@@ -17,16 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-from pipeline.core import paths
-from pipeline.core.errors import UserError
-from pipeline.core.io import replace_dir, save_figure, write_json
+from pipeline.core.base import paths
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.io import replace_dir, save_figure, write_json
 from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Classes, Normalize, Split, augment,
                                       decode, fits_cache, make_batches, read_classes, read_split)
 from pipeline.core.learn.device import pick_device, seed_everything, to_device
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
 from pipeline.core.learn.shards import ShardBatches, matching_shards
-from pipeline.core.machine import loader_workers
-from pipeline.core.params import RuntimeParams, TrainParams
+from pipeline.core.compute.machine import loader_workers
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.stages.train.loop import EpochStats, Recipe, best_epoch, fine_tune
 
 TRAIN_METRICS = paths.METRICS_DIR / "train.json"

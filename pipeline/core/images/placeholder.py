@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 #: md5 (hex) of bodies known to be placeholders: Flickr's photo_unavailable.png (2,051 bytes, 500x374)
 PLACEHOLDER_MD5S = frozenset({"880a7a58e05d3e83797f27573bb6d35c"})
-#: image_phash (pipeline.core.imaging) of the placeholder drawn by pipeline.mirror.drawing.placeholder_png(),
+#: image_phash (pipeline.core.images.imaging) of the placeholder drawn by pipeline.mirror.drawing.placeholder_png(),
 #: a look-alike of Flickr's 500x374 grey photo_unavailable.png (camera icon, "This photo is no longer
 #: available"). Made with: to_rgb(load_image(placeholder_png(), 10**8)) -> image_phash; tests/test_clean.py
 #: recomputes it. With the real file at hand, recompute it the same way and add it here.

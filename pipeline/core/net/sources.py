@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 
 VERSIONS = ("v4", "v5", "v6", "v7")
 SUBSETS = ("train", "validation", "test")

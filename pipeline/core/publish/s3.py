@@ -4,8 +4,8 @@ Nothing here configures credentials or endpoints: boto3 (and so quilt3 and DVC's
 ``AWS_PROFILE``, ``~/.aws/config``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` and, for MinIO or any
 other S3-compatible store, ``AWS_ENDPOINT_URL_S3`` (see docs/s3.md). This module only checks S3 URLs and
 turns botocore's exceptions, whose text can be long and server-controlled, into
-:class:`~pipeline.core.errors.UserError` (fixable: bucket, credentials) or
-:class:`~pipeline.core.errors.PipelineFailure` (the server is down or failing).
+:class:`~pipeline.core.base.errors.UserError` (fixable: bucket, credentials) or
+:class:`~pipeline.core.base.errors.PipelineFailure` (the server is down or failing).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import boto3  # noqa: E402
 import botocore.exceptions  # noqa: E402
 from boto3.s3.transfer import TransferConfig, create_transfer_manager  # noqa: E402
 
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.progress import track
-from pipeline.core.safe import public_url
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.progress import track
+from pipeline.core.base.redact import public_url
 
 # AWS's bucket naming rules, loosely (S3-compatible stores allow a little more, never '/' or spaces).
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")

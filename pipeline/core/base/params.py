@@ -10,7 +10,7 @@ Two kinds of settings (docs/architecture.md):
 
 DVC's convention is that every stage reads ``params.yaml`` from the working directory. The whole file is
 validated on every read: an unknown key (``select.limt_per_label``), a key given twice, a value of the wrong
-type, NaN or infinity, a URL that is not http(s): each is one :class:`~pipeline.core.errors.UserError`
+type, NaN or infinity, a URL that is not http(s): each is one :class:`~pipeline.core.base.errors.UserError`
 naming the key, or the command-line flag when the value came from one. An empty value (``registry:``)
 means the default.
 """
@@ -23,9 +23,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.core.errors import UserError
-from pipeline.core.package_names import check_dataset_name
-from pipeline.core.safe import check_http_url, public_url
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.package_names import check_dataset_name
+from pipeline.core.base.safe import check_http_url
+from pipeline.core.base.redact import public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
@@ -64,7 +65,7 @@ def check_rate_key(key: str) -> str:
 def check_store_url(store: str) -> str:
     """Empty (data/ here, or a shared file system at the same path everywhere), or an object store that every
     process and machine reaches and that shows an object only whole (``SHARED_STORES``): the workers put
-    photos and crops there and the stage, other workers and other runs read them (pipeline.core.store).
+    photos and crops there and the stage, other workers and other runs read them (pipeline.core.compute.store).
     Anything else is refused with a line saying why: ``memory://`` lives in one process (the stage would find
     none of its workers' photos), a plain folder (``file://``) is what the empty value is for, http is
     read-only, and other file systems (sftp, hdfs...) are one machine's disk or show files half written."""
@@ -264,7 +265,7 @@ class EvaluateParams(Section):
 
 
 def _package_name(name: str) -> str:
-    """Empty (derive it from the labels) or a dataset's owner/name (:mod:`pipeline.core.package_names`)."""
+    """Empty (derive it from the labels) or a dataset's owner/name (:mod:`pipeline.core.base.package_names`)."""
     return check_dataset_name(name) if name else name
 
 

@@ -1,5 +1,5 @@
 """One request rate for every run that shares a server: the slot rule, the allowance, and the boards of one process
-and of one machine (the board of a Dask scheduler is :mod:`pipeline.core.rate_cluster`).
+and of one machine (the board of a Dask scheduler is :mod:`pipeline.core.net.rate_cluster`).
 
 **The rule.** A *board* holds one number, the earliest time the next request may go (the next free slot); each
 grant moves it on by one interval. A caller whose slot has not come sleeps until it should have and asks again;
@@ -55,7 +55,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.core.errors import PipelineFailure, UserError
+from pipeline.core.base.errors import PipelineFailure, UserError
 
 #: A late wake-up may start the next interval this much (as a fraction of the interval) before the
 #: moment it actually woke, to win back timer overshoot (~1 ms per sleep would cost 2% at 20/s).

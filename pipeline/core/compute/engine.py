@@ -8,7 +8,7 @@ journal a re-run resumes from and the one progress bar are written here, whichev
 Messages are best-effort (the last few of a task may arrive after its result, or not at all when a worker
 dies); the result is what counts, so ``on_result`` is told as soon as each job is done.
 ``engine.rate_board(key, rate)`` hands a stage the request-rate board its tasks share with every other run
-that names the same key (:mod:`pipeline.core.rate`): this machine's for the local engines, the scheduler's for
+that names the same key (:mod:`pipeline.core.net.rate`): this machine's for the local engines, the scheduler's for
 Dask, so a stage never needs to know which engine it runs on.
 
 - ``inline`` (``runtime.engine: local`` with one process): a plain loop, nothing to start.
@@ -39,15 +39,15 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.machine import die_with_parent, usable_cores
-from pipeline.core.rate import Board, HeldBoard, machine_board
-from pipeline.core.safe import public_url
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.compute.machine import die_with_parent, usable_cores
+from pipeline.core.net.rate import Board, HeldBoard, machine_board
+from pipeline.core.base.redact import public_url
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
     from distributed import Client
 
-    from pipeline.core.params import RuntimeParams
+    from pipeline.core.base.params import RuntimeParams
 
 Emit = Callable[[Any], None]
 Task = Callable[[Any, Any, Emit], Any]
@@ -78,7 +78,7 @@ class Engine(ABC):
 
     @contextmanager
     def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
-        """The request-rate board (:mod:`pipeline.core.rate`) this engine's tasks share with every run that
+        """The request-rate board (:mod:`pipeline.core.net.rate`) this engine's tasks share with every run that
         names the same ``key``, joined by this run at ``rate`` (> 0) requests/s while the block runs; it
         travels to the tasks in their ``context``. Here: this machine's board, which every process of this
         user on this machine shares (an engine whose tasks run elsewhere keeps its board elsewhere)."""
@@ -241,7 +241,7 @@ class DaskEngine(Engine):
 
     @contextmanager
     def rate_board(self, key: str, rate: float) -> Iterator[Board | HeldBoard]:
-        """The scheduler's board for ``key`` (:mod:`pipeline.core.rate_cluster`), which every run on this
+        """The scheduler's board for ``key`` (:mod:`pipeline.core.net.rate_cluster`), which every run on this
         scheduler shares: the workers may be on other machines, whose clocks and files are not this one's. A
         LocalCluster started by this run has its workers here and no other run on its scheduler, so it takes
         this machine's board instead, shared with the other runs of the machine."""
@@ -249,7 +249,7 @@ class DaskEngine(Engine):
             with super().rate_board(key, rate) as board:
                 yield board
             return
-        from pipeline.core.rate_cluster import cluster_board  # imports distributed
+        from pipeline.core.net.rate_cluster import cluster_board  # imports distributed
 
         with cluster_board(self.client, key, rate) as board:
             yield board

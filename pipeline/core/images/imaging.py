@@ -32,7 +32,7 @@ import numpy as np
 import scipy.fftpack  # noqa: F401  imagehash.phash imports it lazily (~0.3 s); here, forked workers inherit it
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core.status import Crop
+from pipeline.core.base.status import Crop
 
 #: Pillow format names we are willing to parse (the download stage keeps jpg, png, gif, webp)
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # JPEG covers multi-picture (MPO) camera files too

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from pipeline.core import paths
-from pipeline.core.errors import PipelineFailure
+from pipeline.core.base import paths
+from pipeline.core.base.errors import PipelineFailure
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,6 +1,6 @@
 """One registration at a time per package name in a registry that runs which do not know each other share.
 
-Why a lock at all, and what it covers: see :mod:`pipeline.core.registry`. Two kinds, one per place:
+Why a lock at all, and what it covers: see :mod:`pipeline.core.publish.registry`. Two kinds, one per place:
 
 - **A local registry folder**: ``flock`` on ``<registry>/.pipeline/locks/<name>.lock``. The kernel releases
   it when its holder ends, even by ``kill -9``, so it can never be left stuck.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from pipeline.core.errors import PipelineFailure
-from pipeline.core.locks import file_lock
-from pipeline.core.s3 import error_code, put_new, replace_if
+from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.base.locks import file_lock
+from pipeline.core.publish.s3 import error_code, put_new, replace_if
 
 #: where the locks live, in a registry folder and in a bucket (never a package name: those start with a letter or digit)
 LOCKS = ".pipeline/locks"

@@ -5,7 +5,7 @@ that any number of runs share.
   one machine, this working directory must then be on a file system every worker mounts **at the same
   path** (NFS, Lustre, EFS, a Kubernetes ReadWriteMany volume); workers are handed absolute paths.
 - An object store's URL (``s3://bucket/prefix``, ``gs://...``, ``az://...``: the protocols
-  :func:`pipeline.core.params.check_store_url` accepts): one ``put`` per file (an object store never shows
+  :func:`pipeline.core.base.params.check_store_url` accepts): one ``put`` per file (an object store never shows
   half an object, so a killed worker leaves no partial file). The manifests, the shards and the DVC outputs
   stay where the stages expect them: the download's manifest in ``data/images``, and the crops are copied
   into ``data/crops`` once they are all made (clean, split and train read them there). The photos, the bulk,
@@ -32,7 +32,7 @@ read:
 - **Crops are one run's scratch**: made in ``<store>/crops/<run>``, ``<run>`` being
   ``<machine>.<pid>.<random>`` (:func:`run_name`), copied into ``data/crops``, then removed by that run
   (:func:`run_folder`). A run killed before removing its folder leaves it; the next crop run on the same
-  machine removes the folders of that machine whose process is gone (as :mod:`pipeline.core.staging` does
+  machine removes the folders of that machine whose process is gone (as :mod:`pipeline.core.base.staging` does
   for local folders), and never one of another machine, whose processes it cannot see. ``<machine>`` is the
   host name with a tag of the kernel's boot id and pid namespace: two containers with one host name (each
   its own pids) or two machines both called ``localhost`` are never taken for one. Nothing ever empties
@@ -57,9 +57,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.safe import public_url
-from pipeline.core.staging import alive
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.redact import public_url
+from pipeline.core.base.staging import alive
 
 IMAGES, CROPS = "images", "crops"
 _MD5 = re.compile(r"[0-9a-f]{32}")

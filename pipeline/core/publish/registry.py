@@ -44,7 +44,7 @@ that only one of them should. So:
 - objects and manifests need no coordination: both are named by their content (an object by its SHA-256, a
   manifest by its top hash), so two runs writing one write the same bytes, atomically (a rename into place,
   or one S3 PUT), and a manifest no pointer names is not a version;
-- registering is done under a lock per package name in the registry (:mod:`pipeline.core.registry_lock`:
+- registering is done under a lock per package name in the registry (:mod:`pipeline.core.publish.registry_lock`:
   ``flock`` in a local registry; on S3 a lock object created only if absent, with a lease, so a killed
   holder cannot leave it stuck). Under it the latest version is read again, the checks run again if another
   run registered one since, and then the pointer and ``latest`` are written. It is held for a few small
@@ -79,14 +79,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from pipeline.core.errors import PipelineFailure, UserError
-from pipeline.core.io import atomic_path
-from pipeline.core.package_names import check_package_name
-from pipeline.core.progress import track
-from pipeline.core.registry_lock import local_lock, s3_lock
-from pipeline.core.s3 import (bucket_url, check_bucket, error_code, existing_sizes, put_new, translate,
+from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.io import atomic_path
+from pipeline.core.base.package_names import check_package_name
+from pipeline.core.base.progress import track
+from pipeline.core.publish.registry_lock import local_lock, s3_lock
+from pipeline.core.publish.s3 import (bucket_url, check_bucket, error_code, existing_sizes, put_new, translate,
                               upload_files)
-from pipeline.core.staging import staging_path, sweep
+from pipeline.core.base.staging import staging_path, sweep
 
 if TYPE_CHECKING:
     import quilt3
@@ -115,7 +115,7 @@ def _quilt3() -> ModuleType:
 
 
 def check_name(name: str, what: str = "package name") -> str:
-    """``name`` when it follows the package-name grammar (:mod:`pipeline.core.package_names`), else a
+    """``name`` when it follows the package-name grammar (:mod:`pipeline.core.base.package_names`), else a
     one-line :class:`UserError` naming ``what``."""
     try:
         return check_package_name(name)
@@ -309,7 +309,7 @@ def _check_access(registry: Registry) -> None:
 
 def _sweep_local(registry: Registry, name: str) -> None:
     """What killed runs left: half-copied objects (``.<object>.<pid>.tmp``, see
-    :func:`pipeline.core.io.atomic_path`) and half-written registry files (:func:`_local_tmp`)."""
+    :func:`pipeline.core.base.io.atomic_path`) and half-written registry files (:func:`_local_tmp`)."""
     for folder in (registry.local_path / name / "objects", registry.local_path / _LOCAL_TMP):
         sweep(folder, "tmp")
 
@@ -449,7 +449,7 @@ def _store_objects(registry: Registry, name: str, files: Mapping[str, Path], dig
 
 @contextmanager
 def _publish_lock(registry: Registry, name: str) -> Iterator[Callable[[], None]]:
-    """Hold the registry's lock of ``name`` (:mod:`pipeline.core.registry_lock`); yields the check to run
+    """Hold the registry's lock of ``name`` (:mod:`pipeline.core.publish.registry_lock`); yields the check to run
     before each registering write (an S3 lease can run out; a held ``flock`` cannot)."""
     if registry.is_s3:
         with s3_lock(_s3_client(), urlsplit(registry.url).netloc, name, registry.shown) as lease:

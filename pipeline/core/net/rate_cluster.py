@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from pipeline.core.errors import UserError
-from pipeline.core.rate import board_interval, book_slot
+from pipeline.core.base.errors import UserError
+from pipeline.core.net.rate import board_interval, book_slot
 
 if TYPE_CHECKING:
     from distributed import Client, Scheduler

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import UserError
+from pipeline.core.base.errors import UserError
 
 
 def _key(name: str) -> str:
@@ -48,7 +48,7 @@ class ClassList:
     @classmethod
     def load(cls, path: Path) -> ClassList:
         """Read ``classes.parquet`` as written by the metadata stage."""
-        from pipeline.core.io import open_parquet
+        from pipeline.core.base.io import open_parquet
 
         if not path.exists():
             raise UserError(f"{path} not found: run `python -m pipeline.stages.metadata` first")

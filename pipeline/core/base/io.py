@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.errors import UserError
-from pipeline.core.staging import staging_path, sweep
+from pipeline.core.base.errors import UserError
+from pipeline.core.base.staging import staging_path, sweep
 
 if TYPE_CHECKING:  # pandas and matplotlib are imported only when used: they cost ~0.3 s each at start-up
     import pandas as pd
