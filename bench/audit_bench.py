@@ -125,7 +125,7 @@ def one_setting(noise: float, seed: int, args: argparse.Namespace, files: list[P
         "audit s": round(time.perf_counter() - start, 1),
     }
     if args.train:
-        root = args.out / f"splits-seed{seed}"
+        root = args.out / f"splits-seed{seed}-noise{noise:g}"
         for name, keep in (("noisy", np.ones(len(truth), dtype=bool)), ("audited", ~rejected)):
             top1, _, cpu, _ = run_stage(write_splits(root, files, labels, split, keep), args.train_size, seed, {})
             row[f"train top-1 {name}"], row[f"train cpu-s {name}"] = top1, round(cpu, 1)
@@ -186,7 +186,7 @@ def main() -> None:
     if args.cost:
         audited = split != "test"
         labels = flip_labels(truth[audited], args.noise[0], seed=noise_seed(args.noise[0], args.seeds[0]))
-        print(cost(files, measured.features, labels, params).to_string(index=False, float_format="{:.2f}".format))
+        print(cost(files, measured.features[audited], labels, params).to_string(index=False, float_format="{:.2f}".format))
         return
     rows = []
     for seed in args.seeds:
