@@ -17,7 +17,9 @@ minutes apart) is a near copy that a perceptual hash does not catch; photos shar
 
 Output (``docs/architecture.md``): ``data/splits/{train,val,test}/<label_dirname>/<ImageID>_<BoxIndex>.jpg``
 as hard links to ``data/crops`` (copies where the file system refuses), ``splits.parquet`` and
-``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report.
+``labels.json``; the folder is rebuilt on every run, so nothing stale survives. Then the dataset report, and
+``metrics/dataset.json``: the dataset's size, a metric so that ``dvc exp show`` and ``dvc metrics diff`` put
+it next to top-1 (how many crops the labels, filters and audit left is what experiments compare).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import pandas as pd
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError
 from pipeline.core.images.groups import connected_groups
-from pipeline.core.base.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.base.params import SplitParams, load_params
 from pipeline.core.base.progress import track
@@ -45,6 +47,7 @@ from pipeline.stages.split import report
 SPLITS = paths.SPLIT_NAMES
 INPUT_COLUMNS = ("ImageID", "BoxIndex", "Label", "crop_path", "keep", "dup_group")
 OUTPUT_COLUMNS = ["ImageID", "BoxIndex", "Label", "split", "path", "group"]
+DATASET_METRICS = paths.METRICS_DIR / "dataset.json"
 
 
 def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -231,6 +234,13 @@ def write_splits(table: pd.DataFrame) -> None:
         (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
 
+def dataset_size(table: pd.DataFrame) -> dict[str, int]:
+    """The crops in the splits: all of them (``images``, the column ``pipeline.demo.COMPARE_COMMAND`` keeps)
+    and each split's."""
+    sizes = table["split"].value_counts()
+    return {"images": len(table), **{split: int(sizes.get(split, 0)) for split in SPLITS}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.stages.split",
@@ -255,10 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"split: grouping by author kept {author_leaks(photo_only)} crop(s) from sharing "
                   "a photographer across splits")
         write_splits(table)
-        sizes = table["split"].value_counts()
+        size = dataset_size(table)
+        write_json(DATASET_METRICS, size)
         print(
-            f"split: {', '.join(f'{int(sizes.get(s, 0))} {s}' for s in SPLITS)} crops of "
-            f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}"
+            f"split: {', '.join(f'{size[s]} {s}' for s in SPLITS)} crops of "
+            f"{table['Label'].nunique()} label(s) -> {paths.SPLITS_DIR}, {DATASET_METRICS}"
         )
         print(f"report: {report.build_report()}")
     return 0
