@@ -173,7 +173,7 @@ def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: di
         # every path DVC shows is the repository's own, relative one
         for path in [*data["deps"], *data["outs"]]:
             assert not os.path.isabs(path) and ".." not in Path(path).parts, path
-    assert "pipeline/core" in base["deps"] and "pipeline/stages/train" in base["deps"]
+    assert "pipeline/core/base" in base["deps"] and "pipeline/stages/train" in base["deps"]
 
     metrics = json.loads(dvc(repo, env, "metrics", "diff", baseline["rev"], exp, "--all", "--json"))
     top1 = metrics["metrics/eval.json"]["top1"]
