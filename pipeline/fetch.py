@@ -18,8 +18,7 @@ from typing import Any
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
-from pipeline.core.base.params import PARAMS_FILE, load_params
-from pipeline.core.net.sources import VERSIONS
+from pipeline.core.base.params import IMAGE_SOURCES, PARAMS_FILE, VERSIONS, load_params
 
 #: params key -> the flag that sets it (errors about a value name the flag the user typed)
 FLAGS = {
@@ -41,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("labels", nargs="+", metavar="LABEL",
                         help="display names (any case, e.g. 'Hamburger') or MIDs (e.g. /m/0cdn1)")
     parser.add_argument("--version", choices=VERSIONS, help="Open Images version (params: source.version)")
-    parser.add_argument("--source", choices=("flickr", "cvdf"),
+    parser.add_argument("--source", choices=IMAGE_SOURCES,
                         help="flickr: full-size originals, md5-checked; cvdf: resized copies (long side "
                              "<= 1024), never missing (params: source.images)")
     parser.add_argument("--base-url", metavar="URL", help="where the metadata files are (params: source.base_url)")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from auditkit import digit_images, flip_labels, write_class_folders
+from auditkit import digit_images, write_class_folders
 from clean_inputs import inside
 from PIL import Image, ImageFilter
 from trainkit import needs_offline_weights

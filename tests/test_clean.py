@@ -11,6 +11,7 @@ import pytest
 from crop_inputs import write_inputs
 from PIL import Image
 
+from pipeline.core.base import manifests
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.images.imaging import image_phash, load_image, to_rgb
@@ -183,5 +184,5 @@ def test_cli_writes_the_clean_manifest(prepared: tuple[Path, pd.DataFrame, pd.Da
     write_parquet(crops, paths.CROPS_MANIFEST)
     assert run_cli(clean.main, []) == 0
     manifest = pd.read_parquet(paths.CLEAN_MANIFEST)
-    assert list(manifest.columns) == list(crops.columns) + clean.ADDED
+    assert list(manifest.columns) == list(manifests.CLEAN.columns)
     assert f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept" in capsys.readouterr().out

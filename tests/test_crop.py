@@ -10,6 +10,7 @@ import pytest
 from crop_inputs import mirror_records, write_inputs
 from PIL import Image
 
+from pipeline.core.base import manifests
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.params import CropParams
@@ -87,7 +88,7 @@ def test_greyscale_and_alpha_png_become_rgb(cropped: tuple[Path, pd.DataFrame]) 
 def test_manifest_has_a_row_and_a_reason_for_every_box(cropped: tuple[Path, pd.DataFrame]) -> None:
     root, manifest = cropped
     selected = pd.read_parquet(root / paths.SELECTED)
-    assert list(manifest.columns[:len(crop.COLUMNS)]) == crop.COLUMNS
+    assert list(manifest.columns[:len(manifests.CROPS.columns)]) == list(manifests.CROPS.columns)
     assert len(manifest) == len(selected)
     assert set(zip(manifest["ImageID"], manifest["BoxIndex"])) == set(zip(selected["ImageID"], selected["BoxIndex"]))
     gone = manifest[manifest["fault"].isin(["not_found", "gone", "forbidden", "not_image", "bad_url"])]
@@ -150,7 +151,7 @@ def test_no_boxes_and_broken_inputs(mirror: Mirror, tmp_path: Path) -> None:
     boxes, downloads = write_inputs(mirror, tmp_path)
     empty = crop.crop_all(boxes.iloc[:0], downloads, CropParams(), 2, images_dir=tmp_path / paths.IMAGES_DIR,
                           crops_dir=tmp_path / paths.CROPS_DIR)
-    assert list(empty.columns) == crop.COLUMNS and empty.empty
+    assert list(empty.columns) == list(manifests.CROPS.columns) and empty.empty
     assert (tmp_path / paths.CROPS_MANIFEST).exists()
     with pytest.raises(UserError, match="lacks column"):
         crop.crop_all(boxes.drop(columns="Rotation"), downloads, CropParams(), crops_dir=tmp_path / "x")

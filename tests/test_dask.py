@@ -177,10 +177,11 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_records_nothing_twice(clust
     client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker for the next tests
 
 
-def test_the_rate_holds_across_workers_and_a_worker_that_finishes_early_strands_nothing(cluster, clean_mirror,
-                                                                                         workspace, monkeypatch):
-    """5/s for the cluster, shards of 10, 10 and 4 images on 2 workers: the worker that takes the short shard
-    runs out of work early. Fixed shares (2.5/s each) would then leave the other at 2.5/s (4.1/s overall)."""
+def test_the_rate_holds_across_workers(cluster, clean_mirror, workspace, monkeypatch):
+    """5/s for the cluster, shards of 10, 10 and 4 images on 2 workers: the server never counts more than
+    rate + 1 in a second. (That a worker finishing early strands no share of the rate is a property of the
+    board, replayed on a fake clock in test_dask_units.py: gaps measured here on a loaded 2-core machine
+    stretched from 0.2 s to 0.35 s and could not tell one board from fixed shares reliably.)"""
     local, _ = cluster
     selection = write_selection(clean_mirror).sort_values("ImageID").head(24)
     write_parquet(selection.assign(Label="Hamburger"), paths.SELECTED)
@@ -191,13 +192,6 @@ def test_the_rate_holds_across_workers_and_a_worker_that_finishes_early_strands_
     arrivals = sorted(r.t for r in clean_mirror.requests if r.path.startswith("/flickr/"))
     assert len(arrivals) == 24
     assert max_in_window(arrivals) <= 5 + 1
-    # The short shard (the last 4 ImageIDs) runs mostly alone: with one board it gets the whole rate (gaps of
-    # 0.2 s), with fixed shares only its half (0.4 s). The median of its 3 gaps, not the run's total time: a
-    # pause of a loaded machine before the shard starts must not count, one late request neither.
-    short = set(selection["OriginalURL"].map(lambda url: urlsplit(url).path).iloc[-4:])
-    tail = sorted(r.t for r in clean_mirror.requests if r.path in short)
-    gaps = sorted(later - earlier for earlier, later in zip(tail, tail[1:]))
-    assert len(gaps) == 3 and gaps[1] <= 1.5 / 5, gaps
 
 
 def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, mirror, workspace):  # noqa: F811

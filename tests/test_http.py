@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hostile import HostileServer, serving
 
 from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.base.params import DownloadParams, RuntimeParams
 from pipeline.core.net.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
                                 backoff_delay, parse_retry_after)
 from pipeline.stages.download.client import Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
 from pipeline.stages.metadata.transfer import fetch
+
+
+def policy_with(**changes: float) -> HttpPolicy:
+    """The image policy of the default params, with ``changes`` (the defaults live in params, once)."""
+    return replace(HttpPolicy.for_images(RuntimeParams(), DownloadParams().max_bytes), **changes)
+
 
 
 class FakeClock:
@@ -45,7 +52,7 @@ def test_backoff_doubles_with_equal_jitter_and_a_cap() -> None:
 
 def test_attempts_count_failures_honour_retry_after_and_stop_at_the_deadline() -> None:
     clock = FakeClock()
-    tries = Attempts(HttpPolicy(retries=2, backoff=1.0, max_backoff=10.0, deadline=30.0), random.Random(0), clock)
+    tries = Attempts(policy_with(retries=2, backoff=1.0, max_backoff=10.0, deadline=30.0), random.Random(0), clock)
     tries.start()
     assert tries.failed("HTTP 503", retry_after=5.0) == 5.0  # the server's wish beats a shorter backoff
     assert tries.failed("reset", progressed=True) == 0.0     # a resumable body grew: at once, not counted
@@ -53,10 +60,10 @@ def test_attempts_count_failures_honour_retry_after_and_stop_at_the_deadline() -
     tries.failed("reset")
     with pytest.raises(GiveUp, match="gave up after 1 attempts"):
         tries.failed("reset")                                # the third failure in a row
-    tries = Attempts(HttpPolicy(max_backoff=10.0), random.Random(0), clock)
+    tries = Attempts(policy_with(max_backoff=10.0), random.Random(0), clock)
     with pytest.raises(GiveUp, match="asks to wait 120 s"):
         tries.failed("HTTP 429", retry_after=120.0)
-    tries = Attempts(HttpPolicy(deadline=30.0), random.Random(0), clock)
+    tries = Attempts(policy_with(deadline=30.0), random.Random(0), clock)
     clock.now += 31.0
     with pytest.raises(GiveUp, match="30 s deadline"):
         tries.start()
@@ -64,14 +71,14 @@ def test_attempts_count_failures_honour_retry_after_and_stop_at_the_deadline() -
 
 def test_the_minimum_progress_rule_cuts_a_drip_but_not_a_burst_of_silence() -> None:
     clock = FakeClock()
-    guard = ProgressGuard(HttpPolicy(min_speed=1000.0, stall_window=10.0), clock)
+    guard = ProgressGuard(policy_with(min_speed=1000.0, stall_window=10.0), clock)
     for _ in range(9):  # 1 byte a second for nine seconds: judged only once the window is full
         clock.now += 1.0
         guard.feed(1)
     clock.now += 1.0
     with pytest.raises(TooSlow, match="under runtime.min_speed=1000"):
         guard.feed(1)
-    guard = ProgressGuard(HttpPolicy(min_speed=1000.0, stall_window=10.0), clock)
+    guard = ProgressGuard(policy_with(min_speed=1000.0, stall_window=10.0), clock)
     clock.now += 10.0
     guard.feed(50_000)  # a quiet start, then the bytes: 5 kB/s over the window is fine
     clock.now += 10.0
@@ -88,7 +95,7 @@ def hostile() -> Iterator[HostileServer]:
         yield server
 
 
-QUICK = HttpPolicy(retries=3, backoff=0.01, max_backoff=1.0, read_timeout=5.0, deadline=20.0)
+QUICK = policy_with(retries=3, backoff=0.01, max_backoff=1.0, read_timeout=5.0, deadline=20.0)
 
 
 def image(url: str, policy: HttpPolicy = QUICK):
@@ -129,7 +136,7 @@ def test_retry_after_as_a_date_in_the_past_means_now(hostile: HostileServer, tmp
 
 
 def test_a_dripping_server_is_cut_by_both_clients(hostile: HostileServer, tmp_path: Path) -> None:
-    policy = HttpPolicy(retries=1, backoff=0.01, max_backoff=1.0, read_timeout=5.0, min_speed=1000.0,
+    policy = policy_with(retries=1, backoff=0.01, max_backoff=1.0, read_timeout=5.0, min_speed=1000.0,
                         stall_window=0.5, deadline=60.0)
     hits = hostile.hits.get("/drip", 0)
     got = image(hostile.url("/drip"), policy)
@@ -141,7 +148,7 @@ def test_a_dripping_server_is_cut_by_both_clients(hostile: HostileServer, tmp_pa
 
 
 def test_the_deadline_ends_a_transfer_that_keeps_being_cut(hostile: HostileServer, tmp_path: Path) -> None:
-    policy = HttpPolicy(retries=100, backoff=0.01, max_backoff=0.05, read_timeout=5.0, min_speed=1000.0,
+    policy = policy_with(retries=100, backoff=0.01, max_backoff=0.05, read_timeout=5.0, min_speed=1000.0,
                         stall_window=0.3, deadline=1.0)
     got = image(hostile.url("/drip"), policy)
     assert got.status == "failed" and "deadline" in got.reason

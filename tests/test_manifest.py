@@ -1,10 +1,13 @@
-"""The atomic-output helpers every stage uses."""
+"""The atomic-output helpers every stage uses, and the manifests' contracts between stages."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from pipeline.core.base import manifests
+from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import atomic_path, replace_dir
 
 
@@ -41,3 +44,19 @@ def test_atomic_path_leaves_old_file_on_error_and_no_temp(tmp_path: Path) -> Non
         tmp.write_text("half")
         raise ValueError
     assert target.read_text() == "1" and [p.name for p in target.parent.iterdir()] == ["eval.json"]
+
+
+def test_a_manifest_lacking_a_column_is_one_line_naming_the_stage_to_rerun() -> None:
+    old = pd.DataFrame({"ImageID": ["0123456789abcdef"], "BoxIndex": [0]})  # an older clean manifest
+    with pytest.raises(UserError, match=r"lacks column\(s\) keep, dup_group: re-run the clean stage"):
+        manifests.CLEAN.require(old, ["ImageID", "keep", "dup_group"])
+    assert manifests.CLEAN.require(old, ["ImageID"]) is old
+    with pytest.raises(ValueError, match="no column"):  # a consumer naming what no producer writes: a bug
+        manifests.CLEAN.require(old, ["ImageId"])
+
+
+def test_the_contracts_chain_as_the_stages_do() -> None:
+    assert manifests.CLEAN.columns[:len(manifests.CROPS.columns)] == manifests.CROPS.columns
+    assert [m.stage for m in (manifests.SELECTED, manifests.IMAGES, manifests.CROPS, manifests.CLEAN,
+                              manifests.LEDGER, manifests.SPLITS)] == ["select", "download", "crop", "clean",
+                                                                        "audit", "split"]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from pipeline.core.net import metadata_cache
+from pipeline.core.base import manifests as metadata_cache
 from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW
 from pipeline.core.net.sources import layout

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.base import manifests
 from pipeline.core.base.params import load_params
 from pipeline.core.base.paths import METADATA_RAW, SELECTED
 from pipeline.core.net.sources import layout
@@ -101,7 +102,7 @@ def train(*indices: int) -> set[tuple[str, int]]:
 
 def test_output_has_the_contract_columns_and_one_row_per_box(cache: Path, workspace) -> None:
     frame = run_select(workspace)
-    assert list(frame.columns) == select.OUTPUT_COLUMNS
+    assert list(frame.columns) == list(manifests.SELECTED.columns)
     assert len(frame) == len(frame.drop_duplicates(["Subset", "ImageID", "BoxIndex"]))
     assert len(frame[frame.Label == "Hamburger"]) == 7 + 1 + 1  # 7 train, 1 without image row, 1 validation
     assert len(frame[frame.Label == "Sandwich"]) == 30 + 1 + 1 + 1  # 30 + image 1 + submarine + validation
@@ -219,7 +220,7 @@ def test_metadata_then_select_against_the_mirror(mirror: Mirror, workspace, caps
 
 def test_a_label_without_boxes_gives_an_empty_table_and_a_warning(cache: Path, workspace, capsys) -> None:
     frame = run_select(workspace, labels=["Pizza"])
-    assert frame.empty and list(frame.columns) == select.OUTPUT_COLUMNS
+    assert frame.empty and list(frame.columns) == list(manifests.SELECTED.columns)
     assert "warning: no boxes selected for 'Pizza'" in capsys.readouterr().err
 
 

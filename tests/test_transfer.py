@@ -4,18 +4,26 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
 from pipeline.core.base.errors import PipelineFailure, UserError
+from pipeline.core.base.params import DownloadParams, RuntimeParams
 from pipeline.core.net.http import HttpPolicy
 from pipeline.core.net.sources import join_url, layout
 from pipeline.mirror import Mirror
 from pipeline.stages.metadata.transfer import fetch
 
-FAST = HttpPolicy(backoff=0.0, max_backoff=2.0, retries=3, max_bytes=16 << 30)  # Retry-After: 1 is honoured
+
+def policy_with(**changes: float) -> HttpPolicy:
+    """The image policy of the default params, with ``changes`` (the defaults live in params, once)."""
+    return replace(HttpPolicy.for_images(RuntimeParams(), DownloadParams().max_bytes), **changes)
+
+
+FAST = policy_with(backoff=0.0, max_backoff=2.0, retries=3, max_bytes=16 << 30)  # Retry-After: 1 is honoured
 BOXES = layout("v6").boxes["train"]
 
 
@@ -130,7 +138,7 @@ def test_a_missing_file_fails_at_once_with_one_line(fresh: Mirror, tmp_path: Pat
 
 
 def test_a_file_over_the_size_cap_is_refused(fresh: Mirror, tmp_path: Path) -> None:
-    policy = HttpPolicy(max_bytes=100)
+    policy = policy_with(max_bytes=100)
     with pytest.raises(PipelineFailure, match="100-byte cap"):
         fetch(join_url(fresh.base_url, BOXES), tmp_path / "boxes.csv", policy, progress=False)
     assert not (tmp_path / "boxes.csv").exists()

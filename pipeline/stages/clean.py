@@ -44,10 +44,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.base import paths
-from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base import manifests
+from pipeline.core.base.errors import run_cli
 from pipeline.core.images.groups import connected_groups
 from pipeline.core.images.imaging import ImageProblem, hamming, load_image
-from pipeline.core.base.io import read_parquet, write_parquet
+from pipeline.core.base.io import write_parquet
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.base.params import CleanParams, CropParams, load_params
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
@@ -55,7 +56,6 @@ from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import join_inside
 from pipeline.core.base.status import CROP_REFUSALS, Crop, Download, Reject
 
-ADDED = ["keep", "reject_reason", "detail", "sha256", "dup_group"]
 
 
 def photo_verdict(row: Any, params: CleanParams) -> tuple[str, str]:
@@ -192,10 +192,7 @@ def _reject_copies(rows: pd.DataFrame, survivors: pd.DataFrame, component: np.nd
 def clean(crops: pd.DataFrame, downloads: pd.DataFrame, params: CleanParams, crop: CropParams,
           crops_dir: Path = paths.CROPS_DIR) -> pd.DataFrame:
     """The clean manifest: the crop manifest plus the verdict columns."""
-    missing = [c for c in ("ImageID", "BoxIndex", "status", "reason", "crop_path", "image_phash", "download_status")
-               if c not in crops.columns]
-    if missing:
-        raise UserError(f"{paths.CROPS_MANIFEST} lacks column(s) {', '.join(missing)}: re-run the crop stage")
+    manifests.CROPS.require(crops, ("ImageID", "BoxIndex", "status", "reason", "crop_path", "image_phash", "download_status"))
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
     rows = crops.reset_index(drop=True)
     rows = rows.assign(
@@ -216,7 +213,7 @@ def clean(crops: pd.DataFrame, downloads: pd.DataFrame, params: CleanParams, cro
         rows.loc[todo, column] = list(values)
     rows = mark_duplicates(rows, params.near_duplicate_distance)
     rows["keep"] = rows["reject_reason"] == ""
-    return rows[list(crops.columns) + ADDED]
+    return rows[[*crops.columns, *manifests.CLEAN.columns[len(manifests.CROPS.columns):]]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,9 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     params = load_params()
     with stage_lock("clean"):
-        crops = read_parquet(paths.CROPS_MANIFEST, "crop manifest (crop stage)")
-        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
-        manifest = clean(crops, downloads, params.clean, params.crop)
+        manifest = clean(manifests.CROPS.read(), manifests.IMAGES.read(), params.clean, params.crop)
         write_parquet(manifest, paths.CLEAN_MANIFEST)
     rejected = manifest.loc[~manifest["keep"], "reject_reason"].value_counts()
     print(f"{int(manifest['keep'].sum())} of {len(manifest)} crops kept in {paths.CLEAN_MANIFEST}"

@@ -48,9 +48,10 @@ from PIL import Image
 from pipeline.core.base import paths
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
-from pipeline.core.base.errors import PipelineFailure, UserError, run_cli
+from pipeline.core.base import manifests
+from pipeline.core.base.errors import PipelineFailure, run_cli
 from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
-from pipeline.core.base.io import read_parquet, replace_dir, write_parquet
+from pipeline.core.base.io import replace_dir, write_parquet
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.compute.machine import processes
 from pipeline.core.base.params import CropParams, RuntimeParams, load_params
@@ -59,8 +60,6 @@ from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
 from pipeline.core.base.status import KEPT_ON_DISK, Crop
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
-COLUMNS = ["ImageID", "Subset", "BoxIndex", "Label", "LabelName", "download_status", "crop_path",
-           "width", "height", "status", "reason", "image_phash"]
 JPEG_SUBSAMPLING = "4:2:0"
 #: photos per task sent to a worker: large enough to hide the hand-over, small enough to balance the cores
 MAX_CHUNK = 32
@@ -203,13 +202,9 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
 
     Adds the private column ``source`` (absolute photo path, '' when none).
     """
-    missing = [c for c in BOX_COLUMNS if c not in boxes.columns]
-    if missing:
-        raise UserError(f"{paths.SELECTED} lacks column(s) {', '.join(missing)}: re-run the select stage")
+    manifests.SELECTED.require(boxes, BOX_COLUMNS)
     in_store = isinstance(images_dir, str) and store.is_remote(images_dir)
-    lacking = [c for c in ("ImageID", "status", "path", *(["md5"] if in_store else [])) if c not in downloads.columns]
-    if lacking:
-        raise UserError(f"{paths.IMAGES_MANIFEST} lacks column(s) {', '.join(lacking)}: re-run the download stage")
+    manifests.IMAGES.require(downloads, ("ImageID", "status", "path", *(["md5"] if in_store else [])))
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
     rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
     status = rows["ImageID"].map(got["status"]).fillna("")
@@ -292,7 +287,7 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
             rows.loc[todo.index, column] = list(values)
         rows.loc[todo.index, "image_phash"] = [result.phash for result in results for _ in result.boxes]
         rows.loc[rows["status"] != Crop.OK, "crop_path"] = ""
-        manifest = rows[COLUMNS].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
+        manifest = rows[list(manifests.CROPS.columns)].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
         write_parquet(manifest, new / paths.CROPS_MANIFEST.name)
     return manifest
 
@@ -343,8 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(overrides=None if args.processes is None else {"runtime.crop_processes": args.processes},
                          flags=flags)
     with stage_lock("crop"):
-        boxes = read_parquet(paths.SELECTED, "selected boxes (select stage)")
-        downloads = read_parquet(paths.IMAGES_MANIFEST, "download manifest (download stage)")
+        boxes, downloads = manifests.SELECTED.read(), manifests.IMAGES.read()
         manifest = crop_all(boxes, downloads, params.crop, processes(params.runtime.crop_processes),
                             runtime=params.runtime)
     counts = manifest["status"].value_counts()

@@ -42,17 +42,13 @@ from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import open_parquet, write_parquet
 from pipeline.core.net.labels import ClassList, Hierarchy, assign
 from pipeline.core.base.locks import locked
-from pipeline.core.net.metadata_cache import BOX_SCHEMA, FLAGS, partition_dir
+from pipeline.core.base import manifests
+from pipeline.core.base.manifests import BOX_SCHEMA, SELECTED_IMAGE_COLUMNS, partition_dir
 from pipeline.core.base.params import SelectParams, load_params
 from pipeline.core.base.safe import IMAGE_ID_PATTERN
 from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 
-IMAGE_COLUMNS = ["OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title",
-                 "OriginalSize", "OriginalMD5", "Rotation"]
-BOX_COLUMNS = ["ImageID", "Subset", "BoxIndex", "Source", "Confidence", "XMin", "XMax", "YMin", "YMax", *FLAGS]
-#: the contract of data/selected.parquet (docs/architecture.md)
-OUTPUT_COLUMNS = ["ImageID", "Subset", "BoxIndex", "Label", "LabelName", "BoxLabelName", *BOX_COLUMNS[3:],
-                  *IMAGE_COLUMNS]
+BOX_COLUMNS = BOX_SCHEMA.names
 _NUMPY_TYPES = {str(t): np.dtype(d) for t, d in [(pa.int8(), np.int8), (pa.int32(), np.int32), (pa.int64(), np.int64),
                                                  (pa.uint64(), np.uint64), (pa.float32(), np.float32)]}
 _EXCLUDE = {"exclude_group_of": "IsGroupOf", "exclude_depiction": "IsDepiction",
@@ -189,11 +185,11 @@ def limit_rows(label: np.ndarray, mids: Sequence[str], limit: int, seed: int) ->
 
 
 def read_images(path: Path, image_ids: pa.ChunkedArray | pa.Array) -> pa.Table:
-    """``ImageID`` + :data:`IMAGE_COLUMNS` of the given images, one batch at a time (memory stays flat)."""
+    """``ImageID`` + the selection's image columns of the given images, one batch at a time (memory stays flat)."""
     if not path.exists():
         raise UserError(f"{path} not found: run `python -m pipeline.stages.metadata` first")
     wanted = pc.unique(image_ids)
-    columns = ["ImageID", *IMAGE_COLUMNS]
+    columns = ["ImageID", *SELECTED_IMAGE_COLUMNS]
     # License has a handful of values: reading it as dictionary codes skips decoding 1.7 M strings;
     # memory-mapping saves copying the file through read() (0.5 s of system time here)
     table_file = open_parquet(path, "image table (metadata stage)", read_dictionary=["License"], memory_map=True)
@@ -212,9 +208,9 @@ def assemble(boxes: Boxes, mids: Sequence[str], names: dict[str, str], images: p
     table = table.append_column("LabelName", _strings(mids).take(label_codes))
     table = table.append_column("BoxLabelName", _strings(boxes.box_mids).take(box_codes))
     index = pc.index_in(table.column("ImageID"), value_set=images.column("ImageID").combine_chunks())
-    for name in IMAGE_COLUMNS:
+    for name in SELECTED_IMAGE_COLUMNS:
         table = table.append_column(name, images.column(name).take(index))
-    return table.select(OUTPUT_COLUMNS)
+    return table.select(list(manifests.SELECTED.columns))
 
 
 @locked("select")

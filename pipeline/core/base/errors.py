@@ -10,6 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from pipeline.core.base.redact import scrub
+
 #: Exit codes shared by every command.
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -33,8 +35,6 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except (UserError, PipelineFailure) as exc:
-        from pipeline.core.base.safe import scrub  # late: safe imports this module
-
         print(f"error: {' '.join(scrub(str(exc)).split())}", file=sys.stderr)  # one line, no credentials
         return exc.exit_code
     except KeyboardInterrupt:

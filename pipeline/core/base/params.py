@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.package_names import check_dataset_name
-from pipeline.core.base.safe import check_http_url, public_url
+from pipeline.core.base.safe import check_http_url
+from pipeline.core.base.redact import public_url
 
 PARAMS_FILE = "params.yaml"
 #: the sections a dataset is a function of (recorded in its package); ``runtime`` and ``package`` are not
@@ -98,6 +99,13 @@ def _one_or_many(value: Any) -> Any:
 
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]
+#: the words of the source section, once: pipeline.core.net.sources and the commands' choices read them here
+Version = Literal["v4", "v5", "v6", "v7"]
+Subset = Literal["train", "validation", "test"]
+ImageSource = Literal["flickr", "cvdf"]
+VERSIONS: tuple[str, ...] = get_args(Version)
+SUBSETS: tuple[str, ...] = get_args(Subset)
+IMAGE_SOURCES: tuple[str, ...] = get_args(ImageSource)
 
 
 class Section(BaseModel):
@@ -109,11 +117,11 @@ class Section(BaseModel):
 class SourceParams(Section):
     """Where Open Images lives and which part of it to use."""
 
-    version: Literal["v4", "v5", "v6", "v7"] = "v6"
+    version: Version = "v6"
     base_url: HttpUrl = "https://storage.googleapis.com/openimages"
-    subsets: list[Literal["train", "validation", "test"]] = Field(["train", "validation", "test"], min_length=1)
+    subsets: list[Subset] = Field(list(SUBSETS), min_length=1)
     #: ``flickr``: full-size originals at OriginalURL; ``cvdf``: resized copies at cvdf_url/<subset>/<ImageID>.jpg
-    images: Literal["flickr", "cvdf"] = "flickr"
+    images: ImageSource = "flickr"
     cvdf_url: HttpUrl = "https://open-images-dataset.s3.amazonaws.com"
 
 

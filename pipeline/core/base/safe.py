@@ -1,26 +1,23 @@
 """Guards for values that come from the internet or from a user: file names, IDs, URLs and secrets.
 
-Open Images metadata is downloaded, so nothing in it may choose a path on disk or a URL scheme; and a URL
-a user typed may carry a password (``http://user:pass@host/``) or a token in its query, which must never
-reach a log line, a manifest or a published package (:func:`public_url`).
+Open Images metadata is downloaded, so nothing in it may choose a path on disk or a URL scheme.
+Credentials in URLs and error text are blanked by :mod:`pipeline.core.base.redact`.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pipeline.core.base.errors import UserError
+from pipeline.core.base.redact import public_url
 
 #: Open Images ImageIDs: 16 lower-case hex digits (also used by pyarrow, whose regexes are RE2)
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-#: query parameters that carry a credential (S3 presigned URLs, OAuth, API keys)
-_SECRET_QUERY = re.compile(r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|token|access_token|"
-                           r"api[_-]?key|key|password|passwd|secret|auth)$")
 
 
 def is_image_id(value: object) -> bool:
@@ -64,40 +61,6 @@ def require_http_url(url: str, what: str = "URL") -> str:
     if not is_http_url(url):
         raise UserError(f"{what} must be an http(s) URL, got {public_url(url)!r}")
     return url
-
-
-def public_url(url: object) -> str:
-    """``url`` with any ``user:password@`` and any credential in its query replaced by ``***``.
-
-    Every URL that is printed, logged, recorded in a manifest or published goes through this; the request
-    itself keeps what it needs. Text that does not parse as a URL is returned with anything before an ``@``
-    in its authority blanked, so even a malformed URL cannot leak a password.
-    """
-    text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"(//)[^/@]*@", r"\1***@", text)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_QUERY.match(key) for key, _ in pairs):
-            query = urlencode([(key, "***" if _SECRET_QUERY.match(key) else value) for key, value in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-_CREDENTIALS_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]*@")
-_TOKENS_IN_TEXT = re.compile(r"(?i)([?&](?:x-amz-(?:signature|credential|security-token)|signature|sig|token|"
-                             r"access_token|api[_-]?key|key|password|passwd|secret|auth)=)[^&\s'\"]+")
-
-
-def scrub(text: str) -> str:
-    """Free text (an error message, a reason from a library) with any URL credential blanked out: the
-    ``user:password@`` of a URL and the values of credential query parameters become ``***``."""
-    return _TOKENS_IN_TEXT.sub(r"\1***", _CREDENTIALS_IN_TEXT.sub(r"\1***@", text))
 
 
 def printable(text: str) -> str:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.compute.machine import die_with_parent, usable_cores
 from pipeline.core.net.rate import Board, HeldBoard, machine_board
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it
     from distributed import Client

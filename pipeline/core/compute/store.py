@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.base.errors import PipelineFailure, UserError
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 from pipeline.core.base.staging import alive
 
 IMAGES, CROPS = "images", "crops"

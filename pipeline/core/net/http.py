@@ -22,10 +22,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 
 from pipeline import __version__
-from pipeline.core.base.params import Params
+from pipeline.core.base.params import RuntimeParams
 
 #: transient answers worth another attempt
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -38,32 +38,32 @@ MAX_REDIRECTS = 5
 
 @dataclass(frozen=True)
 class HttpPolicy:
-    """Timeouts, retries, deadline and size cap of one kind of transfer."""
+    """Timeouts, retries, deadline and size cap of one kind of transfer. The values, and their defaults,
+    live once in params.yaml's ``runtime`` section and the stage's ``max_bytes``; this is their bundle."""
 
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    connect_timeout: float
+    read_timeout: float
     #: bytes/s below which an attempt is cut, judged over ``stall_window`` seconds (0 = no such rule)
-    min_speed: float = 1024.0
-    stall_window: float = 30.0
+    min_speed: float
+    stall_window: float
     #: seconds one transfer may take in all, attempts and waits included
-    deadline: float = 600.0
+    deadline: float
     #: attempts after the first for transient failures (an attempt that made progress does not count)
-    retries: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 60.0
-    max_bytes: int = 50_000_000
+    retries: int
+    backoff: float
+    max_backoff: float
+    max_bytes: int
 
     @classmethod
-    def for_images(cls, params: Params) -> HttpPolicy:
-        return cls._from(params, params.runtime.image_deadline, params.download.max_bytes)
+    def for_images(cls, runtime: RuntimeParams, max_bytes: int) -> HttpPolicy:
+        return cls._from(runtime, runtime.image_deadline, max_bytes)
 
     @classmethod
-    def for_metadata(cls, params: Params) -> HttpPolicy:
-        return cls._from(params, params.runtime.metadata_deadline, params.metadata.max_bytes)
+    def for_metadata(cls, runtime: RuntimeParams, max_bytes: int) -> HttpPolicy:
+        return cls._from(runtime, runtime.metadata_deadline, max_bytes)
 
     @classmethod
-    def _from(cls, params: Params, deadline: float, max_bytes: int) -> HttpPolicy:
-        r = params.runtime
+    def _from(cls, r: RuntimeParams, deadline: float, max_bytes: int) -> HttpPolicy:
         return cls(r.connect_timeout, r.read_timeout, r.min_speed, r.stall_window, deadline, r.retries, r.backoff,
                    r.max_backoff, max_bytes)
 
@@ -84,7 +84,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 

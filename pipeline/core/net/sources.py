@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.core.base.errors import UserError
-
-VERSIONS = ("v4", "v5", "v6", "v7")
-SUBSETS = ("train", "validation", "test")
+from pipeline.core.base.params import SUBSETS, VERSIONS
 
 _IMAGES = {
     "train": "2018_04/train/train-images-boxable-with-rotation.csv",

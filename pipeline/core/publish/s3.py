@@ -26,7 +26,7 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager  # noqa: E
 
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.progress import track
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 
 # AWS's bucket naming rules, loosely (S3-compatible stores allow a little more, never '/' or spaces).
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")

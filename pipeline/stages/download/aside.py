@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.safe import is_image_id
-from pipeline.stages.download.shards import MANIFEST_SCHEMA, manifest_table
+from pipeline.core.base.manifests import IMAGES_SCHEMA
+from pipeline.stages.download.shards import manifest_table
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 
 Record = dict[str, Any]
@@ -34,9 +35,9 @@ def _read(folder: Path) -> dict[str, Record]:
         table = pq.read_table(folder / RECORDS)
     except (OSError, pa.ArrowException):  # none yet, or damaged: the photos are fetched again
         return {}
-    if not set(MANIFEST_SCHEMA.names) <= set(table.column_names):
+    if not set(IMAGES_SCHEMA.names) <= set(table.column_names):
         return {}
-    return {r["ImageID"]: r for r in table.select(MANIFEST_SCHEMA.names).to_pylist()}
+    return {r["ImageID"]: r for r in table.select(IMAGES_SCHEMA.names).to_pylist()}
 
 
 def restore(images_dir: Path, wanted: Iterable[str]) -> dict[str, Record]:
@@ -75,5 +76,5 @@ def set_aside(images_dir: Path, manifest: pa.Table, records: dict[str, Record]) 
 
 
 def _write(folder: Path, records: dict[str, Record]) -> None:
-    write_parquet(manifest_table([{name: r.get(name) for name in MANIFEST_SCHEMA.names} for r in records.values()]),
+    write_parquet(manifest_table([{name: r.get(name) for name in IMAGES_SCHEMA.names} for r in records.values()]),
                   folder / RECORDS)

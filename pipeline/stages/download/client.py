@@ -114,7 +114,7 @@ class Fetcher:
             return _answer(Download.FAILED, f"more than {MAX_REDIRECTS} redirects", 0, url)
         except TooSlow as exc:
             raise _Retryable(str(exc)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if tries.remaining() <= 0:
                 raise GiveUp(f"took longer than the {self.policy.deadline:g} s deadline (runtime.image_deadline)") from None
             raise _Retryable(f"no answer for {self.policy.read_timeout:g} s (runtime.read_timeout)") from None

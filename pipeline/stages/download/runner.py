@@ -24,7 +24,8 @@ from pipeline.core.compute import store
 from pipeline.core.net.http import HttpPolicy
 from pipeline.core.base.params import Params
 from pipeline.core.net.rate import Board, HeldBoard
-from pipeline.core.base.safe import is_http_url, public_url
+from pipeline.core.base.safe import is_http_url
+from pipeline.core.base.redact import public_url
 from pipeline.core.base.status import Download
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
@@ -45,7 +46,7 @@ class ShardSettings:
 
     @classmethod
     def from_params(cls, params: Params) -> ShardSettings:
-        return cls(HttpPolicy.for_images(params), params.download.rate, params.runtime.connections)
+        return cls(HttpPolicy.for_images(params.runtime, params.download.max_bytes), params.download.rate, params.runtime.connections)
 
 
 def run_shard(rows: Sequence[Image], settings: ShardSettings, images_dir: Path | str, journal: Path | None = None, *,

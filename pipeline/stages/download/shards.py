@@ -21,19 +21,12 @@ import pyarrow.parquet as pq
 
 from pipeline.core.compute import store
 from pipeline.core.base.io import write_parquet
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
+from pipeline.core.base.manifests import IMAGES_SCHEMA
 from pipeline.core.base.status import KEPT_ON_DISK, RETRIED_ON_RERUN
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 from pipeline.stages.download.writer import read_journal
 
-#: the manifest's columns and their types (docs/architecture.md, "download"); Arrow rather than pandas,
-#: because importing pandas would be a tenth of a 2,000-image run
-MANIFEST_SCHEMA = pa.schema([
-    ("ImageID", pa.large_string()), ("Subset", pa.large_string()), ("status", pa.large_string()),
-    ("reason", pa.large_string()), ("http_status", pa.int64()), ("url", pa.large_string()),
-    ("final_url", pa.large_string()), ("path", pa.large_string()), ("bytes", pa.int64()),
-    ("md5", pa.large_string()), ("attempts", pa.int64()),
-])
 _PART = re.compile(r"^part-(\d{5,})\.(parquet|jsonl)$")
 
 
@@ -72,7 +65,7 @@ def journal_path(shards_dir: Path, index: int) -> Path:
 
 def manifest_table(records: list[dict[str, Any]]) -> pa.Table:
     """Records as a manifest table with the contract's columns and types, in ImageID order."""
-    return pa.Table.from_pylist(sorted(records, key=itemgetter("ImageID")), schema=MANIFEST_SCHEMA)
+    return pa.Table.from_pylist(sorted(records, key=itemgetter("ImageID")), schema=IMAGES_SCHEMA)
 
 
 def load_records(shards_dir: Path) -> dict[str, dict[str, Any]]:

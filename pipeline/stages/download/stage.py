@@ -25,10 +25,10 @@ from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_table, sweep_temporaries
 from pipeline.core.base.locks import locked
 from pipeline.core.compute.machine import processes
-from pipeline.core.base.params import Params, SourceParams
+from pipeline.core.base.params import SUBSETS, Params, SourceParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id
-from pipeline.core.net.sources import SUBSETS, join_url
+from pipeline.core.net.sources import join_url
 from pipeline.stages.download import aside, shards
 from pipeline.stages.download.ratelimit import rate_key
 from pipeline.stages.download.runner import Record, ShardContext, ShardSettings, shard_task

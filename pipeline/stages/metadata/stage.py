@@ -31,7 +31,7 @@ from pipeline.core.base.locks import locked
 from pipeline.core.base.params import Params, load_params
 from pipeline.core.base.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
                                  METADATA_REJECTED, METADATA_STAMP)
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 from pipeline.core.net.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert
 from pipeline.stages.metadata.transfer import fetch, new_session
@@ -154,7 +154,7 @@ def run(params: Params) -> None:
     version, base_url, subsets, labels = source.version, source.base_url, source.subsets, params.labels
     lay: Layout = layout(version)
     print(f"metadata {version} from {public_url(base_url)} (subsets: {', '.join(subsets)})")
-    downloader = Downloader(base_url, METADATA_RAW, HttpPolicy.for_metadata(params))
+    downloader = Downloader(base_url, METADATA_RAW, HttpPolicy.for_metadata(params.runtime, params.metadata.max_bytes))
     stamps = Stamps(METADATA_STAMP)
     classes_raw = downloader.get(lay.classes, cap=SMALL_FILE_CAP)
     hierarchy_raw = downloader.get(lay.hierarchy, cap=SMALL_FILE_CAP)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.base import paths
+from pipeline.core.base import manifests
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import read_table, write_parquet
 from pipeline.core.base.params import Params
@@ -134,16 +135,9 @@ def count_images(splits_dir: Path, labels: dict[str, str]) -> dict[str, dict[str
     }
 
 
-def require_columns(table: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
-    lacking = [column for column in columns if column not in table.columns]
-    if lacking:
-        raise UserError(f"{path} lacks column(s) {', '.join(lacking)}: run the stage that writes it again")
-    return table
-
-
 def attribution(selected: pd.DataFrame, image_ids: Sequence[str]) -> pd.DataFrame:
     """One row per photo in the splits, sorted by ImageID, with what its licence asks to credit."""
-    require_columns(selected, ATTRIBUTION_COLUMNS, paths.SELECTED)
+    manifests.SELECTED.require(selected, ATTRIBUTION_COLUMNS)
     info = selected.drop_duplicates("ImageID").set_index("ImageID")
     wanted = sorted(set(image_ids))
     missing = [image_id for image_id in wanted if image_id not in info.index]

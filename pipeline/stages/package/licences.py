@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 
 _CC_LICENSE = re.compile(r"^https?://(?:www\.)?creativecommons\.org/licenses/(?P<code>[a-z]+(?:-[a-z]+){0,3})/"
                          r"(?P<version>\d\.\d)/?$")

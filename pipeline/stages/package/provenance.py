@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pipeline
 from pipeline.core.base.params import Params
-from pipeline.core.base.safe import public_url
+from pipeline.core.base.redact import public_url
 
 PIPELINE_DIR = Path(pipeline.__file__).resolve().parent
 #: the stages whose code made the dataset's files (package writes its README and ATTRIBUTION.csv)

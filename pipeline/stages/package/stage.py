@@ -22,7 +22,8 @@ import shutil
 from collections.abc import Sequence
 
 from pipeline.core.base import paths
-from pipeline.core.base.io import atomic_path, read_parquet
+from pipeline.core.base import manifests
+from pipeline.core.base.io import atomic_path
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.base.params import Params, load_params
 from pipeline.core.base.errors import UserError
@@ -78,9 +79,8 @@ def publish_both(params: Params) -> int:
 
     files = dataset.input_files()
     counts = dataset.count_images(paths.SPLITS_DIR, labels)
-    splits_table = dataset.require_columns(read_parquet(paths.SPLITS_MANIFEST, "splits"), ["ImageID"],
-                                           paths.SPLITS_MANIFEST)
-    credits = dataset.attribution(read_parquet(paths.SELECTED, "selected boxes"), splits_table["ImageID"].tolist())
+    splits_table = manifests.SPLITS.require(manifests.SPLITS.read(), ["ImageID"])
+    credits = dataset.attribution(manifests.SELECTED.read(), splits_table["ImageID"].tolist())
     meta = dataset.metadata(params, counts, credits)
     model_files = model.input_files() if model.has_model() else {}
     model.check_trained_on(model_files, display)

@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.core.base import paths
-from pipeline.core.base.io import atomic_path, read_parquet, replace_dir
+from pipeline.core.base import manifests
+from pipeline.core.base.io import atomic_path, replace_dir
 from pipeline.core.base.progress import track
 from pipeline.core.base.safe import join_inside, label_dirname
 from pipeline.core.base.status import Reject
@@ -153,9 +154,7 @@ def reason_order(reasons: Sequence[str]) -> list[str]:
 
 def build_report() -> Path:
     """Write ``reports/dataset/`` (rebuilt from scratch) and ``plots/class_balance.csv``; return the page."""
-    splits = read_parquet(paths.SPLITS_MANIFEST, "splits (python -m pipeline.stages.split)")
-    clean = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
-    images = read_parquet(paths.IMAGES_MANIFEST, "download manifest (python -m pipeline.stages.download)")
+    splits, clean, images = manifests.SPLITS.read(), manifests.CLEAN.read(), manifests.IMAGES.read()
     labels = sorted(set(clean["Label"]) | set(splits["Label"]))
     balance = class_balance(splits, labels)
     rejected = clean[~clean["keep"].fillna(False).astype(bool)]

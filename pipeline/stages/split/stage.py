@@ -35,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.base import paths
+from pipeline.core.base import manifests
 from pipeline.core.base.errors import UserError
 from pipeline.core.images.groups import connected_groups
-from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
+from pipeline.core.base.io import replace_dir, write_json, write_parquet
 from pipeline.core.base.locks import stage_lock
 from pipeline.core.base.params import SplitParams, load_params
 from pipeline.core.base.progress import track
@@ -46,7 +47,6 @@ from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES
 INPUT_COLUMNS = ("ImageID", "BoxIndex", "Label", "crop_path", "keep", "dup_group")
-OUTPUT_COLUMNS = ["ImageID", "BoxIndex", "Label", "split", "path", "group"]
 DATASET_METRICS = paths.METRICS_DIR / "dataset.json"
 
 
@@ -56,11 +56,7 @@ def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     Refuses what would make a wrong layout: missing columns, and two labels that share a folder name
     (ImageFolder would merge them). Kept rows with a bad ImageID (it would become a file name) are skipped.
     """
-    missing = [c for c in INPUT_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise UserError(
-            f"{paths.CLEAN_MANIFEST} lacks column(s) {', '.join(missing)}: re-run the clean stage (dvc repro clean)"
-        )
+    manifests.CLEAN.require(manifest, INPUT_COLUMNS)
     manifest = manifest.assign(
         keep=manifest["keep"].fillna(False).astype(bool),
         dup_group=manifest["dup_group"].fillna("").astype(str),
@@ -145,7 +141,7 @@ def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
         split_order=table["split"].map(SPLITS.index),
     )
     table = table.sort_values(["split_order", "Label", "ImageID", "BoxIndex"], kind="stable")
-    return table[[*OUTPUT_COLUMNS, "crop_path"]].reset_index(drop=True)
+    return table[[*manifests.SPLITS.columns, "crop_path"]].reset_index(drop=True)
 
 
 def _require_min_per_label(kept: pd.DataFrame, labels: list[str], minimum: int) -> None:
@@ -230,7 +226,7 @@ def write_splits(table: pd.DataFrame) -> None:
     with replace_dir(paths.SPLITS_DIR) as new:
         for src, rel in track(list(zip(sources, table["path"])), "split", "crop", leave=False):
             link_or_copy(src, new / rel)
-        write_parquet(table[OUTPUT_COLUMNS], new / paths.SPLITS_MANIFEST.name)
+        write_parquet(table[list(manifests.SPLITS.columns)], new / paths.SPLITS_MANIFEST.name)
         (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
 
@@ -251,12 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     params = load_params()
     with stage_lock("split"):
-        manifest = read_parquet(paths.CLEAN_MANIFEST, "clean manifest (python -m pipeline.stages.clean)")
-        ledger = read_parquet(paths.AUDIT_LEDGER, "audit ledger (python -m pipeline.stages.audit)")
-        manifest = leave_out_rejected(manifest, ledger)
+        manifest = leave_out_rejected(manifests.CLEAN.read(), manifests.LEDGER.read())
         if params.split.group_by_author:
-            selected = read_parquet(paths.SELECTED, "selection (python -m pipeline.stages.select)")
-            manifest = with_authors(manifest, selected)
+            manifest = with_authors(manifest, manifests.SELECTED.read())
         table = assign_splits(manifest, params.split)
         if "author" in manifest.columns:
             photo_only = assign_splits(manifest.drop(columns="author"), params.split)
