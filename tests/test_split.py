@@ -87,6 +87,16 @@ def test_layout_files_and_labels_json(done):
     assert len(table) == int(clean["keep"].sum())  # only kept crops, every one of them
 
 
+def test_the_dataset_size_is_a_metric(done):
+    """metrics/dataset.json (dvc.yaml: the stage's metric) counts what the splits hold, so that dvc exp show
+    and dvc metrics diff compare dataset sizes."""
+    table = splits_of(done)
+    size = json.loads((done / split.DATASET_METRICS).read_text())
+    assert size == {"images": len(table), "train": int((table["split"] == "train").sum()),
+                    "val": int((table["split"] == "val").sum()), "test": int((table["split"] == "test").sum())}
+    assert list(size) == ["images", "train", "val", "test"] and min(size.values()) > 0
+
+
 @pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (0.5, 0.3, 0.2)])
 def test_stratification_matches_fractions(tmp_path, fractions):
     write_inputs(tmp_path, synthetic_rows(120, LABELS, seed=3),

@@ -4,7 +4,8 @@ All crops of one photo, of a near-duplicate group and (``split.group_by_author``
 in one split; whole groups are placed greedily, biggest first, towards each split's quota per label; the
 audit's rejected crops are left out. Output: ``data/splits/{train,val,test}/<label_dirname>/`` (hard links
 to data/crops), ``splits.parquet`` and ``labels.json``, rebuilt on every run; ``metrics/split.json``, what grouping by
-photographer prevented and cost; then the dataset report.
+photographer prevented and cost; ``metrics/dataset.json``, the dataset's size (a metric, so that
+``dvc exp show`` and ``dvc metrics diff`` put it next to top-1); then the dataset report.
 Why grouped, greedy and by photographer: docs/architecture.md ("split").
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES
 INPUT_COLUMNS = ("ImageID", "BoxIndex", "Label", "crop_path", "keep", "dup_group")
+DATASET_METRICS = paths.METRICS_DIR / "dataset.json"
 
 
 def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -247,6 +249,13 @@ def write_splits(table: pd.DataFrame) -> None:
         (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
 
+def dataset_size(table: pd.DataFrame) -> dict[str, int]:
+    """The crops in the splits: all of them (``images``, the column ``pipeline.demo.COMPARE_COMMAND`` keeps)
+    and each split's."""
+    sizes = table["split"].value_counts()
+    return {"images": len(table), **{split: int(sizes.get(split, 0)) for split in SPLITS}}
+
+
 @dataclass(frozen=True)
 class SplitSummary(Summary):
     """Crops per split, how many labels, what grouping by photographer prevented and cost (``leaks``, as in
@@ -267,13 +276,15 @@ class SplitSummary(Summary):
                        f"largest gap from the split fractions {gap['grouped']:.3f} (photo grouping only: "
                        f"{gap['photo_only']:.3f})"]
         counts = ", ".join(f"{self.sizes.get(s, 0)} {s}" for s in SPLITS)
-        return [*grouped, f"split: {counts} crops of {self.labels} label(s) -> {paths.SPLITS_DIR}",
+        return [*grouped,
+                f"split: {counts} crops of {self.labels} label(s) -> {paths.SPLITS_DIR}, {DATASET_METRICS}",
                 f"report: {self.report}"]
 
 
 def run(params: Params) -> SplitSummary:
     """The stage: the clean crops the audit did not reject, into ``data/splits``, what grouping by
-    photographer prevented (``metrics/split.json``), and the dataset report."""
+    photographer prevented (``metrics/split.json``), the dataset's size (``metrics/dataset.json``), and the
+    dataset report."""
     manifest = leave_out_rejected(manifests.CLEAN.read(), manifests.LEDGER.read())
     if params.split.group_by_author:
         manifest = with_authors(manifest, manifests.SELECTED.read())
@@ -286,5 +297,6 @@ def run(params: Params) -> SplitSummary:
                                    photo_only.assign(author=photo_only["ImageID"].map(authors)), params.split)
     write_splits(table)
     write_json(report.SPLIT_METRICS, leaks)
-    sizes = {str(s): int(n) for s, n in table["split"].value_counts().items()}
+    sizes = dataset_size(table)
+    write_json(DATASET_METRICS, sizes)
     return SplitSummary(sizes, int(table["Label"].nunique()), leaks, report.build_report())
