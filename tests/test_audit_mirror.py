@@ -20,7 +20,8 @@ from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import AuditParams, CleanParams, CropParams
 from pipeline.mirror import Mirror
-from pipeline.stages import clean, crop
+from pipeline.stages.clean import stage as clean
+from pipeline.stages.crop import stage as crop
 from pipeline.stages.audit import __main__ as audit_stage
 
 CROP = CropParams(min_side=16)
