@@ -47,7 +47,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.core.learn.data import Normalize, make_batches, read_split  # noqa: E402
+from pipeline.core.learn.data import Normalize, make_batches  # noqa: E402
+from pipeline.core.learn.folders import read_split  # noqa: E402
 from pipeline.core.learn.folders import read_classes
 from pipeline.core.learn.device import predict_logits  # noqa: E402
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402

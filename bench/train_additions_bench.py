@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.core.base.io import save_figure  # noqa: E402
-from pipeline.core.learn.data import Normalize, decode, read_split  # noqa: E402
+from pipeline.core.learn.data import Normalize, decode  # noqa: E402
+from pipeline.core.learn.folders import read_split  # noqa: E402
 from pipeline.core.learn.folders import read_classes
 from pipeline.core.learn.device import pick_device  # noqa: E402
 from pipeline.stages.evaluate.explain import gradcam  # noqa: E402

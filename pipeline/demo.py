@@ -10,8 +10,8 @@ The workspace is a git repository like a user's own clone: it holds a copy of th
 and what follows, as ``dvc repro`` does), the repository's own ``dvc.yaml`` and ``.gitignore``, and the
 demo's ``params.yaml``. Every code dep is then a relative path (``pipeline/core``), ``dvc exp show`` shows
 no path of this machine, and after the run the demo commits ``dvc.lock`` with the metrics and plots, so
-``dvc exp run -S 'labels=[Pizza,"Hot dog"]'`` / ``dvc exp show`` / ``dvc metrics diff`` / ``dvc plots diff``
-compare against that baseline straight away (the mirror draws all five of its labels for that).
+``dvc exp run -S 'labels=[Pizza,"Hot dog"]'`` / ``dvc exp show`` (:data:`COMPARE_COMMAND`) / ``dvc metrics diff``
+/ ``dvc plots diff`` compare against that baseline straight away (the mirror draws all five of its labels for that).
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 MIRROR_LABELS = ("Hamburger", "Sandwich", "Submarine sandwich", "Hot dog", "Pizza")
 #: ignored in the workspace on top of the repository's own .gitignore
 WORKSPACE_IGNORES = "\n# the demo's own\n/mirror/\n"
+#: What people compare, on one 80-column screen: each run's labels, dataset size (metrics/dataset.json) and
+#: top-1. A plain ``dvc exp show`` puts every metric and param (over a hundred columns) first, and squeezes
+#: them all to "…" in 80 columns. --drop removes every column, --keep (anchored regexes) spares these four.
+COMPARE_COMMAND = "dvc exp show --drop '.*' --keep 'Experiment$|images$|top1$|labels$'"
 #: the identity of the workspace's commits when git has none configured
 DEMO_AUTHOR = ("openimages-pipeline demo", "demo@openimages-pipeline.invalid")
 
@@ -181,7 +185,8 @@ def summary(workspace: Path, images_per_label: int, port: int) -> str:
         "  compare other labels (the mirror must be up for the stages that download):",
         f"    python -m pipeline.mirror --root {workspace / 'mirror'} --port {port} "
         f"--images-per-label {images_per_label} --labels {labels} &",
-        f"    cd {workspace} && dvc exp run -S 'labels=[Pizza,\"Hot dog\"]' && dvc exp show",
+        f"    cd {workspace} && dvc exp run -S 'labels=[Pizza,\"Hot dog\"]'",
+        f"    {COMPARE_COMMAND}    # every column: dvc exp show",
     ]
     return "\n".join(lines)
 

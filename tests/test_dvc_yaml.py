@@ -41,7 +41,7 @@ def code_files_run_by(module: str) -> set[str]:
     """Repo-relative files of every ``pipeline`` module that ``python -m module`` can import."""
     entry = f"{module}.__main__" if (REPO.joinpath(*module.split(".")) / "__main__.py").exists() else module
     seen: set[str] = set()
-    todo = [entry]
+    todo = [entry, f"{module}.stage"]  # the stage's work, which core/base/stage_cli.py imports by name
     while todo:
         name = todo.pop()
         if name in seen:

@@ -544,7 +544,7 @@ def test_pooled_pictures_keep_boxes_tight_and_upright(pooled):
 def test_pooled_pictures_are_no_near_copies_of_each_other(pooled):
     """Only a few drawings, yet no two photos (the planted copies aside) are near copies for the clean stage."""
     from pipeline.core.images.imaging import image_phash
-    from pipeline.stages.clean import hash_bits, near_pairs
+    from pipeline.stages.clean.stage import hash_bits, near_pairs
 
     rows = pooled.truth[pooled.truth.fault == ""]
     hashes = [image_phash(Image.open(io.BytesIO(requests.get(url, timeout=10).content)).convert("RGB"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,16 @@ def test_layout_files_and_labels_json(done):
     assert (done / paths.SPLITS_LABELS).read_text().count('"Hot_dog": "Hot dog"') == 1
     clean = pd.read_parquet(done / paths.CLEAN_MANIFEST)
     assert len(table) == int(clean["keep"].sum())  # only kept crops, every one of them
+
+
+def test_the_dataset_size_is_a_metric(done):
+    """metrics/dataset.json (dvc.yaml: the stage's metric) counts what the splits hold, so that dvc exp show
+    and dvc metrics diff compare dataset sizes."""
+    table = splits_of(done)
+    size = json.loads((done / split.DATASET_METRICS).read_text())
+    assert size == {"images": len(table), "train": int((table["split"] == "train").sum()),
+                    "val": int((table["split"] == "val").sum()), "test": int((table["split"] == "test").sum())}
+    assert list(size) == ["images", "train", "val", "test"] and min(size.values()) > 0
 
 
 @pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (0.5, 0.3, 0.2)])
@@ -245,3 +256,41 @@ def test_author_grouping_can_be_turned_off(tmp_path, capsys):
     table = splits_of(tmp_path)
     assert (table.groupby(table["ImageID"].map(lambda i: int(i, 16) % 12))["split"].nunique() > 1).any()
     assert "grouping by author" not in capsys.readouterr().out
+
+
+def straddling(table: pd.DataFrame, author: pd.Series) -> tuple[set, set, set]:
+    """(authors in more than one split, their photos, authors in train and test) of a split table."""
+    spans = table.groupby(author)["split"].agg(set)
+    across = {a for a, s in spans.items() if len(s) > 1}
+    return across, set(table.loc[author.isin(across), "ImageID"]), {a for a, s in spans.items() if {"train", "test"} <= s}
+
+
+def test_leak_report_counts_what_author_grouping_prevented_and_its_balance_cost(tmp_path):
+    rows = [{**r, "author": f"a{int(r['ImageID'], 16) % 30}"} for r in synthetic_rows(90, LABELS, seed=3)]
+    off, on = tmp_path / "off", tmp_path / "on"
+    for root, grouped in ((off, False), (on, True)):
+        root.mkdir()
+        write_inputs(root, rows, split={"group_by_author": grouped})
+        assert run_split(root) == 0
+    assert json.loads((off / "metrics/split.json").read_text()) == {"group_by_author": False}
+    leaks = json.loads((on / "metrics/split.json").read_text())
+    photo_only = splits_of(off)  # the split the same data gets without author grouping
+    across, photos, train_test = straddling(photo_only, photo_only["ImageID"].map(lambda i: f"a{int(i, 16) % 30}"))
+    assert across and leaks["authors"] == 30
+    assert leaks["prevented"] == {
+        "authors_across_splits": len(across), "photos_across_splits": len(photos),
+        "crops_across_splits": int(photo_only["ImageID"].isin(photos).sum()),
+        "authors_in_train_and_test": len(train_test),
+        "photos_in_train_and_test": photo_only.loc[photo_only["ImageID"].map(
+            lambda i: f"a{int(i, 16) % 30}").isin(train_test), "ImageID"].nunique(),
+    }
+    for name, table in (("grouped", splits_of(on)), ("photo_only", photo_only)):
+        share = pd.crosstab(table["Label"], table["split"], normalize="index")
+        for label in LABELS:
+            for s in ("train", "val", "test"):
+                assert leaks["fractions"][name][label][s] == pytest.approx(share.loc[label, s], abs=1e-4)
+        gap = max(abs(share.loc[label, s] - f) for label in LABELS
+                  for s, f in (("train", 0.7), ("val", 0.15), ("test", 0.15)))
+        assert leaks["largest_gap"][name] == pytest.approx(gap, abs=1e-4)
+    page = (on / paths.DATASET_REPORT / "index.html").read_text()
+    assert f"Grouping by photographer kept <strong>{len(across)}</strong> of 30 authors" in page

@@ -8,12 +8,16 @@ copy of ``pipeline/``), its baseline committed, then:
   nothing, and a clone built with other ones gives the dataset package the same top hash, byte for byte,
   with a model package that names it;
 - ``dvc exp run -S 'labels=[Pizza,"Hot dog"]'`` publishes under a name of its own, and ``dvc exp show``,
-  ``dvc metrics diff``, ``dvc params diff`` and ``dvc plots diff`` compare it with the baseline.
+  ``dvc metrics diff``, ``dvc params diff`` and ``dvc plots diff`` compare it with the baseline;
+- the README's ``dvc exp show`` command (``demo.COMPARE_COMMAND``) shows both runs' labels, dataset size and
+  top-1 in the first 80 columns, as a terminal of that width shows it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,9 +65,9 @@ def dvc(cwd: Path, env: dict[str, str], *args: str) -> str:
     return sh(cwd, env, sys.executable, "-m", "dvc", *args)
 
 
-def set_runtime(repo: Path, runtime: dict) -> None:
+def update_params(repo: Path, section: str, values: dict) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["runtime"].update(runtime)
+    params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -119,7 +123,8 @@ def test_the_baseline_commit_keeps_metrics_plots_and_package_versions(baseline: 
 
 def test_machine_settings_rerun_nothing_and_change_no_hash(baseline: dict) -> None:
     repo, env, info = baseline["repo"], baseline["env"], baseline["info"]
-    set_runtime(repo, RUNTIME_B)
+    update_params(repo, "runtime", RUNTIME_B)
+    update_params(repo, "download", {"rate": 3.0})  # a promise to the server: how fast, not what
     try:
         assert json.loads(dvc(repo, env, "status", "--json")) == {}  # nothing to re-run
     finally:
@@ -128,7 +133,7 @@ def test_machine_settings_rerun_nothing_and_change_no_hash(baseline: dict) -> No
     # Another machine: a clone of the same commit, the same params, other runtime settings, built from scratch.
     clone = baseline["root"] / "clone"
     sh(baseline["root"], env, "git", "clone", "-q", str(repo), str(clone))
-    set_runtime(clone, RUNTIME_B)
+    update_params(clone, "runtime", RUNTIME_B)
     dvc(clone, env, "repro")
     other = package_info(clone)
     assert other["name"] == info["name"] and other["top_hash"] == info["top_hash"]
@@ -152,19 +157,31 @@ def test_an_edit_to_the_publishing_code_reruns_only_the_package_stage(baseline: 
         sh(repo, env, "git", "checkout", "--", "pipeline/core/publish/s3.py")
 
 
-def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: dict) -> None:
-    repo, env, info = baseline["repo"], baseline["env"], baseline["info"]
-    out = dvc(repo, env, "exp", "run", "-S", 'labels=[Pizza,"Hot dog"]')
-    exp = out.split("Ran experiment(s):", 1)[1].split()[0].rstrip(",")
-
-    shown = json.loads(dvc(repo, env, "exp", "show", "--json"))
+def shown_data(repo: Path, env: dict[str, str]) -> dict[str, dict]:
+    """``dvc exp show --json``'s data (metrics, params, deps, outs) of each commit (by its sha) and experiment
+    (by its name)."""
     revs = {}
-    for row in shown:
-        revs[row["rev"]] = row
+    for row in json.loads(dvc(repo, env, "exp", "show", "--json")):
+        revs[row["rev"]] = row["data"]
         for experiment in row.get("experiments") or []:
             for rev in experiment["revs"]:
-                revs[rev["name"]] = rev
-    base, trial = revs[baseline["rev"]]["data"], revs[exp]["data"]
+                revs[rev["name"]] = rev["data"]
+    return revs
+
+
+@pytest.fixture(scope="module")
+def experiment(baseline: dict) -> str:
+    """The name of the README's experiment, run on the baseline: ``dvc exp run -S 'labels=[Pizza,"Hot dog"]'``
+    (its results stay in the workspace, as ``dvc exp run`` leaves them)."""
+    out = dvc(baseline["repo"], baseline["env"], "exp", "run", "-S", 'labels=[Pizza,"Hot dog"]')
+    return out.split("Ran experiment(s):", 1)[1].split()[0].rstrip(",")
+
+
+def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: dict, experiment: str) -> None:
+    repo, env, info, exp = baseline["repo"], baseline["env"], baseline["info"], experiment
+
+    shown = shown_data(repo, env)
+    base, trial = shown[baseline["rev"]], shown[exp]
     for data, labels in ((base, ["Hamburger", "Sandwich"]), (trial, ["Pizza", "Hot dog"])):
         assert isinstance(data["metrics"]["metrics/eval.json"]["data"]["top1"], float)
         assert data["metrics"]["dvclive/metrics.json"]["data"]["step"] == 1
@@ -195,3 +212,42 @@ def test_an_experiment_with_other_labels_compares_with_the_baseline(baseline: di
     assert user_meta(repo, trial_info["top_hash"])["dataset"]["labels"] == ["Hot dog", "Pizza"]
     latest = (repo / "data/quilt-registry/.quilt/named_packages" / DATASET / "latest").read_text()
     assert latest == info["top_hash"] and user_meta(repo, latest)["dataset"]["labels"] == ["Hamburger", "Sandwich"]
+
+
+def first_screen(table: str, columns: int = 80, lines: int = 24) -> list[str]:
+    """What a terminal of that size shows first of ``table``: DVC pages it with ``less --chop-long-lines``."""
+    return [line[:columns] for line in table.splitlines()[:lines]]
+
+
+def screen_rows(screen: list[str]) -> dict[str, dict[str, str]]:
+    """The table's rows as ``{header: cell}``, by the row's name (``workspace``, the branch, the experiment's
+    name): cells are at least two spaces apart (rich's padding), words within a cell one (``['Pizza', 'Hot
+    dog']``); the header is the first line that names ``Experiment``."""
+    cells = [re.split(r"\s{2,}", line.strip()) for line in screen if line.strip() and set(line.strip()) != {"─"}]
+    header = next(row for row in cells if row[0] == "Experiment")
+    rows = [dict(zip(header, row)) for row in cells[cells.index(header) + 1:]]
+    return {re.sub(r".*\[(.+)\]$", r"\1", row["Experiment"]): row for row in rows}
+
+
+def test_the_readme_exp_show_shows_labels_dataset_size_and_top1_on_the_first_screen(
+        baseline: dict, experiment: str) -> None:
+    repo, env = baseline["repo"], baseline["env"]
+    assert demo.COMPARE_COMMAND in (demo.REPO / "README.md").read_text()
+    assert demo.COMPARE_COMMAND in demo.summary(repo, 12, 1)  # the demo's last lines suggest it too
+    command = shlex.split(demo.COMPARE_COMMAND)
+    assert command[0] == "dvc"
+    table = dvc(repo, env, *command[1:])  # no terminal: the whole table, as DVC hands it to the pager
+    assert max(map(len, table.splitlines())) <= 80, table  # so a plain 80-column terminal squeezes nothing
+    rows = screen_rows(first_screen(table))
+    branch = sh(repo, env, "git", "rev-parse", "--abbrev-ref", "HEAD").strip()
+    shown = shown_data(repo, env)
+    for name, data in ((branch, shown[baseline["rev"]]), (experiment, shown[experiment])):
+        metrics = {path: file["data"] for path, file in data["metrics"].items()}
+        size, top1 = metrics["metrics/dataset.json"], metrics["metrics/eval.json"]["top1"]
+        assert size["images"] == size["train"] + size["val"] + size["test"] > 0
+        row = rows[name]
+        assert set(row) == {"Experiment", "images", "top1", "labels"}, table
+        assert (row["labels"], int(row["images"])) == (str(data["params"]["params.yaml"]["data"]["labels"]),
+                                                       size["images"]), table
+        assert float(row["top1"]) == pytest.approx(top1, abs=1e-5), table
+    assert rows[branch]["labels"] != rows[experiment]["labels"]

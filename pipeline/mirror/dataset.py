@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.core.base.errors import UserError
 from pipeline.mirror import drawing
@@ -33,7 +33,7 @@ from pipeline.mirror import drawing
 FIXTURES = Path(__file__).parent / "fixtures"
 CLASSES_FILE = FIXTURES / "class-descriptions-boxable.csv"
 #: bump when the generator changes, so cached mirrors are regenerated
-FORMAT = 4
+FORMAT = 5
 CVDF_LONG_SIDE = 1024
 #: what "upright" means for the rotation faults (also in ``Mirror.truth.attrs["upright"]``)
 UPRIGHT = (
@@ -51,6 +51,7 @@ class Fault:
     expected_status: str  # the download manifest's status
     expected_reject: str  # the clean stage's reject_reason ('' = kept)
     detail: str
+    expected_audit: str = ""  # the issue the audit stage must find in its crop ('' = none)
 
 
 FAULTS: dict[str, Fault] = {
@@ -67,13 +68,21 @@ FAULTS: dict[str, Fault] = {
     "exif_rotated": Fault("ok", "", "stored sideways with EXIF Orientation 6, Rotation 270.0. " + UPRIGHT),
     "rotation90": Fault("ok", "", "stored sideways without EXIF, Rotation 90.0. " + UPRIGHT),
     "cmyk": Fault("ok", "", "a CMYK JPEG"),
-    "greyscale": Fault("ok", "", "an L-mode (greyscale) JPEG that must be kept"),
+    "greyscale": Fault("ok", "", "an L-mode (greyscale) JPEG that must be kept (the audit never rejects it for being grey)"),
     "png": Fault("ok", "", "an RGBA PNG with a transparent border"),
     "not_image": Fault("not_image", "not_downloaded", "200 text/html instead of an image"),
     "bad_url": Fault("bad_url", "not_downloaded", "OriginalURL is ftp://"),
     "duplicate": Fault("ok", "duplicate", "two ImageIDs with byte-identical files (duplicate_of names the first)"),
     "near_duplicate": Fault("ok", "near_duplicate", "the same picture re-encoded smaller at a lower quality"),
+    "blurry": Fault("ok", "", "the whole photo out of focus (Gaussian blur, radius 1.5 % of its width)", "blurry"),
+    "dark": Fault("ok", "", "the whole photo underexposed (every value divided by 10)", "dark"),
+    "flat": Fault("ok", "", "its box holds one flat tone and nothing else (a low-information crop)", "low_information"),
+    "mislabelled": Fault("ok", "", "the drawing of another label (the next one asked for, else a distractor) "
+                         "boxed under this label", "label_issue"),
 }
+#: photos planted for the audit stage, and the position in the mirror's labels of the label each is boxed under
+#: (the first two labels, so the demo's own dataset holds every one of them)
+AUDIT_PLANTS = {"blurry": 0, "dark": 1, "flat": 1, "mislabelled": 0, "greyscale": 1}
 #: faults whose photo is gone from Flickr: Open Images leaves their Rotation empty
 _NO_ROTATION = {"not_found", "gone", "placeholder"}
 #: the first image of these pairs is a clean image; the second copies it
@@ -190,6 +199,7 @@ class _Plan:
     fault: str = ""
     copy_of: _Plan | None = None
     flags: dict[str, int] = field(default_factory=dict)  # forced flags of the primary box
+    shown: str = ""  # mislabelled: the MID drawn in the primary box (boxed under ``mids[0]``)
 
 
 def _image_id(spec: Spec, *parts: object) -> str:
@@ -223,8 +233,10 @@ def plan(spec: Spec) -> list[_Plan]:
             plans.append(_Plan(_image_id(spec, "distractor", mid, i), _subset(i), [mid]))
     if spec.faults:
         for fi, fault in enumerate(FAULTS):
-            mid = labels[fi % len(labels)]
+            mid = labels[AUDIT_PLANTS.get(fault, fi) % len(labels)]
             first = _Plan(_image_id(spec, "fault", fault), "train", [mid], fault)
+            if fault == "mislabelled":
+                first.shown = next(m for m in (*labels, *DISTRACTORS) if m != mid)
             plans.append(first)
             if fault in _PAIRS:  # the copy sorts after the first, so "keep the smallest ImageID" keeps the first
                 copy_id = next(c for k in itertools.count() if (c := _image_id(spec, "fault", fault, "copy", k)) > first.image_id)
@@ -270,15 +282,31 @@ def _overlap(a: drawing.Box, b: drawing.Box) -> float:
     return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def _picture(spec: Spec, image_id: str, mids: list[str]) -> tuple[Image.Image, list[tuple[str, drawing.Box]]]:
-    rng = _rng(spec, image_id)
+def _picture(spec: Spec, plan_: _Plan) -> tuple[Image.Image, list[tuple[str, drawing.Box]]]:
+    """The upright photo of ``plan_`` and its boxes (label, pixels), with what the audit must find planted."""
+    rng = _rng(spec, plan_.image_id)
+    drawn = [plan_.shown or plan_.mids[0], *plan_.mids[1:]]
     if spec.pool:
-        return _composed(spec, mids, rng)
-    image = drawing.background(spec.size, rng)
-    placed = _place(mids, spec.size, rng)
-    for mid, box in placed:
-        drawing.draw_object(image, mid, box, rng)
-    return image, placed
+        image, placed = _composed(spec, drawn, rng)
+    else:
+        image = drawing.background(spec.size, rng)
+        placed = _place(drawn, spec.size, rng)
+        for mid, box in placed:
+            drawing.draw_object(image, mid, box, rng)
+    if placed and plan_.shown:  # the drawing of one label, boxed under another
+        placed[0] = (plan_.mids[0], placed[0][1])
+    return _plant(image, placed, plan_.fault), placed
+
+
+def _plant(image: Image.Image, placed: list[tuple[str, drawing.Box]], fault: str) -> Image.Image:
+    """The photo as the audit's planted faults spoil it: out of focus, underexposed, or a flat box."""
+    if fault == "blurry":
+        return image.filter(ImageFilter.GaussianBlur(0.015 * image.width))
+    if fault == "dark":
+        return image.point(lambda v: v // 10)
+    if fault == "flat" and placed:
+        ImageDraw.Draw(image).rectangle(placed[0][1], fill=(205, 135, 55))
+    return image
 
 
 #: the size a pooled object is drawn at, as a fraction of the picture's width (boxes are 25-70% of it)
@@ -451,7 +479,7 @@ def _md5_b64(data: bytes) -> str:
 
 def _render(spec: Spec, plan_: _Plan, root: Path) -> ImageRecord:
     source = plan_.copy_of or plan_
-    upright, placed = _picture(spec, source.image_id, source.mids)
+    upright, placed = _picture(spec, source)
     stored, original, served, rotation, ext = _encode_original(plan_, upright)
     rng = _rng(spec, plan_.image_id)
     boxes = []

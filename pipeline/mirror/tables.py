@@ -155,6 +155,7 @@ def truth(records: list[ImageRecord], url: str, cvdf_url: str) -> pd.DataFrame:
             "fault": r.fault,
             "expected_status": fault.expected_status if fault else "ok",
             "expected_reject": _expected_reject(r),
+            "expected_audit": fault.expected_audit if fault else "",
             "OriginalURL": original_url(r, url),
             "cvdf_url": f"{cvdf_url}/{r.Subset}/{r.ImageID}.jpg",
             "Rotation": float("nan") if r.Rotation is None else r.Rotation,

@@ -63,6 +63,9 @@ class Manifest:
 
     def read(self) -> pd.DataFrame:
         """The file as a DataFrame; missing or damaged: one line naming the stage that writes it."""
+        if not self.path.exists():
+            raise UserError(f"{self.path} not found: run the {self.stage} stage first "
+                            f"(python -m pipeline.stages.{self.stage}, or dvc repro {self.stage})")
         return read_parquet(self.path, f"{self.path.name} of the {self.stage} stage")
 
     def require(self, table: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:

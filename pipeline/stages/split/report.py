@@ -6,6 +6,8 @@ crops, and every rejected crop or photo grouped by its reason with thumbnails, s
 the numbers mean (are the "placeholders" really placeholders? did the greyscale photos survive?).
 Contact sheets are PNGs beside the page; the page has no scripts and loads nothing from the network.
 Class balance is also written as ``plots/class_balance.csv`` for ``dvc plots`` and as a PNG bar chart.
+With ``split.group_by_author``, the page also shows what that grouping prevented and cost (the split stage's
+``metrics/split.json``).
 
 Samples are chosen by a hash of ``<ImageID>_<BoxIndex>``, so the same crop is shown on every run and
 adding images changes a sheet only where the new crops hash in. Every string that comes from the data
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -33,6 +36,8 @@ from pipeline.core.base.safe import join_inside, label_dirname
 from pipeline.core.base.status import Reject
 
 SPLITS = paths.SPLIT_NAMES
+#: the split stage's metrics: what grouping by photographer prevented and cost (written before the report)
+SPLIT_METRICS = paths.METRICS_DIR / "split.json"
 #: contract order of clean's reasons; any other reason is listed after these, alphabetically
 REASONS = tuple(Reject)
 TILE = 128            # a thumbnail's square side, pixels
@@ -168,7 +173,7 @@ def build_report() -> Path:
         balance_chart(balance, out / "class_balance.png")
         sheets = _label_sheets(splits, labels, out)
         reject_sections = _reject_sheets(rejected, out)
-        page = render_html(balance, splits, rejected, sheets, reject_sections)
+        page = render_html(balance, splits, rejected, sheets, reject_sections, _leaks())
         (out / "index.html").write_text(page, encoding="utf-8")
     with atomic_path(paths.CLASS_BALANCE) as tmp:
         balance.to_csv(tmp, index=False)
@@ -204,12 +209,48 @@ def _reject_sheets(rejected: pd.DataFrame, out: Path) -> list[tuple[str, str, pd
     return sections
 
 
+def _leaks() -> dict:
+    """The split stage's :data:`SPLIT_METRICS` ({} when absent or unreadable: the section is then left out)."""
+    try:
+        data = json.loads(SPLIT_METRICS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def authors_section(leaks: dict) -> str:
+    """What grouping by photographer prevented (authors, photos, crops that would have straddled splits) and
+    its balance cost: each label's split fractions with and without it."""
+    e = html.escape
+    if not leaks.get("group_by_author"):
+        return "<h2>Photographers</h2><p>Not grouped by photographer (split.group_by_author is off).</p>" \
+            if leaks else ""
+    p, gap, fractions = leaks["prevented"], leaks["largest_gap"], leaks["fractions"]
+    rows = "".join(
+        f"<tr><th>{e(label)}</th>"
+        + "".join(f"<td>{fractions['grouped'][label][s]:.3f}</td>" for s in SPLITS)
+        + "".join(f"<td>{fractions['photo_only'].get(label, {}).get(s, 0.0):.3f}</td>" for s in SPLITS) + "</tr>"
+        for label in fractions["grouped"]
+    )
+    heads = "".join(f"<th>{s}</th>" for s in SPLITS)
+    return f"""<h2>Photographers</h2>
+<p>Grouping by photographer kept <strong>{p['authors_across_splits']}</strong> of {leaks['authors']} authors
+({p['photos_across_splits']} photos, {p['crops_across_splits']} crops) from straddling splits;
+{p['authors_in_train_and_test']} of them ({p['photos_in_train_and_test']} photos) would have been in train and
+test both. Balance cost: the largest gap of a label's split fraction from the one asked for is
+{gap['grouped']:.3f} grouped by photographer, {gap['photo_only']:.3f} grouped by photo only.</p>
+<table><tr><th rowspan="2">label</th><th colspan="3">by photographer</th><th colspan="3">by photo only</th></tr>
+<tr>{heads}{heads}</tr>{rows}</table>
+"""
+
+
 def render_html(
     balance: pd.DataFrame,
     splits: pd.DataFrame,
     rejected: pd.DataFrame,
     sheets: dict[tuple[str, str], str],
     reject_sections: list[tuple[str, str, pd.DataFrame]],
+    leaks: dict | None = None,
 ) -> str:
     """The report page; every value from the data goes through :func:`html.escape`."""
     e = html.escape
@@ -258,7 +299,7 @@ crop name; grey "undecodable" tiles are files that do not decode, dark "no file"
 <table><tr><th>label</th>{"".join(f"<th>{s}</th>" for s in SPLITS)}<th>total</th><th>rejected</th></tr>
 {summary_rows}</table>
 <img src="class_balance.png" alt="class balance bar chart">
-<h2>Samples per label and split</h2>
+{authors_section(leaks or {})}<h2>Samples per label and split</h2>
 {"".join(label_parts)}
 <h2>Rejected, by reason</h2>
 {"".join(reject_parts) or "<p>nothing rejected</p>"}

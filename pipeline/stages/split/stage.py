@@ -3,7 +3,9 @@
 All crops of one photo, of a near-duplicate group and (``split.group_by_author``) of one photographer land
 in one split; whole groups are placed greedily, biggest first, towards each split's quota per label; the
 audit's rejected crops are left out. Output: ``data/splits/{train,val,test}/<label_dirname>/`` (hard links
-to data/crops), ``splits.parquet`` and ``labels.json``, rebuilt on every run, then the dataset report.
+to data/crops), ``splits.parquet`` and ``labels.json``, rebuilt on every run; ``metrics/split.json``, what grouping by
+photographer prevented and cost; ``metrics/dataset.json``, the dataset's size (a metric, so that
+``dvc exp show`` and ``dvc metrics diff`` put it next to top-1); then the dataset report.
 Why grouped, greedy and by photographer: docs/architecture.md ("split").
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.core.base import paths
 from pipeline.core.base import manifests
 from pipeline.core.base.errors import UserError
 from pipeline.core.images.groups import connected_groups
-from pipeline.core.base.io import replace_dir, write_parquet
+from pipeline.core.base.io import replace_dir, write_json, write_parquet
 from pipeline.core.base.params import Params, SplitParams
 from pipeline.core.base.progress import track
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
@@ -31,6 +33,7 @@ from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES
 INPUT_COLUMNS = ("ImageID", "BoxIndex", "Label", "crop_path", "keep", "dup_group")
+DATASET_METRICS = paths.METRICS_DIR / "dataset.json"
 
 
 def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -174,12 +177,45 @@ def with_authors(manifest: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame
     return manifest.assign(author=manifest["ImageID"].astype(str).map(author).fillna(""))
 
 
-def author_leaks(without_authors: pd.DataFrame) -> int:
-    """Crops that grouping by photographer kept from sharing an author across splits: in the split made
-    without it, the crops of every author whose crops landed in more than one split."""
-    spans = without_authors.groupby("author")["split"].nunique()
-    straddling = spans[(spans > 1) & (spans.index != "")].index
-    return int(without_authors["author"].isin(straddling).sum())
+def label_fractions(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per label, the fraction of its crops in each split (what stratification aims at)."""
+    counts = pd.crosstab(table["Label"], table["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    return {str(label): {s: round(int(row[s]) / max(int(row.sum()), 1), 4) for s in SPLITS}
+            for label, row in counts.iterrows()}
+
+
+def largest_gap(fractions: dict[str, dict[str, float]], params: SplitParams) -> float:
+    """The largest distance of any label's split fraction from the one asked for (0 = exact stratification)."""
+    target = {"train": params.train, "val": params.val, "test": params.test}
+    return round(max((abs(f[s] - target[s]) for f in fractions.values() for s in SPLITS), default=0.0), 4)
+
+
+def author_leak_report(grouped: pd.DataFrame, photo_only: pd.DataFrame, params: SplitParams) -> dict:
+    """What grouping by photographer prevented, and what it cost in balance.
+
+    ``grouped`` and ``photo_only``: :func:`assign_splits` tables made with and without the author ties, both
+    with an ``author`` column. Prevented: in ``photo_only``, the authors whose photos landed in more than one
+    split (and in train and test both), with their photos and crops. Cost: each label's split fractions in
+    both tables, and the largest gap from ``params``' fractions in each.
+    """
+    known = photo_only[photo_only["author"] != ""]
+    spans = known.groupby("author")["split"].agg(frozenset)
+    across = photo_only[photo_only["author"].isin(spans[spans.map(len) > 1].index)]
+    train_test = photo_only[photo_only["author"].isin(spans[spans.map({"train", "test"}.issubset)].index)]
+    balance = {"grouped": label_fractions(grouped), "photo_only": label_fractions(photo_only)}
+    return {
+        "group_by_author": True,
+        "authors": int(known["author"].nunique()),
+        "prevented": {
+            "authors_across_splits": int(across["author"].nunique()),
+            "photos_across_splits": int(across["ImageID"].nunique()),
+            "crops_across_splits": len(across),
+            "authors_in_train_and_test": int(train_test["author"].nunique()),
+            "photos_in_train_and_test": int(train_test["ImageID"].nunique()),
+        },
+        "largest_gap": {name: largest_gap(fractions, params) for name, fractions in balance.items()},
+        "fractions": balance,
+    }
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -213,37 +249,54 @@ def write_splits(table: pd.DataFrame) -> None:
         (new / paths.SPLITS_LABELS.name).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
 
+def dataset_size(table: pd.DataFrame) -> dict[str, int]:
+    """The crops in the splits: all of them (``images``, the column ``pipeline.demo.COMPARE_COMMAND`` keeps)
+    and each split's."""
+    sizes = table["split"].value_counts()
+    return {"images": len(table), **{split: int(sizes.get(split, 0)) for split in SPLITS}}
+
+
 @dataclass(frozen=True)
 class SplitSummary(Summary):
-    """Crops per split, how many labels, the crops that grouping by author kept from leaking (None: not
-    grouped), and the report's page."""
+    """Crops per split, how many labels, what grouping by photographer prevented and cost (``leaks``, as in
+    ``metrics/split.json``), and the report's page."""
 
     sizes: dict[str, int]
     labels: int
-    author_leaks_avoided: int | None
+    leaks: dict
     report: Path
 
     def lines(self) -> list[str]:
-        grouped = [] if self.author_leaks_avoided is None else [
-            f"split: grouping by author kept {self.author_leaks_avoided} crop(s) from sharing a photographer "
-            "across splits"]
+        grouped = []
+        if self.leaks.get("group_by_author"):
+            prevented, gap = self.leaks["prevented"], self.leaks["largest_gap"]
+            grouped = [f"split: grouping by author kept {prevented['authors_across_splits']} author(s) "
+                       f"({prevented['photos_across_splits']} photo(s), {prevented['crops_across_splits']} crop(s)) "
+                       f"from straddling splits, {prevented['authors_in_train_and_test']} of them train and test; "
+                       f"largest gap from the split fractions {gap['grouped']:.3f} (photo grouping only: "
+                       f"{gap['photo_only']:.3f})"]
         counts = ", ".join(f"{self.sizes.get(s, 0)} {s}" for s in SPLITS)
-        return [*grouped, f"split: {counts} crops of {self.labels} label(s) -> {paths.SPLITS_DIR}",
+        return [*grouped,
+                f"split: {counts} crops of {self.labels} label(s) -> {paths.SPLITS_DIR}, {DATASET_METRICS}",
                 f"report: {self.report}"]
 
 
 def run(params: Params) -> SplitSummary:
-    """The stage: the clean crops the audit did not reject, into ``data/splits``, and the dataset report."""
+    """The stage: the clean crops the audit did not reject, into ``data/splits``, what grouping by
+    photographer prevented (``metrics/split.json``), the dataset's size (``metrics/dataset.json``), and the
+    dataset report."""
     manifest = leave_out_rejected(manifests.CLEAN.read(), manifests.LEDGER.read())
     if params.split.group_by_author:
         manifest = with_authors(manifest, manifests.SELECTED.read())
     table = assign_splits(manifest, params.split)
-    leaks = None
+    leaks: dict = {"group_by_author": False}
     if "author" in manifest.columns:
+        authors = manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]
         photo_only = assign_splits(manifest.drop(columns="author"), params.split)
-        photo_only = photo_only.assign(author=photo_only["ImageID"].map(
-            manifest.drop_duplicates("ImageID").set_index("ImageID")["author"]))
-        leaks = author_leaks(photo_only)
+        leaks = author_leak_report(table.assign(author=table["ImageID"].map(authors)),
+                                   photo_only.assign(author=photo_only["ImageID"].map(authors)), params.split)
     write_splits(table)
-    sizes = {str(s): int(n) for s, n in table["split"].value_counts().items()}
+    write_json(report.SPLIT_METRICS, leaks)
+    sizes = dataset_size(table)
+    write_json(DATASET_METRICS, sizes)
     return SplitSummary(sizes, int(table["Label"].nunique()), leaks, report.build_report())
