@@ -5,7 +5,8 @@ server itself would wipe the very state a test wants to inspect ("did a half-pus
 registered?"). Cutting the proxy looks the same to the client (reset connections, then refused
 ones) while moto, behind it, keeps everything for inspection.
 
-Test modules import the fixtures they need: ``from s3server import s3_server, aws_env``.
+Its fixture ``s3_server`` reaches every test module through ``conftest.py`` (``pytest_plugins``); modules import
+only the helpers: ``from s3server import aws_env``.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread  # noqa: F401
+from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits
 
 from pipeline.core.learn import models
 from pipeline.core.learn.data import decode
@@ -16,6 +16,8 @@ from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.stages.train import loop
 from pipeline.stages.train.loop import EpochStats, best_epoch
 from pipeline.stages.train.stage import augmented_sample, batch_figure, train, write_outputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 
 def stats(*accuracies: float) -> list[EpochStats]:

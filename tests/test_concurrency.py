@@ -1,8 +1,11 @@
 """Two runs of one stage in one workspace, and kill -9 of a stage with a process pool.
 
-Two runs must serialise (the stage lock) so that no interleaving loses or mixes data: many rounds, each
-round two forked runs released together by a barrier, each round checked against a reference run. A
-killed stage must leave no worker process behind.
+Two runs must serialise (the stage lock) so that no interleaving loses or mixes data. That a stage takes its
+lock is shown exactly: a run started while another process holds the lock says that it waits, and writes
+nothing until the lock is free. (Two runs released together by a barrier, a few rounds, show that both
+finish with the outputs of a reference run and leave no build folder; such races alone did not catch a stage
+without its lock in 60 rounds, its outputs being swapped in whole.) A killed stage must leave no worker
+process behind.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import yaml
 from clean_inputs import synthetic_rows, write_inputs
 from crop_inputs import write_inputs as write_crop_inputs
 
@@ -31,7 +36,7 @@ from pipeline.stages.metadata.__main__ import main as metadata_main
 from pipeline.stages.split.__main__ import main as split_main
 
 REPO = Path(__file__).resolve().parent.parent
-ROUNDS = 20
+ROUNDS = 3  # the lock itself is shown by test_each_stage_waits_for_a_run_holding_its_lock
 FORK = multiprocessing.get_context("fork")  # the stage code is already imported: a fork costs milliseconds
 
 
@@ -54,6 +59,54 @@ def two_at_once(main: Callable) -> list[int]:
             process.kill()
             process.join()
     return [process.exitcode for process in runs]
+
+
+def _run_reporting_to(main: Callable, stderr_fd: int) -> None:
+    """A forked run of ``main`` whose stderr is ``stderr_fd``; its exit code is ours."""
+    with contextlib.redirect_stdout(io.StringIO()), open(stderr_fd, "w", buffering=1) as stderr, \
+            contextlib.redirect_stderr(stderr):
+        code = run_cli(main, [])
+    os._exit(code)
+
+
+def test_each_stage_waits_for_a_run_holding_its_lock(mirror, workspace) -> None:
+    """metadata and split, each started while another process holds its lock: it says so, writes nothing, and
+    finishes once the lock is free. (The run is forked from this process, so that it runs the code under test
+    here; the holder is a process of its own, whose lock no fork inherits.)"""
+    write_inputs(workspace.path, synthetic_rows(12, ("Hamburger", "Sandwich")))  # split's inputs and params
+    workspace.write_params({**yaml.safe_load(Path("params.yaml").read_text()), **mirror.params_overrides()})
+    for name, main, output in (("metadata", metadata_main, paths.METADATA_STAMP),
+                               ("split", split_main, paths.SPLITS_MANIFEST)):
+        holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pipeline.core.base.locks import stage_lock\n"
+                                   f"with stage_lock({name!r}):\n    print('held', flush=True)\n    sys.stdin.readline()"],
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        read_end, write_end = os.pipe()
+        run = FORK.Process(target=_run_reporting_to, args=(main, write_end))
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            run.start()
+            os.close(write_end)
+            with os.fdopen(read_end) as stderr:
+                assert select.select([stderr], [], [], 120)[0], f"{name} said nothing for 120 s"
+                first_line = stderr.readline()  # the run reports that it waits (or it ends)
+                assert first_line.startswith(f"waiting for another {name} run in this workspace (pid {holder.pid})"), \
+                    first_line
+                assert run.is_alive() and not output.exists(), f"{name} ran while another run held its lock"
+                holder.stdin.write("\n")  # the holder lets go of the lock and ends (a line, not an end of file:
+                holder.stdin.flush()      # the forked run holds a copy of this pipe's end)
+                assert holder.wait(timeout=30) == 0
+                stderr.read()  # until the run ends: it must never write to a closed pipe
+            run.join(timeout=120)
+            assert run.exitcode == 0 and output.exists(), f"{name}: exit {run.exitcode}"
+        finally:  # never leave a process behind, even when the test fails
+            if holder.poll() is None:
+                holder.kill()
+            holder.wait()
+            if run.pid is not None:
+                if run.is_alive():
+                    run.kill()
+                run.join()
 
 
 def metadata_outputs() -> dict[str, object]:

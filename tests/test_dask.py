@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from download_inputs import write_boxes_and_images, write_selection
-from s3server import aws_env, free_port, s3_server  # noqa: F401 - a fixture
+from s3server import aws_env, free_port
 
 from pipeline.core.base import paths
 from pipeline.core.compute.engine import InlineEngine, open_engine
@@ -54,7 +54,7 @@ BUCKET = "dask-store"
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server, tmp_path_factory) -> Iterator[tuple[object, object]]:  # noqa: F811
+def cluster(s3_server, tmp_path_factory) -> Iterator[tuple[object, object]]:
     """``(LocalCluster, Client)``: 2 worker processes, started after the S3 settings are in the environment
     (the workers are the ones that talk to the store, and inherit them)."""
     from distributed import Client, LocalCluster
@@ -194,7 +194,7 @@ def test_the_rate_holds_across_workers(cluster, clean_mirror, workspace, monkeyp
     assert max_in_window(arrivals) <= 5 + 1
 
 
-def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, mirror, workspace):  # noqa: F811
+def test_photos_and_crops_go_to_an_object_store(local_run, cluster, s3_server, mirror, workspace):
     local, _ = cluster
     write_boxes_and_images(mirror, workspace.path)
     write_params(workspace.path, mirror, engine="dask", scheduler=local.scheduler_address,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from s3server import S3Server, isolated_env, s3_server  # noqa: F401
+from s3server import S3Server, isolated_env
 from trainkit import needs_offline_weights
 
 pytestmark = [pytest.mark.slow, needs_offline_weights]  # the demo fine-tunes the ImageNet MobileNetV2

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s3server import S3Server, isolated_env, s3_server  # noqa: F401
+from s3server import S3Server, isolated_env
 
 # A one-stage pipeline standing in for ours: its outputs are a folder and a file, as data/splits and
 # data/package.json are.

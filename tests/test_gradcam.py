@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import ImageDraw
-from trainkit import TINY_RUNTIME, needs_offline_weights, one_thread  # noqa: F401
+from trainkit import TINY_RUNTIME, needs_offline_weights
 
 from pipeline.core.learn import models
 from pipeline.core.learn.data import Normalize, decode
@@ -25,6 +25,8 @@ from pipeline.stages.evaluate.explain import gradcam
 from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.mirror import drawing
 from pipeline.stages.train.stage import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 CPU = torch.device("cpu")
 #: split folder -> the mirror's MID for its painter and box shape

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from download_inputs import write_selection
-from hostile import HostileServer, hostile, hostile_server  # noqa: F401
+from hostile import HostileServer
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli

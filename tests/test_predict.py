@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from trainkit import one_thread, trained  # noqa: F401
 
 from pipeline import predict
 from pipeline.core.base.errors import run_cli
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 
 def test_predicts_what_the_model_predicted_before_it_was_saved(trained, capsys):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from package_inputs import crops, expected_model_sources, expected_sources, one_line_error, run, write_inputs
 from publishers import publish_at_once
-from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port, s3_server  # noqa: F401
+from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port
 
 NAME = "tests/s3-ds"
 HASH_LINE = re.compile(r"^([0-9a-f]{64})  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC  (latest |       )(.*)$")

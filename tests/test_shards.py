@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 import yaml
 from package_inputs import write_inputs
-from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, one_thread, write_params  # noqa: F401
+from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, write_params
 
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.learn.data import decode
@@ -26,6 +26,8 @@ from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.package import dataset as package
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 COUNTS = {"train": 12, "val": 5, "test": 4}  # per class: 24 / 10 / 8 images
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from download_inputs import write_boxes_and_images
-from s3server import GateProxy, S3Server, aws_env, s3_server  # noqa: F401 - a fixture
+from s3server import GateProxy, S3Server, aws_env
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
@@ -43,7 +43,7 @@ STAGE_TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def store(s3_server: S3Server) -> S3Server:  # noqa: F811
+def store(s3_server: S3Server) -> S3Server:
     s3_server.create_bucket(BUCKET)
     return s3_server
 

@@ -12,16 +12,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from trainkit import (  # noqa: F401
-    NO_WEIGHTS,
-    TINY_RUNTIME,
-    TINY_TRAIN,
-    make_splits,
-    one_thread,
-    refuse_download,
-    trained,
-    write_params,
-)
+from trainkit import NO_WEIGHTS, TINY_RUNTIME, TINY_TRAIN, make_splits, refuse_download, write_params
 
 from pipeline import lr_find
 from pipeline.core.base.errors import UserError, run_cli
@@ -34,6 +25,8 @@ from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.loop import Recipe, fine_tune
 from pipeline.stages.train.live import LOGGED, epoch_logger
 from pipeline.stages.train.stage import Setup, prepare, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 

@@ -4,12 +4,12 @@ workspace where ``python -m pipeline.stages.train`` has run on it.
 The crops are drawn by the local mirror's own painters (:mod:`pipeline.mirror.drawing`): a hamburger or a
 submarine sandwich filling its box on a table-like background, at the varied sizes and aspect ratios the
 crop stage writes, saved as real JPEGs. A small pretrained CNN separates them in an epoch or two.
-Import the fixtures into a test module with ``from trainkit import one_thread, trained  # noqa: F401``.
+Its fixtures ``one_thread`` and ``trained`` are declared in ``conftest.py`` (which imports this module, and
+torch with it, only when a test asks for one of them).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 from collections.abc import Iterator
@@ -86,12 +86,6 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
 def refuse_download(*args: object, **kwargs: object) -> None:
     raise AssertionError("tried to download weights: tests must find them offline")
 
@@ -115,20 +109,11 @@ NO_WEIGHTS = ("torchvision's ImageNet MobileNetV2 weights are not on this machin
 needs_offline_weights = pytest.mark.skipif(not offline_imagenet_weights(), reason=NO_WEIGHTS)
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
-    """A workspace where ``python -m pipeline.stages.train`` (its ``main``) has run with :data:`RECIPE_TRAIN`.
-
-    Each test module that imports this fixture gets its own copy of it from pytest; the cache below
-    makes them all share one training run.
-    """
+def train_once(basetemp: Path) -> TrainedWorkspace:
+    """Run the train stage's ``main`` with :data:`RECIPE_TRAIN` in ``basetemp/trained`` (the ``trained``
+    fixture, once a session); skip where the offline ImageNet weights are missing."""
     if not offline_imagenet_weights():
         pytest.skip(NO_WEIGHTS)
-    return _train_once(tmp_path_factory.getbasetemp())
-
-
-@functools.cache
-def _train_once(basetemp: Path) -> TrainedWorkspace:
     workdir = basetemp / "trained"
     make_splits(workdir / "data" / "splits")
     write_params(workdir, **RECIPE_TRAIN)
