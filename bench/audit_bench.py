@@ -50,8 +50,8 @@ from pipeline.core.audit import findings  # noqa: E402
 from pipeline.core.audit.embed import Embedder  # noqa: E402
 from pipeline.core.audit.ledger import BATCH, MAX_PIXELS, audit, measure  # noqa: E402
 from pipeline.core.audit.quality import quality_stats  # noqa: E402
-from pipeline.core.images.imaging import load_image  # noqa: E402
 from pipeline.core.base.params import AuditParams  # noqa: E402
+from pipeline.core.images.imaging import load_image  # noqa: E402
 
 NOISE = (0.0, 0.05, 0.10, 0.20)
 SPLITS = ("train", "val", "test")

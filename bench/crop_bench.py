@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO))
 from measure import busy_cpu_seconds, own_cpu_seconds  # noqa: E402
 
 from pipeline.core.base import paths
-from pipeline.core.images.imaging import image_phash, load_image, rotation_degrees, to_rgb, upright  # noqa: E402
 from pipeline.core.base.io import write_parquet  # noqa: E402
 from pipeline.core.base.params import CropParams  # noqa: E402
+from pipeline.core.images.imaging import image_phash, load_image, rotation_degrees, to_rgb, upright  # noqa: E402
 from pipeline.mirror import drawing  # noqa: E402
 from pipeline.stages.crop import stage as crop  # noqa: E402
 

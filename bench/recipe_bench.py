@@ -47,12 +47,14 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.core.learn.data import Normalize, make_batches  # noqa: E402
-from pipeline.core.learn.folders import read_split  # noqa: E402
-from pipeline.core.learn.folders import read_classes
-from pipeline.core.learn.device import predict_logits  # noqa: E402
-from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
 from pipeline.core.base.params import RuntimeParams, TrainParams  # noqa: E402
+from pipeline.core.learn.data import Normalize, make_batches  # noqa: E402
+from pipeline.core.learn.device import predict_logits  # noqa: E402
+from pipeline.core.learn.folders import (
+    read_classes,
+    read_split,  # noqa: E402
+)
+from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
 from pipeline.stages.train.stage import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

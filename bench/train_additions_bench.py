@@ -33,14 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.core.base.io import save_figure  # noqa: E402
-from pipeline.core.learn.data import Normalize, decode  # noqa: E402
-from pipeline.core.learn.folders import read_split  # noqa: E402
-from pipeline.core.learn.folders import read_classes
-from pipeline.core.learn.device import pick_device  # noqa: E402
-from pipeline.stages.evaluate.explain import gradcam  # noqa: E402
-from pipeline.core.learn.models import load_checkpoint  # noqa: E402
 from pipeline.core.base.params import load_params  # noqa: E402
+from pipeline.core.learn.data import Normalize, decode  # noqa: E402
+from pipeline.core.learn.device import pick_device  # noqa: E402
+from pipeline.core.learn.folders import (
+    read_classes,
+    read_split,  # noqa: E402
+)
+from pipeline.core.learn.models import load_checkpoint  # noqa: E402
 from pipeline.stages.evaluate import stage as evaluate  # noqa: E402
+from pipeline.stages.evaluate.explain import gradcam  # noqa: E402
 from pipeline.stages.train.stage import augmented_sample, batch_figure  # noqa: E402
 
 

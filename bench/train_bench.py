@@ -46,13 +46,13 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
+    from pipeline.core.base.params import TrainParams
     from pipeline.core.learn.data import TRAIN_CACHE_RATIO, Normalize, augment, make_batches
-    from pipeline.core.learn.folders import read_classes, read_split
     from pipeline.core.learn.device import pick_device, to_device
+    from pipeline.core.learn.folders import read_classes, read_split
     from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model, set_body_trainable
     from pipeline.core.learn.shards import ShardBatches
     from pipeline.stages.shards.write import write_split_shards
-    from pipeline.core.base.params import TrainParams
     from pipeline.stages.train.loop import one_cycle, train_step
 except ModuleNotFoundError as exc:  # a bare python with torch only: carry the project's pure-Python dependencies
     sys.exit(f"{exc}: install the project (pip install -e '.[train]'), or put a folder holding tqdm, webdataset "

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core.base import paths
 from pipeline.core.audit.ledger import audit
 from pipeline.core.audit.report import write_report
+from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import load_params

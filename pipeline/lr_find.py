@@ -21,10 +21,10 @@ from matplotlib.figure import Figure
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import save_figure
-from pipeline.core.learn.data import augment
-from pipeline.core.learn.models import set_body_trainable
 from pipeline.core.base.params import load_params
 from pipeline.core.base.progress import Progress
+from pipeline.core.learn.data import augment
+from pipeline.core.learn.models import set_body_trainable
 from pipeline.stages.train.loop import BETAS, EPS, train_step
 from pipeline.stages.train.stage import Setup, prepare
 

@@ -28,11 +28,11 @@ import torch
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.io import write_csv
+from pipeline.core.base.progress import Progress
+from pipeline.core.base.safe import printable
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import ModelInfo, load_checkpoint
-from pipeline.core.base.progress import Progress
-from pipeline.core.base.safe import printable
 
 BATCH = 32
 DEFAULT_CSV = Path("predictions.csv")

@@ -18,9 +18,9 @@ from PIL import Image, ImageFilter
 from trainkit import needs_offline_weights
 
 from pipeline import audit as audit_command
-from pipeline.core.base import paths
 from pipeline.core.audit.findings import NEIGHBOURS, outlier_scores
 from pipeline.core.audit.quality import quality_stats
+from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import AuditParams

@@ -6,7 +6,6 @@ then the audit stage with the shipped defaults.
 """
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import yaml
@@ -14,15 +13,15 @@ from clean_inputs import inside
 from crop_inputs import write_inputs
 from trainkit import needs_offline_weights
 
-from pipeline.core.base import paths
 from pipeline.core.audit.ledger import QUALITY
+from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import AuditParams, CleanParams, CropParams
 from pipeline.mirror import Mirror
+from pipeline.stages.audit import __main__ as audit_stage
 from pipeline.stages.clean import stage as clean
 from pipeline.stages.crop import stage as crop
-from pipeline.stages.audit import __main__ as audit_stage
 
 CROP = CropParams(min_side=16)
 

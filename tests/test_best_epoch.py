@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits
 
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.core.learn import models
 from pipeline.core.learn.data import decode
 from pipeline.core.learn.folders import read_classes, read_split
-from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.stages.train import loop
 from pipeline.stages.train.loop import EpochStats, best_epoch
 from pipeline.stages.train.stage import augmented_sample, batch_figure, train, write_outputs

@@ -11,16 +11,15 @@ import pytest
 from crop_inputs import write_inputs
 from PIL import Image
 
-from pipeline.core.base import manifests
-from pipeline.core.base import paths
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import run_cli
-from pipeline.core.images.imaging import image_phash, load_image, to_rgb
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import CleanParams, CropParams
+from pipeline.core.images.imaging import image_phash, load_image, to_rgb
 from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages.clean.__main__ import main as clean_main
 from pipeline.stages.clean import stage as clean
+from pipeline.stages.clean.__main__ import main as clean_main
 from pipeline.stages.crop import stage as crop
 
 MAX_PIXELS = 10**8

@@ -10,13 +10,12 @@ import pytest
 from crop_inputs import mirror_records, write_inputs
 from PIL import Image
 
-from pipeline.core.base import manifests
-from pipeline.core.base import paths
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import UserError, run_cli
 from pipeline.core.base.params import CropParams
 from pipeline.mirror import Mirror, drawing
-from pipeline.stages.crop.__main__ import main as crop_main
 from pipeline.stages.crop import stage as crop
+from pipeline.stages.crop.__main__ import main as crop_main
 
 
 def marker_corner(image: Image.Image) -> str:

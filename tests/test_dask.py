@@ -34,17 +34,17 @@ from download_inputs import write_boxes_and_images, write_selection
 from s3server import aws_env, free_port
 
 from pipeline.core.base import paths
-from pipeline.core.compute.engine import InlineEngine, open_engine
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.base.params import RuntimeParams
+from pipeline.core.compute.engine import InlineEngine, open_engine
 from pipeline.core.net.rate import MachineBoard
 from pipeline.mirror import Mirror
+from pipeline.mirror.log import max_in_window
 from pipeline.stages.crop.__main__ import main as crop_main
 from pipeline.stages.download import batches
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.download.writer import read_journal
-from pipeline.mirror.log import max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES, CROPS = paths.IMAGES_DIR, paths.CROPS_DIR

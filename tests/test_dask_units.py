@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.compute.engine import open_engine
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.params import RuntimeParams, load_params
+from pipeline.core.compute.engine import open_engine
 from pipeline.core.net.rate import CATCH_UP, board_interval, book_slot
 from pipeline.core.net.rate_cluster import LATE_LIMIT, RateBoards, RunEnded
 from pipeline.mirror.log import max_in_window

@@ -22,13 +22,13 @@ from trainkit import needs_offline_weights
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.mirror import Mirror
+from pipeline.stages.audit.__main__ import main as audit_main
 from pipeline.stages.clean.__main__ import main as clean_main
 from pipeline.stages.crop.__main__ import main as crop_main
-from pipeline.stages.select.__main__ import main as select_main
-from pipeline.stages.shards.__main__ import main as shards_main
-from pipeline.stages.audit.__main__ import main as audit_main
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.metadata.__main__ import main as metadata_main
+from pipeline.stages.select.__main__ import main as select_main
+from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.split.__main__ import main as split_main
 
 #: the stages that make the dataset, in dvc.yaml's order (package runs as a command, in its own process)

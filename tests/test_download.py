@@ -26,8 +26,8 @@ from download_inputs import write_selection
 
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.io import read_parquet, write_parquet
-from pipeline.core.images.placeholder import PLACEHOLDER_MD5S
 from pipeline.core.base.status import KEPT_ON_DISK
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S
 from pipeline.mirror import Mirror
 from pipeline.stages.download import batches
 from pipeline.stages.download.__main__ import main as download_main
@@ -196,8 +196,8 @@ def test_two_processes_give_the_same_manifest_as_one(clean_mirror, workspace):
 
 
 def test_records_from_other_processes_reach_the_progress_callback(clean_mirror, tmp_path):
-    from pipeline.core.compute.engine import open_engine
     from pipeline.core.base.params import load_params
+    from pipeline.core.compute.engine import open_engine
     from pipeline.stages.download.runner import BatchSettings
     from pipeline.stages.download.stage import _fetch, images_table
 

@@ -10,10 +10,10 @@ from PIL import Image
 from trainkit import LABELS, TINY_RUNTIME, make_splits
 
 from pipeline.core.base.errors import run_cli
-from pipeline.core.learn.folders import Classes, read_split
 from pipeline.core.base.params import RuntimeParams
-from pipeline.stages.evaluate.__main__ import main as evaluate_main
+from pipeline.core.learn.folders import Classes, read_split
 from pipeline.stages.evaluate import stage as evaluate
+from pipeline.stages.evaluate.__main__ import main as evaluate_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread
 

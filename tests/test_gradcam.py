@@ -18,12 +18,12 @@ import torch
 from PIL import ImageDraw
 from trainkit import TINY_RUNTIME, needs_offline_weights
 
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.core.learn import models
 from pipeline.core.learn.data import Normalize, decode
 from pipeline.core.learn.folders import read_classes, read_split
-from pipeline.stages.evaluate.explain import gradcam
-from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.mirror import drawing
+from pipeline.stages.evaluate.explain import gradcam
 from pipeline.stages.train.stage import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread

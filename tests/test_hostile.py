@@ -23,9 +23,9 @@ from pipeline.core.base.io import read_parquet, write_parquet
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
 from pipeline.stages.crop.__main__ import main as crop_main
-from pipeline.stages.select import stage as select
 from pipeline.stages.download.__main__ import main as download_main
 from pipeline.stages.metadata.__main__ import main as metadata_main
+from pipeline.stages.select import stage as select
 
 LAY = layout("v6")
 #: patience for a hostile server measured in seconds, not minutes

@@ -14,8 +14,17 @@ from hostile import HostileServer, serving
 
 from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.base.params import DownloadParams, RuntimeParams
-from pipeline.core.net.http import (RETRY_STATUSES, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
-                                backoff_delay, parse_retry_after)
+from pipeline.core.net.http import (
+    RETRY_STATUSES,
+    USER_AGENT,
+    Attempts,
+    GiveUp,
+    HttpPolicy,
+    ProgressGuard,
+    TooSlow,
+    backoff_delay,
+    parse_retry_after,
+)
 from pipeline.stages.download.client import Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
 from pipeline.stages.metadata.transfer import fetch

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.images.imaging import (BadRotation, ImageProblem, TooLarge, hamming, image_phash, load_image,
-                                   rotation_degrees, to_rgb, upright)
+from pipeline.core.images.imaging import (
+    BadRotation,
+    ImageProblem,
+    TooLarge,
+    hamming,
+    image_phash,
+    load_image,
+    rotation_degrees,
+    to_rgb,
+    upright,
+)
 
 PATCHES = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (20, 60, 235), "white": (255, 255, 255)}
 

@@ -69,7 +69,7 @@ def boxes_of(mirror: Mirror, image_id: str) -> pd.DataFrame:
 @pytest.mark.parametrize("version", sorted(LAYOUTS))
 def test_every_version_path_is_served_with_its_columns(mirror, version):
     layout = LAYOUTS[version]
-    for subset, path in layout.boxes.items():
+    for _subset, path in layout.boxes.items():
         expected = BOX_COLUMNS + XCLICK_COLUMNS if path.startswith("v6/") else BOX_COLUMNS
         boxes = read_csv(mirror, path)
         assert list(boxes.columns) == expected, path
@@ -294,7 +294,7 @@ def test_slow_body_times_out_a_1s_read_timeout_then_is_fast(mirror):
     url = one(mirror, "slow").OriginalURL
     started = time.monotonic()
     with pytest.raises(requests.exceptions.ConnectionError):  # requests' ReadTimeout while streaming the body
-        requests.get(url, timeout=(5, 1)).content
+        _ = requests.get(url, timeout=(5, 1)).content
     assert time.monotonic() - started >= 0.9  # it did wait for the stall (a lower bound cannot flake)
     assert requests.get(url, timeout=(5, 1)).status_code == 200  # the stall hits the first response only
 

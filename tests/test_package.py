@@ -17,8 +17,20 @@ from urllib.request import url2pathname
 import pandas as pd
 import pytest
 import yaml
-from package_inputs import (BY, BY_SA, LABELS, PER_SPLIT, crops, expected_model_sources, expected_sources, image_id,
-                            one_line_error, photo_credits, run, write_inputs)
+from package_inputs import (
+    BY,
+    BY_SA,
+    LABELS,
+    PER_SPLIT,
+    crops,
+    expected_model_sources,
+    expected_sources,
+    image_id,
+    one_line_error,
+    photo_credits,
+    run,
+    write_inputs,
+)
 from s3server import isolated_env
 
 import pipeline

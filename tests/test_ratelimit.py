@@ -23,11 +23,19 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from rate_children import FrozenClock, StuckClock, ask, take_in_the_lock, use_board
 
-from pipeline.core.net.rate import (ALLOWANCE, CATCH_UP, RECHECK, LocalBoard, MachineBoard, board_folder, board_interval,
-                                machine_board, take_slot)
+from pipeline.core.net.rate import (
+    ALLOWANCE,
+    CATCH_UP,
+    RECHECK,
+    LocalBoard,
+    MachineBoard,
+    board_folder,
+    board_interval,
+    machine_board,
+    take_slot,
+)
 from pipeline.mirror.log import max_in_window
 from pipeline.stages.download.ratelimit import RateLimiter, rate_key, site
 

@@ -14,8 +14,8 @@ from pipeline import report as report_command
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.stages.split import report
-from pipeline.stages.split.__main__ import main as split_main
 from pipeline.stages.split import stage as split
+from pipeline.stages.split.__main__ import main as split_main
 
 EVIL = "<script>alert('x')</script>"
 LABELS = ("Hamburger", "Sandwich", EVIL)

@@ -16,9 +16,9 @@ from pipeline.core.base.params import load_params
 from pipeline.core.base.paths import METADATA_RAW, SELECTED
 from pipeline.core.net.sources import layout
 from pipeline.mirror import Mirror
-from pipeline.stages.select.__main__ import main as select_main
-from pipeline.stages.metadata.__main__ import main as metadata_main
 from pipeline.stages.metadata import stage as metadata
+from pipeline.stages.metadata.__main__ import main as metadata_main
+from pipeline.stages.select.__main__ import main as select_main
 
 SAMPLES = Path(__file__).parent / "fixtures" / "openimages-samples"
 HAMBURGER, SANDWICH, SUBMARINE, HOT_DOG = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/01b9xk"

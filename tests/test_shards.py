@@ -18,12 +18,12 @@ from package_inputs import write_inputs
 from trainkit import TINY_RUNTIME, TINY_TRAIN, make_splits, write_params
 
 from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.core.learn.data import decode
 from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.core.learn.shards import ShardBatches, matching_shards, read_index
-from pipeline.core.base.params import RuntimeParams, TrainParams
-from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.package import dataset as package
+from pipeline.stages.shards.__main__ import main as shards_main
 from pipeline.stages.train import __main__ as train_main
 from pipeline.stages.train.stage import train
 

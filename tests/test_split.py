@@ -16,8 +16,8 @@ from clean_inputs import inside, row, synthetic_rows, write_inputs
 
 from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
-from pipeline.stages.split.__main__ import main as split_main
 from pipeline.stages.split import stage as split
+from pipeline.stages.split.__main__ import main as split_main
 
 LABELS = ("Hamburger", "Sandwich", "Hot dog")
 

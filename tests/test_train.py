@@ -16,14 +16,14 @@ from trainkit import NO_WEIGHTS, TINY_RUNTIME, TINY_TRAIN, make_splits, refuse_d
 
 from pipeline import lr_find
 from pipeline.core.base.errors import UserError, run_cli
+from pipeline.core.base.params import RuntimeParams, TrainParams
 from pipeline.core.learn import models
 from pipeline.core.learn.data import CachedBatches, Normalize, StreamedBatches, augment, decode, make_batches
-from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.core.learn.device import infer
-from pipeline.core.base.params import RuntimeParams, TrainParams
+from pipeline.core.learn.folders import read_classes, read_split
 from pipeline.stages.train import __main__ as train_main
-from pipeline.stages.train.loop import Recipe, fine_tune
 from pipeline.stages.train.live import LOGGED, epoch_logger
+from pipeline.stages.train.loop import Recipe, fine_tune
 from pipeline.stages.train.stage import Setup, prepare, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: see trainkit.single_thread

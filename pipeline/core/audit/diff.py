@@ -45,7 +45,7 @@ def crop_changes(old: Path, new: Path) -> pd.DataFrame:
     after = _table(new, "splits/splits.parquet", KEY)
     merged = before.merge(after, on=KEY, how="outer", indicator=True)
     rows = []
-    for change, side, root, other in (("went", "left_only", new, "selected"), ("came", "right_only", old, "selected")):
+    for change, side, root in (("went", "left_only", new), ("came", "right_only", old)):
         part = merged[merged["_merge"] == side][KEY]
         reasons = _reasons(root, went=change == "went")
         selected = _table(root, "manifests/selected.parquet", KEY)

@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from pipeline.core.base.io import atomic_path
+from pipeline.core.learn.data import Normalize
 from pipeline.core.learn.device import infer, pick_device, to_device
 from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from pipeline.core.learn.data import Normalize
 
 #: the backbone whose pooled features are the embeddings (1280 numbers per crop)
 ARCH = "mobilenet_v2"

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.audit import findings
-from pipeline.core.audit.embed import EmbeddingCache, Embedder
+from pipeline.core.audit.embed import Embedder, EmbeddingCache
 from pipeline.core.audit.quality import quality_stats
-from pipeline.core.images.imaging import ImageProblem, load_image
 from pipeline.core.base.params import AuditParams
+from pipeline.core.images.imaging import ImageProblem, load_image
 
 #: in the order that names a crop's issue when several apply with the same action: what is wrong with the
 #: picture itself first (a dark or flat crop also looks mislabelled, because nothing in it can be recognised)

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.base.errors import PipelineFailure, UserError
-from pipeline.core.compute.machine import die_with_parent, usable_cores
 from pipeline.core.base.redact import public_url
+from pipeline.core.compute.machine import die_with_parent, usable_cores
 from pipeline.core.net.rate import Board, RemoteBoard, machine_board
 
 if TYPE_CHECKING:  # distributed costs ~1 s to import: only the dask engine imports it

@@ -18,8 +18,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.core.base.errors import UserError
-from pipeline.core.learn.data import Batch, decode, num_batches
 from pipeline.core.base.progress import Progress
+from pipeline.core.learn.data import Batch, decode, num_batches
 from pipeline.core.learn.folders import Classes, Split
 from pipeline.core.learn.shard_index import INDEX_NAME, RE_RUN, SplitShards, file_sha256, fingerprint, read_index
 

@@ -32,10 +32,17 @@ from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import atomic_path
 from pipeline.core.base.package_names import check_package_name
 from pipeline.core.base.progress import track
-from pipeline.core.publish.registry_lock import local_lock, s3_lock
-from pipeline.core.publish.s3 import (bucket_url, check_bucket, error_code, existing_sizes, put_new, translate,
-                              upload_files)
 from pipeline.core.base.staging import staging_path, sweep
+from pipeline.core.publish.registry_lock import local_lock, s3_lock
+from pipeline.core.publish.s3 import (
+    bucket_url,
+    check_bucket,
+    error_code,
+    existing_sizes,
+    put_new,
+    translate,
+    upload_files,
+)
 
 if TYPE_CHECKING:
     import quilt3

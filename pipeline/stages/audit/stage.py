@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.core.base import paths
 from pipeline.core.audit.ledger import audit
 from pipeline.core.audit.report import write_report
+from pipeline.core.base import paths
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_parquet, replace_dir, write_json, write_parquet
 from pipeline.core.base.params import Params

@@ -8,7 +8,6 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = (f"Judge every crop in {paths.CROPS_MANIFEST}: keep it or give the reason it goes "
                "(placeholder, changed, corrupt, too small, duplicate, near duplicate). "
                f"Writes {paths.CLEAN_MANIFEST}. Settings: the clean section of params.yaml.")

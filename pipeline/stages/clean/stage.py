@@ -16,18 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.base import paths
-from pipeline.core.base import manifests
-from pipeline.core.images.groups import connected_groups
-from pipeline.core.images.imaging import ImageProblem, hamming, load_image
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.io import write_parquet
 from pipeline.core.base.params import CleanParams, CropParams, Params
-from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import join_inside
 from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import CROP_REFUSALS, Crop, Download, Reject
-
+from pipeline.core.images.groups import connected_groups
+from pipeline.core.images.imaging import ImageProblem, hamming, load_image
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, PLACEHOLDER_PHASHES
 
 
 def photo_verdict(row: Any, params: CleanParams) -> tuple[str, str]:

@@ -8,7 +8,6 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import Flag, stage_main
 
-
 DESCRIPTION = ("Cut each selected box out of its downloaded photo (upright by the Rotation column) "
                f"into {paths.CROPS_DIR}/<label>/<ImageID>_<BoxIndex>.jpg, with {paths.CROPS_MANIFEST}. "
                "Settings: the crop section of params.yaml.")

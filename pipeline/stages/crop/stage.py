@@ -21,19 +21,18 @@ from typing import NamedTuple
 import pandas as pd
 from PIL import Image
 
-from pipeline.core.base import paths
-from pipeline.core.compute import store
-from pipeline.core.compute.engine import Engine, open_engine
-from pipeline.core.base import manifests
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import PipelineFailure
-from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 from pipeline.core.base.io import replace_dir, write_parquet
-from pipeline.core.compute.machine import processes
 from pipeline.core.base.params import CropParams, Params, RuntimeParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
 from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import KEPT_ON_DISK, Crop
+from pipeline.core.compute import store
+from pipeline.core.compute.engine import Engine, open_engine
+from pipeline.core.compute.machine import processes
+from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
 JPEG_SUBSAMPLING = "4:2:0"

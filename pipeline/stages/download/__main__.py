@@ -8,7 +8,6 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = (f"Download every image of {paths.SELECTED} once into {paths.IMAGES_DIR}/<ImageID>.<ext>, "
                f"with {paths.IMAGES_MANIFEST} recording each one's status. Settings: params.yaml "
                "(source.images, source.cvdf_url, download.*). Safe to interrupt: a re-run fetches only "

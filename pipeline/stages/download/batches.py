@@ -19,13 +19,16 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.compute import store
 from pipeline.core.base.io import write_parquet
-from pipeline.core.base.redact import public_url
 from pipeline.core.base.manifests import IMAGES_SCHEMA
+from pipeline.core.base.redact import public_url
 from pipeline.core.base.status import KEPT_ON_DISK, RETRIED_ON_RERUN
+from pipeline.core.compute import store
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 from pipeline.stages.download.writer import read_journal
+
+#: one row of the download manifest (``manifests.IMAGES_SCHEMA``'s columns), as journals and batches hold it
+Record = dict[str, Any]
 
 _PART = re.compile(r"^part-(\d{5,})\.(parquet|jsonl)$")
 

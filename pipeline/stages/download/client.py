@@ -15,10 +15,20 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from pipeline.core.net.http import (FINAL_STATUSES, MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard,
-                                TooSlow, is_retryable, parse_retry_after)
 from pipeline.core.base.safe import is_http_url
 from pipeline.core.base.status import Download
+from pipeline.core.net.http import (
+    FINAL_STATUSES,
+    MAX_REDIRECTS,
+    USER_AGENT,
+    Attempts,
+    GiveUp,
+    HttpPolicy,
+    ProgressGuard,
+    TooSlow,
+    is_retryable,
+    parse_retry_after,
+)
 from pipeline.stages.download.ratelimit import RateLimiter
 
 _CHUNK = 1 << 16

@@ -19,10 +19,9 @@ import pyarrow as pa
 
 from pipeline.core.base.progress import Progress
 from pipeline.stages.download import batches
-from pipeline.stages.download.batches import Image
+from pipeline.stages.download.batches import Image, Record
 from pipeline.stages.download.writer import Journals
 
-Record = dict[str, Any]
 Plan = list[tuple[batches.Batch, list[Record], list[Image]]]
 
 

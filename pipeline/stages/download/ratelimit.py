@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 from urllib.parse import urlsplit
 
-from pipeline.core.net.rate import Board, RemoteBoard, LocalBoard
 from pipeline.core.base.safe import is_http_url
+from pipeline.core.net.rate import Board, LocalBoard, RemoteBoard
 
 #: the image server of a run is judged from this many of its URLs (its first, in ImageID order)
 KEY_SAMPLE = 1000

@@ -20,20 +20,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core.compute import store
-from pipeline.core.net.http import HttpPolicy
 from pipeline.core.base.params import Params
 from pipeline.core.base.redact import public_url
 from pipeline.core.base.safe import is_http_url
-from pipeline.core.net.rate import Board, RemoteBoard
 from pipeline.core.base.status import Download
+from pipeline.core.compute import store
+from pipeline.core.net.http import HttpPolicy
+from pipeline.core.net.rate import Board, RemoteBoard
+from pipeline.stages.download.batches import Image, Record, journal_path, manifest_table
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
-from pipeline.stages.download.batches import Image, journal_path, manifest_table
 from pipeline.stages.download.verify import Verdict, verify
 from pipeline.stages.download.writer import Journal, image_path, write_image
-
-Record = dict[str, Any]
 
 
 @dataclass(frozen=True)

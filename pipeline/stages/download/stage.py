@@ -20,22 +20,22 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.base import paths
-from pipeline.core.compute import store
-from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.io import read_table, sweep_temporaries
-from pipeline.core.compute.machine import processes
 from pipeline.core.base.params import SUBSETS, Params, SourceParams
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import is_image_id
 from pipeline.core.base.stages import Summary
+from pipeline.core.compute import store
+from pipeline.core.compute.engine import Engine, open_engine
+from pipeline.core.compute.machine import processes
 from pipeline.core.net.sources import join_url
 from pipeline.stages.download import batches
 from pipeline.stages.download import unlisted as aside
-from pipeline.stages.download.ratelimit import rate_key
-from pipeline.stages.download.runner import Record, BatchContext, BatchSettings, batch_task
-from pipeline.stages.download.batches import Image
+from pipeline.stages.download.batches import Image, Record
 from pipeline.stages.download.collect import Plan, RecordCollector, Tried
+from pipeline.stages.download.ratelimit import rate_key
+from pipeline.stages.download.runner import BatchContext, BatchSettings, batch_task
 
 #: columns of ``data/selected.parquet`` this stage reads
 NEEDED = ("ImageID", "Subset", "OriginalURL", "OriginalSize", "OriginalMD5")

@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.base.io import write_parquet
-from pipeline.core.base.safe import is_image_id
 from pipeline.core.base.manifests import IMAGES_SCHEMA
-from pipeline.stages.download.batches import manifest_table
+from pipeline.core.base.safe import is_image_id
+from pipeline.stages.download.batches import Record, manifest_table
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 
-Record = dict[str, Any]
 RECORDS = "records.parquet"
 
 

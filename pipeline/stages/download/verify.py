@@ -14,8 +14,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, is_placeholder_url
 from pipeline.core.base.status import KEPT_ON_DISK, Download
+from pipeline.core.images.placeholder import PLACEHOLDER_MD5S, is_placeholder_url
 
 #: The image formats Open Images' originals come in, by their magic numbers.
 IMAGE_EXTENSIONS = ("jpg", "png", "gif", "webp")

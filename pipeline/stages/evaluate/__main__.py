@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = ("Evaluate models/model.pt on data/splits/test: top-1/top-k accuracy, per-class precision/"
                "recall/F1 and the most confused pairs (metrics/eval.json), confusion matrix (plots/confusion.csv, "
                "reports/evaluate/confusion.png), the most confident mistakes (worst.png), Grad-CAM maps (gradcam.png) "

@@ -20,14 +20,14 @@ from PIL import Image, ImageOps
 
 from pipeline.core.base import paths
 from pipeline.core.base.io import replace_dir, save_figure, write_csv, write_json, write_text
-from pipeline.core.learn.data import Normalize, decode, make_batches
-from pipeline.core.learn.folders import Classes, Split, read_split
-from pipeline.core.learn.device import pick_device, predict_logits, to_device
-from pipeline.stages.evaluate.explain import gradcam
-from pipeline.core.learn.models import gradcam_layer, load_checkpoint
-from pipeline.core.compute.machine import loader_workers
 from pipeline.core.base.params import Params, RuntimeParams
 from pipeline.core.base.stages import Summary
+from pipeline.core.compute.machine import loader_workers
+from pipeline.core.learn.data import Normalize, decode, make_batches
+from pipeline.core.learn.device import pick_device, predict_logits, to_device
+from pipeline.core.learn.folders import Classes, Split, read_split
+from pipeline.core.learn.models import gradcam_layer, load_checkpoint
+from pipeline.stages.evaluate.explain import gradcam
 
 EVAL_METRICS = paths.METRICS_DIR / "eval.json"
 CONFUSION_CSV = paths.PLOTS_DIR / "confusion.csv"

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = ("Download the Open Images metadata of source.version (params.yaml) into data/metadata/raw, "
                "resuming broken transfers, and convert it once to Parquet (data/metadata/boxes, images.parquet, "
                "classes.parquet, hierarchy.json).")

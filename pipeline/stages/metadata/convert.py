@@ -27,9 +27,22 @@ import pyarrow.parquet as pq
 
 from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.base.io import atomic_path, replace_dir
+from pipeline.core.base.manifests import (
+    BOX_SCHEMA,
+    CLASS_SCHEMA,
+    CODES,
+    COORDS,
+    F32,
+    FLAGS,
+    I8,
+    IMAGE_COLUMNS,
+    IMAGE_SCHEMA,
+    PART_FILE,
+    PARTITION,
+    STR,
+    partition_dir,
+)
 from pipeline.core.base.safe import IMAGE_ID_PATTERN
-from pipeline.core.base.manifests import (BOX_SCHEMA, CLASS_SCHEMA, CODES, COORDS, F32, FLAGS, I8, IMAGE_COLUMNS,
-                                          IMAGE_SCHEMA, PART_FILE, PARTITION, STR, partition_dir)
 
 #: columns kept from the box CSVs (13-column V4/V5 and 21-column V6 files alike), with their types
 BOX_CSV_TYPES: dict[str, pa.DataType] = {

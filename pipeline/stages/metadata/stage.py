@@ -24,14 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base.errors import PipelineFailure
-from pipeline.core.net.http import HttpPolicy
 from pipeline.core.base.io import atomic_path, write_parquet
-from pipeline.core.net.labels import ClassList
 from pipeline.core.base.params import Params
-from pipeline.core.base.paths import (BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, METADATA_RAW,
-                                 METADATA_REJECTED, METADATA_STAMP)
+from pipeline.core.base.paths import (
+    BOXES_DIR,
+    CLASSES_TABLE,
+    HIERARCHY_JSON,
+    IMAGES_TABLE,
+    METADATA_RAW,
+    METADATA_REJECTED,
+    METADATA_STAMP,
+)
 from pipeline.core.base.redact import public_url
 from pipeline.core.base.stages import Summary
+from pipeline.core.net.http import HttpPolicy
+from pipeline.core.net.labels import ClassList
 from pipeline.core.net.sources import Layout, join_url, layout
 from pipeline.stages.metadata import convert
 from pipeline.stages.metadata.transfer import fetch, new_session

@@ -25,11 +25,20 @@ import requests
 import urllib3
 
 from pipeline.core.base.errors import PipelineFailure
-from pipeline.core.net.http import (MAX_REDIRECTS, USER_AGENT, Attempts, GiveUp, HttpPolicy, ProgressGuard, TooSlow,
-                                is_retryable, parse_retry_after)
 from pipeline.core.base.progress import Progress
-from pipeline.core.base.safe import is_http_url, require_http_url
 from pipeline.core.base.redact import public_url
+from pipeline.core.base.safe import is_http_url, require_http_url
+from pipeline.core.net.http import (
+    MAX_REDIRECTS,
+    USER_AGENT,
+    Attempts,
+    GiveUp,
+    HttpPolicy,
+    ProgressGuard,
+    TooSlow,
+    is_retryable,
+    parse_retry_after,
+)
 
 CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -19,8 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.base import paths
-from pipeline.core.base import manifests
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import read_table, write_parquet
 from pipeline.core.base.params import Params

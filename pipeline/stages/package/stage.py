@@ -20,15 +20,14 @@ import shlex
 import shutil
 from dataclasses import dataclass
 
-from pipeline.core.base import paths
-from pipeline.core.base import manifests
-from pipeline.core.base.io import atomic_path
-from pipeline.core.base.params import Params
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import UserError
+from pipeline.core.base.io import atomic_path
 from pipeline.core.base.package_names import check_dataset_name
-from pipeline.core.publish.registry import Published, Registry, publish
-from pipeline.core.base.staging import staging_path, sweep
+from pipeline.core.base.params import Params
 from pipeline.core.base.stages import Summary
+from pipeline.core.base.staging import staging_path, sweep
+from pipeline.core.publish.registry import Published, Registry, publish
 from pipeline.stages.package import dataset, model
 from pipeline.stages.package.naming import MODEL, dataset_name, model_name, same_dataset, same_kind
 from pipeline.stages.package.readme import dataset_readme, model_readme

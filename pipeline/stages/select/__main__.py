@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import Flag, stage_main
 
-
 DESCRIPTION = ("Select the boxes of the labels in params.yaml (or --labels) from the metadata cache "
                "into data/selected.parquet, applying the select.* rules of params.yaml.")
 FLAGS = [Flag("--labels", "labels", nargs="+", metavar="LABEL",

@@ -18,15 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.base import manifests
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import open_parquet, write_parquet
-from pipeline.core.net.labels import ClassList, Hierarchy, assign
-from pipeline.core.base import manifests
 from pipeline.core.base.manifests import BOX_SCHEMA, SELECTED_IMAGE_COLUMNS, partition_dir
 from pipeline.core.base.params import Params, SelectParams
+from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
 from pipeline.core.base.safe import IMAGE_ID_PATTERN
 from pipeline.core.base.stages import Summary
-from pipeline.core.base.paths import BOXES_DIR, CLASSES_TABLE, HIERARCHY_JSON, IMAGES_TABLE, SELECTED
+from pipeline.core.net.labels import ClassList, Hierarchy, assign
 
 BOX_COLUMNS = BOX_SCHEMA.names
 _NUMPY_TYPES = {str(t): np.dtype(d) for t, d in [(pa.int8(), np.int8), (pa.int32(), np.int32), (pa.int64(), np.int64),

@@ -8,7 +8,6 @@ from pipeline.core.base import paths
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = (f"Split the clean crops into leak-free, stratified train/val/test class folders "
                f"({paths.SPLITS_DIR}) and write the dataset report ({paths.DATASET_REPORT}/index.html). "
                "Settings: the split section of params.yaml.")

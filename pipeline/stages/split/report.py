@@ -28,8 +28,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.core.base import paths
-from pipeline.core.base import manifests
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.io import atomic_path, replace_dir
 from pipeline.core.base.progress import track
 from pipeline.core.base.safe import join_inside, label_dirname

@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.base import paths
-from pipeline.core.base import manifests
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.errors import UserError
-from pipeline.core.images.groups import connected_groups
 from pipeline.core.base.io import replace_dir, write_json, write_parquet
 from pipeline.core.base.params import Params, SplitParams
 from pipeline.core.base.progress import track
 from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
 from pipeline.core.base.stages import Summary
+from pipeline.core.images.groups import connected_groups
 from pipeline.stages.split import report
 
 SPLITS = paths.SPLIT_NAMES

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.stage_cli import stage_main
 
-
 DESCRIPTION = ("Fine-tune a torchvision CNN on data/splits (params.yaml `train`): freeze, train the head, "
                "unfreeze, discriminative one-cycle; keeps the epoch with the best validation accuracy. Writes "
                "models/model.pt, metrics/train.json, dvclive/ (per-epoch metrics and curves, as each epoch ends), "

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.base.errors import PipelineFailure
+from pipeline.core.base.params import TrainParams
+from pipeline.core.base.progress import Progress
 from pipeline.core.learn.data import Batches, Normalize, augment
 from pipeline.core.learn.device import autocast, predict_logits
 from pipeline.core.learn.models import layer_groups, set_body_trainable
-from pipeline.core.base.params import TrainParams
-from pipeline.core.base.progress import Progress
 
 BETAS = (0.9, 0.99)  # fastai's Adam defaults
 EPS = 1e-5

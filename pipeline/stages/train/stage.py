@@ -20,15 +20,23 @@ from torch import nn
 from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import replace_dir, save_figure, write_json
-from pipeline.core.learn.data import (TRAIN_CACHE_RATIO, Batches, CachedBatches, Normalize, augment, decode,
-                                      fits_cache, make_batches)
-from pipeline.core.learn.folders import Classes, Split, read_classes, read_split
-from pipeline.core.learn.device import pick_device, seed_everything, to_device
-from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
-from pipeline.core.learn.shards import ShardBatches, matching_shards
-from pipeline.core.compute.machine import loader_workers
 from pipeline.core.base.params import Params, RuntimeParams, TrainParams
 from pipeline.core.base.stages import Summary
+from pipeline.core.compute.machine import loader_workers
+from pipeline.core.learn.data import (
+    TRAIN_CACHE_RATIO,
+    Batches,
+    CachedBatches,
+    Normalize,
+    augment,
+    decode,
+    fits_cache,
+    make_batches,
+)
+from pipeline.core.learn.device import pick_device, seed_everything, to_device
+from pipeline.core.learn.folders import Classes, Split, read_classes, read_split
+from pipeline.core.learn.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, build_model, save_checkpoint
+from pipeline.core.learn.shards import ShardBatches, matching_shards
 from pipeline.stages.train.live import epoch_logger
 from pipeline.stages.train.loop import EpochStats, Recipe, best_epoch, fine_tune
 
