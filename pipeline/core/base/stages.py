@@ -8,6 +8,7 @@ imports no stage. docs/architecture.md ("Adding a stage") lists the steps that u
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -64,12 +65,13 @@ def recorded_sections(makes: str) -> tuple[str, ...]:
     return tuple(section for section in RECORDED if any(section in stage.sections for stage in makers))
 
 
-class Summary:
+class Summary(ABC):
     """What a stage's ``run`` returns: typed fields for the callers that read them (commands, tests), and
     the lines the runner prints. Each stage subclasses it (a frozen dataclass) and says its lines."""
 
+    @abstractmethod
     def lines(self) -> list[str]:
-        raise NotImplementedError
+        """What the runner prints when the stage is done."""
 
     def warnings(self) -> list[str]:
         """Lines for stderr (nothing is wrong with the run, but the user should look)."""
