@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.base import manifests
 from pipeline.core.base.params import load_params
 from pipeline.core.base.stages import STAGES as TABLE
 
@@ -121,6 +122,38 @@ def test_only_the_package_stage_depends_on_the_publishing_room() -> None:
     users = sorted(name for name, spec in STAGES.items()
                    if any(_covered("pipeline/core/publish/registry.py", [d]) for d in spec["deps"]))
     assert users == ["package"]
+
+
+#: folders of one file per photo or crop -> the stages that may name the folder itself (as an output or a
+#: dep); every other reader names the manifest that lists its files with their hash (the header of dvc.yaml)
+PER_ITEM_FOLDERS = {
+    "data/images": ["download"],                  # crop, split: data/images/manifest.parquet (md5)
+    "data/crops": ["clean", "crop"],              # clean hashes the crops; audit, split: data/clean (sha256)
+    "data/splits": ["split"],                     # shards: data/clean; train, evaluate, package: data/shards
+}
+#: what stands in for each folder, and the column (or index field) that holds each file's hash
+STANDS_FOR = {"data/images/manifest.parquet": ("md5", manifests.IMAGES.columns),
+              "data/clean": ("sha256", manifests.CLEAN.columns)}
+
+
+def _names(spec: dict) -> set[str]:
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])}
+    return {entry.rstrip("/") for entry in [*spec.get("deps", []), *outs]}
+
+
+@pytest.mark.parametrize("folder", sorted(PER_ITEM_FOLDERS))
+def test_a_folder_of_a_file_per_item_is_walked_by_as_few_stages_as_can_be(folder: str) -> None:
+    # DVC walks every file of a folder dep or output on every `dvc status` / `dvc repro`, once per stage that
+    # names it: 100,000 files cost ~10 CPU s a walk (bench/dvc_layout_bench.py)
+    naming = sorted(name for name, spec in STAGES.items() if folder in _names(spec))
+    assert naming == PER_ITEM_FOLDERS[folder], f"{folder} is named by {naming}; name its manifest instead"
+
+
+def test_what_stands_for_a_folder_carries_each_file_s_hash() -> None:
+    for stand_in, (column, columns) in STANDS_FOR.items():
+        assert column in columns, f"{stand_in} has no {column} column: it cannot stand for the files"
+        readers = [name for name, spec in STAGES.items() if stand_in in spec.get("deps", [])]
+        assert readers, f"no stage reads {stand_in}"
 
 
 def _stage_of(module: str) -> str | None:
