@@ -17,8 +17,9 @@ import re
 import secrets
 import socket
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -201,9 +202,10 @@ def fetch_tree(location: str, local: Path) -> int:
 
 
 @dataclass(frozen=True)
-class Store:
-    """Where one kind of file (photos or crops) goes: ``location``, a path or a URL. A plain value (tasks
-    pickle it); its subclasses hold the two kinds' policies, so callers never branch on the kind."""
+class Store(ABC):
+    """Where one kind of file (photos or crops) goes: ``location``, a path or a URL, and nothing else, so tasks
+    pickle it. The mechanics are shared (fsspec); each subclass holds one kind's policy, so callers never
+    branch on the kind."""
 
     location: str
     #: the download manifest's columns :meth:`name_of` reads
@@ -216,42 +218,44 @@ class Store:
         """``{file name: bytes}`` of what is here now: one listing answers for every file."""
         return sizes(self.location)
 
+    def put(self, name: str, data: bytes) -> None:
+        """Make ``name`` hold ``data``, whole or not at all (a killed writer leaves no half file there)."""
+        write_file(self.join(name), data)
+
+    @abstractmethod
     def name_of(self, path: object, md5: object) -> str | None:
         """The name here of the photo a manifest lists as ``path`` (``<ImageID>.<ext>``) with body ``md5``;
         None when the record (doctored, or of no kept body) names none."""
-        raise NotImplementedError
 
-    def put(self, name: str, data: bytes) -> None:
-        """Make ``name`` hold ``data``, whole or not at all (a killed writer leaves no half file)."""
-        write_file(self.join(name), data)
-
+    @abstractmethod
     def discard(self, names: Iterable[str]) -> None:
-        """Remove ``names`` (any that exist) when this run may: only from a folder this workspace owns."""
+        """Remove ``names`` (those that exist) where a run may remove anything."""
 
+    @abstractmethod
     def check_writable(self) -> None:
         """Fail early with one line naming ``runtime.store`` when nothing can be written here."""
 
+    @abstractmethod
     def in_own_folder(self, work: Callable[[Path], T]) -> T | None:
         """``work(folder)`` when this workspace owns the folder and may rearrange it (set photos aside, bring
         them back, sweep); None, doing nothing, where other runs share the store."""
-        return None
 
+    @abstractmethod
     def journals_at(self, batches_dir: Path) -> Path | None:
         """Where the workers journal what they finish: ``batches_dir`` when they reach it; None when they may
         share no folder with this process (then the stage journals the records they send home)."""
-        return None
 
-    @contextmanager
-    def staging(self, home: Path) -> Iterator[str]:
-        """Where the workers put this run's files (a path or a URL), which are in ``home`` once the block
-        ends without an error."""
-        yield str(home.absolute())
+    @abstractmethod
+    def staging(self, home: Path) -> AbstractContextManager[str]:
+        """Where the workers put this run's files (a path or a URL); they are in ``home`` once the block ends
+        without an error."""
 
 
 class FolderStore(Store):
-    """A folder of this workspace (``runtime.store`` empty): photos named by ImageID, this run's to tidy;
-    written through a hidden temporary name and a rename (what :func:`pipeline.core.base.io.sweep_temporaries`
-    sweeps after a kill); workers that reach it reach the journals beside it too."""
+    """A folder of this workspace (``runtime.store`` empty; on a cluster, mounted at one path everywhere):
+    photos named by ImageID, this run's to tidy, rearrange and remove from; written through a hidden
+    temporary name and a rename (which :func:`pipeline.core.base.io.sweep_temporaries` sweeps after a kill);
+    workers that reach it reach the journals beside it too."""
 
     def name_of(self, path: object, md5: object) -> str | None:
         return path if isinstance(path, str) and _PLAIN_NAME.fullmatch(path) else None
@@ -263,11 +267,18 @@ class FolderStore(Store):
         for name in names:
             Path(self.location, name).unlink(missing_ok=True)
 
+    def check_writable(self) -> None:
+        """Nothing to check ahead: the stage makes the folder, and its first write fails with one line."""
+
     def in_own_folder(self, work: Callable[[Path], T]) -> T | None:
         return work(Path(self.location))
 
     def journals_at(self, batches_dir: Path) -> Path | None:
         return batches_dir
+
+    @contextmanager
+    def staging(self, home: Path) -> Iterator[str]:
+        yield str(home.absolute())  # straight into the folder that becomes the output
 
 
 class ObjectStore(Store):
@@ -280,6 +291,9 @@ class ObjectStore(Store):
     def name_of(self, path: object, md5: object) -> str | None:
         return photo_name(md5, path.rpartition(".")[2]) if isinstance(path, str) else None
 
+    def discard(self, names: Iterable[str]) -> None:
+        """Never: another run's manifest may vouch for any photo here."""
+
     def check_writable(self) -> None:
         probe = self.join(f".probe.{run_name()}")  # this run's own name: never one another run may be deleting
         try:
@@ -290,6 +304,12 @@ class ObjectStore(Store):
             raise UserError(f"runtime.store: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - fsspec back ends raise their own types
             raise UserError(f"runtime.store: {_failure('delete', probe, exc)}") from None
+
+    def in_own_folder(self, work: Callable[[Path], T]) -> T | None:
+        return None
+
+    def journals_at(self, batches_dir: Path) -> Path | None:
+        return None  # the workers may share no folder with the stage
 
     @contextmanager
     def staging(self, home: Path) -> Iterator[str]:
