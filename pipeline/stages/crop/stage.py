@@ -30,7 +30,7 @@ from pipeline.core.base.status import KEPT_ON_DISK, Crop
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.compute.machine import processes
-from pipeline.core.compute.store import Store, open_store
+from pipeline.core.compute.store import Store, open_store, store_at
 from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
@@ -166,11 +166,13 @@ def run_tasks(tasks: Sequence[ImageTask], params: CropParams, engine: Engine) ->
         yield from part
 
 
-def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, photos: Store) -> pd.DataFrame:
-    """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo.
+def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images: Store | Path | str) -> pd.DataFrame:
+    """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo in
+    ``images`` (a store, a folder or an object store's URL).
 
     Adds the private column ``source`` (the photo's absolute path or URL, '' when none).
     """
+    photos = store_at(images)
     manifests.SELECTED.require(boxes, BOX_COLUMNS)
     manifests.IMAGES.require(downloads, ("ImageID", "status", *photos.name_columns))
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
@@ -253,7 +255,7 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
     return manifest
 
 
-def build_tasks(todo: pd.DataFrame, out_dir: str) -> list[ImageTask]:
+def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:
     """One task per photo, its boxes in row order, from rows sorted by ImageID.
 
     Plain lists, not a pandas groupby: per-group DataFrames cost milliseconds each, which for thousands of
@@ -265,7 +267,7 @@ def build_tasks(todo: pd.DataFrame, out_dir: str) -> list[ImageTask]:
     sources, rotations = todo["source"].tolist(), todo["Rotation"].tolist()
     tasks = []
     for start, end in zip(starts, starts[1:] + [len(images)]):
-        boxes = tuple(BoxTask(float(x0), float(x1), float(y0), float(y1), store.join(out_dir, rel))
+        boxes = tuple(BoxTask(float(x0), float(x1), float(y0), float(y1), store.join(str(out_dir), rel))
                       for x0, x1, y0, y1, rel in zip(*(column[start:end] for column in columns)))
         rotation = rotations[start]
         tasks.append(ImageTask(sources[start], None if pd.isna(rotation) else float(rotation), boxes))
