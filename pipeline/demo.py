@@ -3,15 +3,10 @@
 It starts the local Open Images mirror (:mod:`pipeline.mirror`) on 127.0.0.1, writes a demo
 ``params.yaml`` pointing ``source.base_url`` at it, and runs the real DVC pipeline (``dvc repro``) in a
 workspace folder: the same stages, code and ``dvc.yaml`` a user runs against the real Open Images, only
-smaller.
-
-The workspace is a git repository like a user's own clone: it holds a copy of this checkout's
-``pipeline/`` (synced on every run, so editing a stage's code and re-running the demo re-runs that stage
-and what follows, as ``dvc repro`` does), the repository's own ``dvc.yaml`` and ``.gitignore``, and the
-demo's ``params.yaml``. Every code dep is then a relative path (``pipeline/core``), ``dvc exp show`` shows
-no path of this machine, and after the run the demo commits ``dvc.lock`` with the metrics and plots, so
-``dvc exp run -S 'labels=[Pizza,"Hot dog"]'`` / ``dvc exp show`` (:data:`COMPARE_COMMAND`) / ``dvc metrics diff``
-/ ``dvc plots diff`` compare against that baseline straight away (the mirror draws all five of its labels for that).
+smaller. The workspace is a git repository like a user's own clone (a copy of this checkout's ``pipeline/``,
+synced on every run, the repository's ``dvc.yaml``), and the run is committed, so ``dvc exp run`` /
+``dvc exp show`` (:data:`COMPARE_COMMAND`) compare against it straight away. Why it is made so:
+docs/architecture.md ("Commands outside the DVC stages").
 """
 from __future__ import annotations
 

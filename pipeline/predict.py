@@ -1,18 +1,12 @@
 """``python -m pipeline.predict PATH...``: the label and probability of each image, from ``models/model.pt``.
 
-PATH is an image file or a folder; folders are searched recursively for image files (``.jpg .jpeg .png
-.webp``; hidden folders are not entered), and anything else in them, or an image there that cannot be
-read, is skipped and counted. A folder whose subfolders are named after the model's labels (the label or
-its split folder name, e.g. ``Submarine sandwich`` or ``Submarine_sandwich``) is a labelled set, as a
-user's own photos sorted by hand: its images are scored against those names, the accuracy is printed and
-every prediction goes to a CSV (``--csv``, default ``predictions.csv``).
-
-Output: one line per image, tab-separated: ``path  label  probability`` (then further label/probability
-pairs with ``--top K``). A name holding a tab, a line break or a double quote is written in double quotes
-(quotes doubled), so every line parses back with ``csv.reader(f, delimiter="\\t")``; a name that is not
-valid UTF-8 shows its odd bytes as ``\\udcXX`` escapes.
-Images get exactly the preprocessing the evaluate stage used, read from the model file. Summaries
-(skips, accuracy, the CSV's path) go to stderr, so stdout holds only the predictions.
+PATH is an image file or a folder, searched recursively for image files (others, and images that cannot be
+read, are skipped and counted). A folder whose subfolders are named after the model's labels is a labelled
+set (a user's own photos sorted by hand): its accuracy is printed and every prediction goes to a CSV.
+Output: one line per image, ``path<TAB>label<TAB>probability`` (more pairs with ``--top K``), quoted as in
+CSV where a name needs it; summaries go to stderr, so stdout holds only the predictions. Images get exactly
+the preprocessing the evaluate stage used, read from the model file. The details: docs/architecture.md
+("train / evaluate / predict").
 """
 from __future__ import annotations
 

@@ -209,3 +209,34 @@ def test_the_core_rooms_import_only_rooms_below_them() -> None:
         if above:
             upward[file] = above
     assert not upward, f"core rooms importing rooms above them (move the shared part down): {upward}"
+
+
+#: what asks a store which kind it is (a folder or an object store): each kind's policy lives in its class in
+#: pipeline/core/compute/store.py, and a stage only calls a Store's methods
+STORE_KIND_NAMES = {"is_remote", "_is_url", "FolderStore", "ObjectStore"}
+
+
+def _store_kind_branches(source: str, name: str) -> list[str]:
+    """``name:line: what`` for each place ``source`` asks for the store's kind: a kind test by name (a call,
+    an import, an ``isinstance`` against a kind's class), or a hand-made one (``"://" in location``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        used = [node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute) else \
+            [alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else []
+        if isinstance(node, ast.Compare):
+            used += [o.value for o in (node.left, *node.comparators) if isinstance(o, ast.Constant) and o.value == "://"]
+        found += [f"{name}:{node.lineno}: {what}" for what in used if what in STORE_KIND_NAMES | {"://"}]
+    return found
+
+
+def test_no_stage_asks_which_kind_of_store_it_has() -> None:
+    found = [line for path in sorted((REPO / "pipeline/stages").rglob("*.py"))
+             for line in _store_kind_branches(path.read_text(), str(path.relative_to(REPO)))]
+    assert not found, f"stage code branches on the store's kind (give the Store a method instead): {found}"
+
+
+def test_the_store_kind_check_sees_a_branch() -> None:
+    bad = ("from pipeline.core.compute.store import is_remote\n"
+           "def f(store, x):\n    return store.is_remote(x) or '://' in x or isinstance(x, ObjectStore)\n")
+    found = [line.rsplit(": ", 1)[1] for line in _store_kind_branches(bad, "x.py")]
+    assert sorted(found) == ["://", "ObjectStore", "is_remote", "is_remote"], found

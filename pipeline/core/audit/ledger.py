@@ -1,18 +1,9 @@
 """The ledger: one row per audited crop, with the decision the audit's findings and actions lead to.
 
-==================  ==========================================================================================
-column              meaning
-==================  ==========================================================================================
-``decision``        ``kept``, ``flagged`` (kept, shown in the report) or ``rejected`` (left out of the splits)
-``issue``           the issue behind the decision: the strictest action's first issue in :data:`ISSUES` order
-                    ('' when kept)
-``score``           that issue's statistic (label issue: cleanlab's label quality, 0..1; outlier: mean cosine
-                    distance to the nearest crops; quality: see :func:`~pipeline.core.audit.quality.quality_stats`)
-``threshold``       where that statistic starts to count as the issue (NaN for label issues: confident learning
-                    sets one per pair of classes from the data itself)
-``suggested_label`` the label the cross-validated model prefers, where cleanlab flags the given one
-``label_quality``   every crop's label quality (NaN when the labels could not be judged: a class with one crop)
-==================  ==========================================================================================
+``decision`` is ``kept``, ``flagged`` (kept, shown in the report) or ``rejected`` (left out of the splits);
+``issue`` the strictest action's first issue in :data:`ISSUES` order ('' when kept), with its statistic
+(``score``) and cut (``threshold``); ``suggested_label`` and ``label_quality`` come from cleanlab. What each
+column means: docs/architecture.md ("audit").
 
 The ledger depends only on the crops' bytes, their labels and the params: never on timings or the machine.
 """

@@ -1,17 +1,10 @@
 """The one grammar of package names (``owner/name``), and the rule that keeps datasets and models apart.
 
-A name is typed by users (``package.name``, ``pipeline.pull NAME``), printed in commands for others to
-paste, becomes folders of a local registry and keys of a bucket. So it is checked whole (``fullmatch``: a
-``$`` would let ``"a/b\\n"`` through) against a grammar strict enough that every accepted name is a safe
-path part and a runnable shell argument: owner and name each start with an ASCII letter or digit (never
-``-``, which a command line takes for an option, nor ``.``/``_``), then ASCII letters, digits, ``_`` and
-``-``, 64 characters at most. No ``.``: quilt3 itself refuses it (its rule is ``[\\w-]+/[\\w-]+``, of which
-this is a subset).
-
-The model trained on dataset ``X`` is ``X-model``, so a *dataset* name may not end in ``-model`` (it would
-take the place of another dataset's model) and keeps its name part to 58 characters (the model's name must
-fit too). The package stage also records each package's kind in its metadata and never publishes a dataset
-onto a name whose latest version is a model, or the reverse (:mod:`pipeline.stages.package.naming`).
+A name is typed by users, printed in commands for others to paste, and becomes folders of a local registry
+and keys of a bucket, so it is matched whole against a grammar strict enough that every accepted name is a
+safe path part and a runnable shell argument (a subset of quilt3's own). The model trained on dataset ``X``
+is ``X-model``, so a *dataset* name may not end in ``-model`` and keeps its name part to 58 characters.
+The grammar and why each part of it: docs/architecture.md ("package").
 """
 from __future__ import annotations
 

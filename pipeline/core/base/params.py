@@ -1,18 +1,11 @@
 """``params.yaml``: one section per stage, typed and validated strictly by pydantic, plus ``runtime``.
 
-Two kinds of settings (docs/architecture.md):
-
-- **tracked**, one section per stage (``source select download crop clean audit split shards train evaluate
-  package``): what changes the results. dvc.yaml lists them as the stages' ``params``, and the dataset
-  package records them, so changing one re-runs the stages that read it;
-- **runtime**: how fast and how patient, never what (processes, connections, device, caches, timeouts,
-  retries). No stage tracks it and no package records it: changing it re-runs nothing.
-
-DVC's convention is that every stage reads ``params.yaml`` from the working directory. The whole file is
-validated on every read: an unknown key (``select.limt_per_label``), a key given twice, a value of the wrong
-type, NaN or infinity, a URL that is not http(s): each is one :class:`~pipeline.core.base.errors.UserError`
-naming the key, or the command-line flag when the value came from one. An empty value (``registry:``)
-means the default.
+Two kinds of settings: **tracked**, one section per stage, what changes the results (dvc.yaml lists them as
+the stages' ``params`` and the dataset package records them, so changing one re-runs the stages that read
+it); and **runtime**, how fast and how patient, never what (no stage tracks it, no package records it).
+Every stage reads ``params.yaml`` from the working directory (DVC's convention), and the whole file is
+validated on every read: each error is one :class:`~pipeline.core.base.errors.UserError` naming the key, or
+the command-line flag its value came from. docs/architecture.md ("Settings: tracked params and runtime").
 """
 from __future__ import annotations
 

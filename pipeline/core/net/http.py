@@ -1,19 +1,12 @@
 """The one HTTP policy, shared by both clients: the metadata stage's big-file transfer (``requests``, one
 resumable file at a time) and the download stage's image client (``aiohttp``, hundreds in flight).
 
-- **Which answers are worth another attempt**: connection errors, timeouts, cut bodies and the statuses
-  in :data:`RETRY_STATUSES`; 403/404/410 are answers about the file (:data:`FINAL_STATUSES`), never retried;
-  any other status fails at once.
-- **How long to wait**: exponential backoff with "equal jitter" (half the doubled delay fixed, half random,
-  so many workers do not return in lock-step), capped at ``max_backoff``; a server's ``Retry-After`` (in
-  seconds or as an HTTP date) is honoured up to that cap, and a longer one gives up with a line saying so.
-- **Who we are**: one :data:`USER_AGENT`.
-- **How long and how big**: ``connect_timeout``; ``read_timeout`` (the longest silence); a minimum-progress
-  rule (a body slower than ``min_speed`` bytes/s over ``stall_window`` seconds is cut, so a server that
-  drips a byte a second cannot hold a stage forever); a total ``deadline`` per transfer, every attempt and
-  wait included; and a ``max_bytes`` cap, checked against the announced length and again while reading.
-
-:class:`Attempts` is the bookkeeping of one transfer; each client asks it what to do after a failure.
+It decides which answers are worth another attempt (:data:`RETRY_STATUSES`; :data:`FINAL_STATUSES` are
+answers about the file), how long to wait (exponential backoff with equal jitter, ``Retry-After`` honoured
+up to ``max_backoff``), who we are (:data:`USER_AGENT`), and how long and how big a transfer may be
+(timeouts, a minimum-progress rule, a total ``deadline``, ``max_bytes``). :class:`Attempts` is the
+bookkeeping of one transfer; each client asks it what to do after a failure. The rules in full:
+docs/architecture.md ("One HTTP policy").
 """
 from __future__ import annotations
 

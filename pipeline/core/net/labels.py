@@ -1,19 +1,10 @@
 """Class names and the class hierarchy: from what a user types to the MIDs whose boxes a label takes.
 
-Users write display names ("hamburger", "Submarine sandwich") or MIDs ("/m/0cdn1"). Names are matched
-case-insensitively with runs of spaces collapsed; a name that matches nothing stops the run with one
-line naming the closest real names (difflib), because a typo must not cost a 3 GB download or an empty
-dataset.
-
-Subclasses come from the hierarchy's ``Subcategory`` edges (Hamburger and Submarine sandwich are
-subcategories of Sandwich); ``Part`` edges (a wheel is part of a car) are not subclasses and are ignored.
-A MID may appear in several places of the official tree; its children are the union over all places.
-
-Overlap rule (:func:`assign`): when several requested labels reach one box MID, the box goes to the most
-specific of them: the box's own MID if it was requested, else the nearest requested ancestor (fewest
-Subcategory steps); equally near ancestors (a class with two parents) go to the label listed first.
-So with ``[Hamburger, Sandwich]`` a Hamburger box is a Hamburger, a Submarine sandwich box is a
-Sandwich, and no box ever gets two labels.
+Users write display names ("hamburger", "Submarine sandwich") or MIDs ("/m/0cdn1"), matched forgivingly; a
+name that matches nothing stops the run with one line naming the closest real names, because a typo must
+not cost a 3 GB download or an empty dataset. Subclasses follow the hierarchy's ``Subcategory`` edges,
+never ``Part``. When several requested labels reach one box, it goes to the most specific of them
+(:func:`assign`), so no box ever gets two labels. The rules in full: docs/architecture.md ("select").
 """
 from __future__ import annotations
 

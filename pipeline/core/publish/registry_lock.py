@@ -1,18 +1,11 @@
 """One registration at a time per package name in a registry that runs which do not know each other share.
 
-Why a lock at all, and what it covers: see :mod:`pipeline.core.publish.registry`. Two kinds, one per place:
-
-- **A local registry folder**: ``flock`` on ``<registry>/.pipeline/locks/<name>.lock``. The kernel releases
-  it when its holder ends, even by ``kill -9``, so it can never be left stuck.
-- **An S3 bucket** has no ``flock``: the lock is the object ``.pipeline/locks/<name>.lock``, created only if
-  absent (a conditional write, ``If-None-Match: *``, which S3 and MinIO apply atomically). Its body says
-  who holds it and for how long (a lease, :data:`LEASE_SECONDS`). A holder killed with its lock in place
-  holds nobody up for longer than the lease: once the object is older than its lease (both times taken
-  from the S3 server's clock, ``Last-Modified`` and ``Date``, so clocks of other machines do not matter), a
-  waiter replaces it with its own, conditionally on the stale object's ETag (``If-Match``), so of several
-  waiters exactly one takes it over. A holder checks before each write that matters that the lock is
-  still its own and its lease has not run out (:meth:`S3Lease.check`), and gives up without registering
-  anything otherwise; what it holds the lock for takes a few small requests (the files go up before).
+Why a lock at all, and what it covers: :mod:`pipeline.core.publish.registry`. Two kinds, one per place: in a
+local registry folder, ``flock`` on ``<registry>/.pipeline/locks/<name>.lock``, which the kernel releases
+when its holder ends (even by ``kill -9``); in an S3 bucket, which has no ``flock``, an object created only
+if absent, with a lease (:data:`LEASE_SECONDS`) that a waiter may take over once it has run out, and that
+its holder checks before each write that matters (:meth:`S3Lease.check`). So a killed holder never leaves
+the lock stuck. How the S3 lease is judged and taken over: docs/architecture.md ("Design notes of the core").
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ import io
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -22,16 +21,16 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.core.base import manifests, paths
-from pipeline.core.base.errors import PipelineFailure
 from pipeline.core.base.io import replace_dir, write_parquet
 from pipeline.core.base.params import CropParams, Params, RuntimeParams
 from pipeline.core.base.progress import Progress
-from pipeline.core.base.safe import is_image_id, join_inside, label_dirname
+from pipeline.core.base.safe import is_image_id, label_dirname
 from pipeline.core.base.stages import Summary
 from pipeline.core.base.status import KEPT_ON_DISK, Crop
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.compute.machine import processes
+from pipeline.core.compute.store import Store, open_store, store_at
 from pipeline.core.images.imaging import ImageProblem, image_phash, load_image, rotation_degrees, to_rgb, upright
 
 BOX_COLUMNS = ("ImageID", "Subset", "BoxIndex", "Label", "LabelName", "XMin", "XMax", "YMin", "YMax", "Rotation")
@@ -125,15 +124,10 @@ def _cut(image: Image.Image, box: BoxTask, degrees: int, params: CropParams) -> 
     if params.max_side and max(crop.size) > params.max_side:
         crop = shrink(crop, params.max_side)
     # Written straight to its name: the whole folder is built aside and swapped in at the end (replace_dir),
-    # so a crash never leaves a half-written crop in data/crops; a temp file + rename per crop would only add
-    # a file-system operation per crop.
-    if store.is_remote(box.out):  # one put: an object store never shows half a crop
-        store.write_file(box.out, encode_jpeg(crop, params.jpeg_quality))
-        return BoxResult(Crop.OK, "", *crop.size)
-    try:
-        Path(box.out).write_bytes(encode_jpeg(crop, params.jpeg_quality))
-    except OSError as exc:  # disk full, permissions: the run cannot succeed, unlike a bad photo
-        raise PipelineFailure(f"cannot write {box.out}: {exc.strerror}") from None
+    # so a crash never leaves a half-written crop in data/crops (a temp file + rename per crop would only add
+    # a file-system operation per crop), and an object store shows a put whole or not at all. A failed write
+    # (disk full, permissions) is a PipelineFailure: the run cannot succeed, unlike with a bad photo.
+    store.write_file(box.out, encode_jpeg(crop, params.jpeg_quality))
     return BoxResult(Crop.OK, "", *crop.size)
 
 
@@ -172,19 +166,20 @@ def run_tasks(tasks: Sequence[ImageTask], params: CropParams, engine: Engine) ->
         yield from part
 
 
-def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -> pd.DataFrame:
-    """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo.
+def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images: Store | Path | str) -> pd.DataFrame:
+    """The manifest before any cutting: one row per box, ``not_downloaded`` where there is no photo in
+    ``images`` (a store, a folder or an object store's URL).
 
-    Adds the private column ``source`` (absolute photo path, '' when none).
+    Adds the private column ``source`` (the photo's absolute path or URL, '' when none).
     """
+    photos = store_at(images)
     manifests.SELECTED.require(boxes, BOX_COLUMNS)
-    in_store = isinstance(images_dir, str) and store.is_remote(images_dir)
-    manifests.IMAGES.require(downloads, ("ImageID", "status", "path", *(["md5"] if in_store else [])))
+    manifests.IMAGES.require(downloads, ("ImageID", "status", *photos.name_columns))
     got = downloads.drop_duplicates("ImageID", keep="last").set_index("ImageID")
     rows = boxes.sort_values(["ImageID", "BoxIndex"], kind="stable").reset_index(drop=True)
     status = rows["ImageID"].map(got["status"]).fillna("")
     reason = rows["ImageID"].map(got["reason"]) if "reason" in got else pd.Series("", index=rows.index)
-    find, md5 = _photo_finder(images_dir), got["md5"] if "md5" in got else pd.Series("", index=got.index)
+    find, md5 = _photo_finder(photos), got["md5"] if "md5" in got else pd.Series("", index=got.index)
     found = pd.Series([find(path, digest) for path, digest in zip(got["path"], md5)], index=got.index, dtype=object)
     source = rows["ImageID"].map(found).fillna("")
     valid_id = rows["ImageID"].map(is_image_id).astype(bool)
@@ -202,24 +197,16 @@ def plan(boxes: pd.DataFrame, downloads: pd.DataFrame, images_dir: Path | str) -
     return rows
 
 
-def _photo_finder(images: Path | str) -> Callable[[object, object], str]:
-    """(manifest path, md5) -> where the photo is ('' when it is not there): in a folder by its path, or in an
-    object store (``runtime.store``) by its content's name (:func:`pipeline.core.compute.store.photo_name`), one
-    listing of which answers for every photo."""
-    if isinstance(images, str) and store.is_remote(images):
-        listed = store.sizes(images)
+def _photo_finder(photos: Store) -> Callable[[object, object], str]:
+    """(manifest path, md5) -> where the photo is ('' when it is not there): the store names it
+    (:meth:`pipeline.core.compute.store.Store.name_of`: its ImageID in a folder, its content in an object
+    store), and one listing answers for every photo. Workers get absolute paths or URLs (they need no cwd)."""
+    listed = photos.sizes()
 
-        def in_store(relative: object, md5: object) -> str:
-            name = store.photo_name(md5, str(relative).rpartition(".")[2])
-            return store.join(images, name) if name in listed else ""
-        return in_store
-    return lambda relative, _: _existing(Path(images), relative)
-
-
-def _existing(images_dir: Path, relative: object) -> str:
-    """The photo's absolute path (workers need no cwd) when the manifest's path is inside and exists."""
-    path = join_inside(images_dir, relative)
-    return str(path.absolute()) if path is not None and path.is_file() else ""
+    def find(relative: object, md5: object) -> str:
+        name = photos.name_of(relative, md5)
+        return photos.join(name) if name is not None and name in listed else ""
+    return find
 
 
 def _not_downloaded_reason(status: str, reason: str, source: str) -> str:
@@ -240,23 +227,24 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
     read them.
     """
     runtime = runtime or RuntimeParams()
-    photos = store.folder(runtime.store, store.IMAGES, images_dir) if runtime.store else images_dir
+    photos = open_store(runtime.store, store.IMAGES, images_dir)
     rows = plan(boxes, downloads, photos)
     rows["crop_path"] = [
         f"{label_dirname(label)}/{image}_{index}.jpg" if src else ""
         for label, image, index, src in zip(rows["Label"], rows["ImageID"], rows["BoxIndex"], rows["source"])
     ]
-    with replace_dir(crops_dir) as new, _crops_folder(runtime.store, new) as out:
+    with replace_dir(crops_dir) as new:
         todo = rows[rows["source"] != ""]
         for folder in todo["crop_path"].map(lambda p: p.split("/")[0]).unique():
             (new / folder).mkdir()
         results = []
-        if len(todo):  # else no engine (a cluster to start or join) for nothing
-            advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
-            with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
-                results = list(run_tasks(build_tasks(todo, out), params, engine))
-        if store.is_remote(out):
-            store.fetch_tree(out, new)
+        # the workers' folder: ``new`` itself, or with an object store this run's own folder there, copied
+        # into ``new`` and removed (never another run's: :meth:`pipeline.core.compute.store.Store.staging`)
+        with open_store(runtime.store, store.CROPS, crops_dir).staging(new) as out:
+            if len(todo):  # else no engine (a cluster to start or join) for nothing
+                advice = "; try fewer runtime.crop_processes or a lower crop.max_pixels"
+                with open_engine(runtime, min(workers, len(todo)), "crop", advice) as engine:
+                    results = list(run_tasks(build_tasks(todo, out), params, engine))
         done = [box for result in results for box in result.boxes]  # in the order of todo's rows
         for column, values in zip(("status", "reason", "width", "height"), zip(*done)):
             rows.loc[todo.index, column] = list(values)
@@ -265,19 +253,6 @@ def crop_all(boxes: pd.DataFrame, downloads: pd.DataFrame, params: CropParams, w
         manifest = rows[list(manifests.CROPS.columns)].astype({"width": "int64", "height": "int64", "BoxIndex": "int64"})
         write_parquet(manifest, new / paths.CROPS_MANIFEST.name)
     return manifest
-
-
-@contextmanager
-def _crops_folder(store_url: str, new: Path) -> Iterator[str]:
-    """Where the workers put the crops: ``new`` (the folder that becomes data/crops), or with an object store
-    this run's own folder there, ``<store>/crops/<run>``, removed once the crops are copied home. Other runs
-    share the store and crop at the same time: none ever empties ``<store>/crops``, or a folder of another
-    live run (:func:`pipeline.core.compute.store.run_folder`)."""
-    if not store_url:
-        yield str(new.absolute())
-        return
-    with store.run_folder(store.join(store_url, store.CROPS)) as own:
-        yield own
 
 
 def build_tasks(todo: pd.DataFrame, out_dir: Path | str) -> list[ImageTask]:

@@ -23,7 +23,7 @@ from pipeline.core.base.io import write_parquet
 from pipeline.core.base.manifests import IMAGES_SCHEMA
 from pipeline.core.base.redact import public_url
 from pipeline.core.base.status import KEPT_ON_DISK, RETRIED_ON_RERUN
-from pipeline.core.compute import store
+from pipeline.core.compute.store import Store
 from pipeline.stages.download.verify import IMAGE_EXTENSIONS
 from pipeline.stages.download.writer import read_journal
 
@@ -100,9 +100,10 @@ def load_records(batches_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path, listed: dict[str, int] | None = None) -> bool:
+def is_finished(record: dict[str, Any] | None, url: str, photos: Store, listed: dict[str, int]) -> bool:
     """May a re-run skip this image? Only when its answer was final, for the same URL (as recorded: without credentials), and any kept
-    file is still there with the recorded size (a short file after a power cut is fetched again)."""
+    file is still in ``photos`` (``listed``: their sizes, one listing) with the recorded size (a short file after a power cut is
+    fetched again)."""
     if record is None or record.get("url") != public_url(url) or record.get("status") in RETRIED_ON_RERUN:
         return False
     if record.get("status") not in KEPT_ON_DISK:
@@ -110,11 +111,8 @@ def is_finished(record: dict[str, Any] | None, url: str, images_dir: Path, liste
     path = record.get("path")
     if path not in {f"{record['ImageID']}.{ext}" for ext in IMAGE_EXTENSIONS}:  # a doctored record names no other file
         return False
-    if listed is not None:  # photos in an object store, named by their content: one listing says what is there
-        name = store.photo_name(record.get("md5"), path.rpartition(".")[2])
-        return name is not None and listed.get(name) == record.get("bytes")
-    file = images_dir / path
-    return file.is_file() and file.stat().st_size == record.get("bytes")
+    name = photos.name_of(path, record.get("md5"))  # by ImageID in a folder, by content in an object store
+    return name is not None and listed.get(name) == record.get("bytes")
 
 
 def write_part(batches_dir: Path, index: int, part: pa.Table) -> Path:

@@ -2,8 +2,8 @@
 a task of :mod:`pipeline.core.compute.engine` (this process, a local pool, or a Dask cluster).
 
 ``run_batch`` is a plain, picklable function of its inputs that returns an Arrow table, so any executor can
-map it over batches. ``images`` is where the photos go: a folder (an absolute path, for workers elsewhere) or
-an object store URL (:mod:`pipeline.core.compute.store`). Each finished image's record goes to ``on_record`` at once
+map it over batches. ``images`` is where the photos go: a store (:mod:`pipeline.core.compute.store`), a folder's
+path or an object store's URL. Each finished image's record goes to ``on_record`` at once
 (the engine sends it home, where the stage appends it to the batch's journal and moves the progress bar).
 
 Inside a batch, ``settings.connections`` coroutines share one aiohttp session and one rate limiter, whose
@@ -24,14 +24,14 @@ from pipeline.core.base.params import Params
 from pipeline.core.base.redact import public_url
 from pipeline.core.base.safe import is_http_url
 from pipeline.core.base.status import Download
-from pipeline.core.compute import store
+from pipeline.core.compute.store import Store, store_at
 from pipeline.core.net.http import HttpPolicy
 from pipeline.core.net.rate import Board, RemoteBoard
 from pipeline.stages.download.batches import Image, Record, journal_path, manifest_table
 from pipeline.stages.download.client import Fetched, Fetcher
 from pipeline.stages.download.ratelimit import RateLimiter
-from pipeline.stages.download.verify import Verdict, verify
-from pipeline.stages.download.writer import Journal, image_path, write_image
+from pipeline.stages.download.verify import IMAGE_EXTENSIONS, Verdict, verify
+from pipeline.stages.download.writer import Journal
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class BatchSettings:
                    params.runtime.connections)
 
 
-def run_batch(rows: Sequence[Image], settings: BatchSettings, images_dir: Path | str, journal: Path | None = None, *,
-              limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pa.Table:
-    """Download every image in ``rows`` into ``images_dir`` (a folder or a store URL); return their manifest rows.
+def run_batch(rows: Sequence[Image], settings: BatchSettings, images_dir: Store | Path | str, journal: Path | None = None,
+              *, limiter: RateLimiter | None = None, on_record: Callable[[Record], None] | None = None) -> pa.Table:
+    """Download every image in ``rows`` into ``images_dir`` (a store, a folder or a URL); return their manifest rows.
 
     Each finished image goes to ``on_record`` at once and, when ``journal`` is given, is appended to it, so
     a killed run loses nothing it finished. ``limiter`` lets batches share one rate; without one the batch
@@ -63,7 +63,7 @@ def run_batch(rows: Sequence[Image], settings: BatchSettings, images_dir: Path |
             if on_record is not None:
                 on_record(record)
 
-        records = asyncio.run(_download(rows, settings, str(images_dir), limiter, finished))
+        records = asyncio.run(_download(rows, settings, store_at(images_dir), limiter, finished))
     return manifest_table(records)
 
 
@@ -85,7 +85,7 @@ class BatchContext:
     when the workers reach it (None: the stage journals the records they send home)."""
 
     settings: BatchSettings
-    images: str
+    images: Store
     board: Board | RemoteBoard | None
     journals: str | None
 
@@ -100,14 +100,14 @@ def batch_task(context: BatchContext, job: tuple[int, Sequence[Image]], emit: Ca
                      on_record=lambda record: emit({"batch": index, "record": record}))
 
 
-async def _download(rows: Sequence[Image], settings: BatchSettings, images_dir: str, limiter: RateLimiter,
+async def _download(rows: Sequence[Image], settings: BatchSettings, photos: Store, limiter: RateLimiter,
                     finished: Callable[[Record], None]) -> list[Record]:
     records: list[Record] = []
     todo = iter(rows)
 
     async def worker(fetcher: Fetcher) -> None:
         for row in todo:  # one iterator shared by all workers: each row is taken exactly once
-            record = await _one_image(row, fetcher, images_dir)
+            record = await _one_image(row, fetcher, photos)
             records.append(record)
             finished(record)
 
@@ -122,32 +122,40 @@ async def _download(rows: Sequence[Image], settings: BatchSettings, images_dir: 
     return records
 
 
-async def _one_image(row: Image, fetcher: Fetcher, images_dir: str) -> Record:
+async def _one_image(row: Image, fetcher: Fetcher, photos: Store) -> Record:
     if not is_http_url(row.url):
-        if not store.is_remote(images_dir):
-            await asyncio.to_thread(write_image, Path(images_dir), row.ImageID, None, None)
+        await asyncio.to_thread(_keep, photos, row.ImageID, None)
         return _record(row, Fetched(Download.BAD_URL, "not an http(s) URL", 0, "", None, 0), None)
     fetched = await fetcher.fetch(row.url)
-    verdict = await asyncio.to_thread(_settle, row, fetched, images_dir)
+    verdict = await asyncio.to_thread(_settle, row, fetched, photos)
     return _record(row, fetched, verdict)
 
 
-def _settle(row: Image, fetched: Fetched, images_dir: str) -> Verdict | None:
-    """Verify the body (if any) and make the folder match: the body under its name, or no file at all.
-
-    In an object store, which other runs share, the body is put under its content's name
-    (:func:`pipeline.core.compute.store.photo_name`) and nothing is ever removed: the same name always holds the same
-    bytes, so no run can overwrite or delete a photo another run's manifest vouches for."""
+def _settle(row: Image, fetched: Fetched, photos: Store) -> Verdict | None:
+    """Verify the body (if any) and make the store match the record (:func:`_keep`)."""
     verdict = None if fetched.body is None else verify(
         fetched.body, fetched.final_url, row.OriginalMD5, row.OriginalSize)
-    keep = verdict is not None and verdict.keep
-    if store.is_remote(images_dir):
-        name = store.photo_name(verdict.md5, verdict.ext) if keep else None
-        if name:
-            store.write_file(store.join(images_dir, name), fetched.body)
-    else:
-        write_image(Path(images_dir), row.ImageID, verdict.ext if keep else None, fetched.body if keep else None)
+    kept = verdict is not None and verdict.keep and fetched.body is not None
+    _keep(photos, row.ImageID, (verdict.ext, verdict.md5, fetched.body) if kept else None)
     return verdict
+
+
+def _keep(photos: Store, image_id: str, body: tuple[str, str, bytes] | None) -> None:
+    """Put the photo's body (``(ext, md5, bytes)``; None: it has none worth keeping) under the name the store
+    gives it, and leave no other file of this image that the store lets a run remove.
+
+    In a folder, named ``<ImageID>.<ext>``, an earlier file of another extension (or of a photo now gone)
+    goes, so the folder never holds a photo the manifest does not vouch for. In an object store, which other
+    runs share, the name is the content's (:func:`pipeline.core.compute.store.photo_name`) and nothing is ever
+    removed: the same name always holds the same bytes, so no run can overwrite or delete a photo another
+    run's manifest vouches for."""
+    name = None
+    if body is not None:
+        ext, md5, data = body
+        name = photos.name_of(f"{image_id}.{ext}", md5)
+        if name is not None:
+            photos.put(name, data)
+    photos.discard(f"{image_id}.{ext}" for ext in IMAGE_EXTENSIONS if f"{image_id}.{ext}" != name)
 
 
 def _record(row: Image, fetched: Fetched, verdict: Verdict | None) -> Record:
@@ -161,7 +169,7 @@ def _record(row: Image, fetched: Fetched, verdict: Verdict | None) -> Record:
         "http_status": fetched.http_status,
         "url": public_url(row.url),
         "final_url": public_url(fetched.final_url),
-        "path": image_path(Path(), row.ImageID, verdict.ext).name if verdict and verdict.keep else "",
+        "path": f"{row.ImageID}.{verdict.ext}" if verdict and verdict.keep else "",
         "bytes": len(body) if body is not None else 0,
         "md5": verdict.md5 if verdict else "",
         "attempts": fetched.attempts,

@@ -29,6 +29,7 @@ from pipeline.core.base.stages import Summary
 from pipeline.core.compute import store
 from pipeline.core.compute.engine import Engine, open_engine
 from pipeline.core.compute.machine import processes
+from pipeline.core.compute.store import Store, open_store, store_at
 from pipeline.core.net.sources import join_url
 from pipeline.stages.download import batches
 from pipeline.stages.download import unlisted as aside
@@ -93,24 +94,23 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     if dropped:
         print(f"warning: skipped {dropped} image(s) whose ImageID is not 16 hex digits", file=sys.stderr)
     batches_dir = batches.folder(images_dir)
-    photos = store.folder(params.runtime.store, store.IMAGES, images_dir)  # where the workers put them
-    store.check_writable(params.runtime.store)
+    photos = open_store(params.runtime.store, store.IMAGES, images_dir)  # where the workers put them
+    photos.check_writable()
     try:
         batches_dir.mkdir(parents=True, exist_ok=True)
         swept = sweep_temporaries(images_dir) + sweep_temporaries(batches_dir)
         if swept:
             print(f"removed {swept} partial file(s) left by an interrupted run", file=sys.stderr)
-        known = batches.load_records(batches_dir)
-        listed = store.sizes(photos) if store.is_remote(photos) else None
-        if listed is None:  # photos in a folder: those an earlier run set aside come back, with their records
-            known = {**aside.restore(Path(photos), (image.ImageID for image in images)), **known}
-        plan = [(batch, *_split_done(batch, known, images_dir, listed))
+        # photos an earlier run set aside come back, with their records (only into a folder this workspace
+        # owns: a shared store is never rearranged, and its names are contents; core/compute/store.py)
+        restored = photos.in_own_folder(lambda folder: aside.restore(folder, (image.ImageID for image in images)))
+        known = {**(restored or {}), **batches.load_records(batches_dir)}
+        listed = photos.sizes()  # one listing says which recorded photos are still there, whole
+        plan = [(batch, *_split_done(batch, known, photos, listed))
                 for batch in batches.plan_batches(images, params.runtime.download_batch_size)]
         parts, tried = _run(plan, params, photos, batches_dir, progress)
         manifest = batches.finish(batches_dir, parts, images_dir / paths.IMAGES_MANIFEST.name)
-        if listed is None:  # a folder: what killed workers left goes, what is no longer selected is set aside
-            _tidy(Path(photos), manifest, known)
-        # an object store is never tidied: other runs share it, and its names are contents (core/compute/store.py)
+        photos.in_own_folder(lambda folder: _tidy(folder, manifest, known))
     except OSError as exc:
         raise PipelineFailure(f"cannot write under {images_dir}: {exc}") from None
     if tried.all_failed:
@@ -119,28 +119,28 @@ def download(params: Params, selected: Path = paths.SELECTED, images_dir: Path =
     return manifest
 
 
-def _run(plan: Plan, params: Params, images: str, batches_dir: Path, progress: bool) -> tuple[list[pa.Table], Tried]:
+def _run(plan: Plan, params: Params, photos: Store, batches_dir: Path, progress: bool) -> tuple[list[pa.Table], Tried]:
     """Fetch what each batch still needs; every batch's manifest part is written as soon as it is complete
     (:class:`~.collect.RecordCollector`). Returns the parts and the count of the images requested now."""
     total, done = sum(len(s.images) for s, _, _ in plan), sum(len(done) for _, done, _ in plan)
-    journal_here = store.is_remote(images)  # workers that put photos in a store may share no folder with us
+    journals = photos.journals_at(batches_dir)  # None: the workers may share no folder with us, we journal
     busy = sum(1 for _, _, rows in plan if rows)
     opened = open_engine(params.runtime, min(processes(params.runtime.download_processes), busy), "download",
                          "; run again to resume") if busy else nullcontext(None)  # nothing to fetch: no cluster
     with opened as engine, Progress(total, "download", "img", initial=done, enabled=progress) as bar, \
-            RecordCollector(plan, batches_dir, bar, journal_here) as collector:
+            RecordCollector(plan, batches_dir, bar, journal_here=journals is None) as collector:
         if engine is not None:
-            _fetch(engine, collector.jobs(), BatchSettings.from_params(params), images,
-                   None if journal_here else batches_dir, collector.on_message, collector.on_result,
-                   params.runtime.rate_key)
+            _fetch(engine, collector.jobs(), BatchSettings.from_params(params), photos, journals,
+                   collector.on_message, collector.on_result, params.runtime.rate_key)
     return collector.finished_parts(), collector.tried
 
 
-def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: BatchSettings, images: str,
+def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: BatchSettings, images: Store | str,
            journals: Path | None, on_message: Callable[[Any], None],
            on_result: Callable[[int, pa.Table], None], board_name: str = "") -> list[pa.Table]:
     """Run the batches (``(index, rows)`` each) on ``engine``; return their tables in order. The workers
-    journal each record in ``journals`` as it finishes (None: the caller journals the messages).
+    journal each record in ``journals`` as it finishes (None: the caller journals the messages). ``images``:
+    where the photos go (:func:`pipeline.core.compute.store.store_at`).
     ``board_name`` is ``runtime.rate_key`` (empty: the board of the images' server, :func:`.ratelimit.rate_key`).
 
     Locally in this process, or in a pool of ``runtime.download_processes`` (0 = one per usable core): a
@@ -153,18 +153,18 @@ def _fetch(engine: Engine, jobs: list[tuple[int, list[Image]]], settings: BatchS
     urls = (image.url for _, rows in jobs for image in rows)
     boarded = engine.rate_board(rate_key(board_name, urls), settings.rate) if settings.rate else nullcontext(None)
     with boarded as board:
-        context = BatchContext(settings, images, board, str(journals.absolute()) if journals else None)
+        context = BatchContext(settings, store_at(images), board, str(journals.absolute()) if journals else None)
         return engine.run(batch_task, context, jobs, on_message, on_result)
 
 
-def _split_done(batch: batches.Batch, known: dict[str, Record], images_dir: Path,
-                listed: dict[str, int] | None = None) -> tuple[list[Record], list[Image]]:
+def _split_done(batch: batches.Batch, known: dict[str, Record], photos: Store,
+                listed: dict[str, int]) -> tuple[list[Record], list[Image]]:
     """The batch's records a re-run keeps, and the images it still has to fetch (``listed``: the sizes of the
-    photos in an object store, when they are kept there)."""
+    files in ``photos``)."""
     done, todo = [], []
     for image in batch.images:
         record = known.get(image.ImageID)
-        if batches.is_finished(record, image.url, images_dir, listed):
+        if batches.is_finished(record, image.url, photos, listed):
             done.append(record)
         else:
             todo.append(image)

@@ -1,10 +1,11 @@
-"""Files that survive ``kill -9``: images written through a temporary name, and an append-only journal.
+"""The append-only journal of a batch: the progress that survives ``kill -9``.
 
-An image appears under its real name only by ``os.replace`` of a complete temporary file, so a killed run
-leaves at worst a hidden ``.<ImageID>.<ext>.<pid>.tmp``, which the next run sweeps away. No fsync: ``kill -9``
-ends the process, not the kernel, so written pages still reach the disk; after a power cut a file could be
-short, which resume catches by comparing its size with the recorded ``bytes``. Skipping fsync keeps writes
-cheap enough to run at hundreds of images per second.
+Photos themselves go to the store (:mod:`pipeline.core.compute.store`): in a folder an image appears under its
+real name only by ``os.replace`` of a complete temporary file, so a killed run leaves at worst a hidden
+``.<ImageID>.<ext>.<pid>.tmp``, which the next run sweeps away. No fsync: ``kill -9`` ends the process, not
+the kernel, so written pages still reach the disk; after a power cut a file could be short, which resume
+catches by comparing its size with the recorded ``bytes``. Skipping fsync keeps writes cheap enough to run
+at hundreds of images per second.
 """
 from __future__ import annotations
 
@@ -13,27 +14,6 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
-
-from pipeline.core.base.io import write_bytes
-from pipeline.stages.download.verify import IMAGE_EXTENSIONS
-
-
-def image_path(images_dir: Path, image_id: str, ext: str) -> Path:
-    """``<images_dir>/<ImageID>.<ext>``; ``image_id`` must already be validated (``pipeline.core.base.safe``)."""
-    return images_dir / f"{image_id}.{ext}"
-
-
-def write_image(images_dir: Path, image_id: str, ext: str | None, body: bytes | None) -> None:
-    """Make ``<ImageID>.<ext>`` hold ``body`` atomically, and leave no other file for this image.
-
-    ``ext``/``body`` None: the image has no kept body (404, not an image...), so any earlier file of it
-    goes, and the folder never holds a photo the manifest does not vouch for.
-    """
-    if ext is not None and body is not None:
-        write_bytes(image_path(images_dir, image_id, ext), body)
-    for other in IMAGE_EXTENSIONS:
-        if other != ext:
-            image_path(images_dir, image_id, other).unlink(missing_ok=True)
 
 
 class Journal:

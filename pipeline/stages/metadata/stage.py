@@ -1,17 +1,12 @@
 """The metadata stage: fetch one Open Images version's metadata, convert it once to Parquet.
 
-1. The class list and the hierarchy (small) come first, so ``labels`` in params.yaml is checked against
-   the real class names before gigabytes are fetched: a typo ends the run with exit code 2 and a
-   "did you mean" line.
-2. The image table and box file of each subset in ``source.subsets`` follow: only files not yet in
-   ``data/metadata/raw/<official path>`` are fetched; a broken earlier download is resumed
-   (:mod:`pipeline.stages.metadata.transfer`); nothing is asked of the server when every file is there.
-3. Each Parquet output is rebuilt only when the raw files it came from changed: ``cache.json`` records
-   their sizes and mtimes (and the converter's format), so a re-run converts nothing. A raw file that
-   cannot be converted at all (a garbage body that arrived whole) is moved to ``data/metadata/rejected/``
-   before the run stops, so the next run fetches it again instead of finding it "present".
-
-Prints what it did, one line per file and per output.
+The class list and hierarchy come first, so ``labels`` is checked against the real class names before
+gigabytes are fetched (a typo: exit 2 and a "did you mean" line). Then the image table and box file of
+each subset in ``source.subsets``: only files not yet in ``data/metadata/raw/<official path>`` are fetched,
+a broken earlier download resumed (:mod:`.transfer`). Each Parquet output is rebuilt only when the raw files
+it came from changed (``cache.json``); a raw file that cannot be converted at all is moved to
+``data/metadata/rejected/`` so the next run fetches it again. Prints what it did, one line per file and per
+output. The contract: docs/architecture.md ("metadata").
 """
 from __future__ import annotations
 

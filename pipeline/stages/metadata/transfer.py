@@ -1,16 +1,11 @@
 """Download one big file to disk: streamed, resumable, size-verified, retried under the one HTTP policy.
 
 Open Images' box file is 2.3 GB; a dropped connection at 90 % must not restart from zero. Bytes go to
-``<dest>.part``; the server's validator (ETag, else Last-Modified) and the announced total are kept
-next to it in ``<dest>.part.json``, so a later attempt (or a later run) asks for the rest with
-``Range: bytes=N-`` and ``If-Range: <validator>``. If the file changed on the server meanwhile, the
-server answers 200 with the whole new file and we start over instead of splicing two versions.
-Only when the byte count equals the total the server announced (Content-Length, or the total of
-Content-Range) is ``.part`` renamed to ``dest``, so ``dest`` existing means "complete". A server that
-announces no length gets the body only up to the size cap, and a body cut there is refused, never kept.
-
-Retries, backoff, Retry-After, the deadline, the minimum-progress rule, the size cap and the user agent are
-:mod:`pipeline.core.net.http`'s; an attempt that made progress resumes at once without counting as a failure.
+``<dest>.part``, with the server's validator and the announced total beside it, so a later attempt (or run)
+asks for the rest (``Range`` + ``If-Range``) and starts over if the file changed meanwhile. Only a complete
+body is renamed to ``dest``, so ``dest`` existing means "complete". Retries, backoff, the deadline, the
+size cap and the rest are :mod:`pipeline.core.net.http`'s; an attempt that made progress resumes at once
+without counting as a failure. The details: docs/architecture.md ("metadata").
 """
 from __future__ import annotations
 

@@ -1,17 +1,13 @@
 """Package names that follow the labels, the package kinds, and the guards that keep a name's ``latest`` on
 one kind and one label set.
 
-Without ``package.name`` the dataset is ``openimages/<labels>``: the label set, sorted and lower-cased
-(``[Hamburger, Sandwich]`` -> ``openimages/hamburger-sandwich``), so ``dvc exp run -S 'labels=[Pizza,"Hot
-dog"]'`` publishes ``openimages/hot-dog-pizza`` and never becomes another dataset's latest. The model
-trained on it is ``<name>-model``; a dataset name never ends in ``-model`` (the grammar and that rule:
-:mod:`pipeline.core.base.package_names`), so a label set such as ``[Fashion model]`` is published as
-``openimages/fashion-model_dataset``.
-
-Each package records its kind (``"kind": "dataset"`` or ``"model"``) in its metadata, and a version is
-never published onto a name whose latest version is of another kind (nor onto a package this pipeline did
-not make). When a name's latest dataset holds other labels (a ``package.name`` set by hand, kept while the
-labels changed), publishing stops, unless ``package.allow_other_labels``.
+Without ``package.name`` the dataset is ``openimages/<labels>``, the label set sorted and lower-cased
+(``[Hamburger, Sandwich]`` -> ``openimages/hamburger-sandwich``), so an experiment on other labels never
+becomes another dataset's latest; the model trained on it is ``<name>-model`` (so ``[Fashion model]`` is
+published as ``openimages/fashion-model_dataset``). A version is never published onto a name whose latest
+version is of another kind, or made by something else, nor (unless ``package.allow_other_labels``) onto a
+dataset of other labels. The rules: docs/architecture.md ("package"); the grammar:
+:mod:`pipeline.core.base.package_names`.
 """
 from __future__ import annotations
 

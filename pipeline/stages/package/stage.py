@@ -1,17 +1,13 @@
 """The package stage: publish the dataset, and the model trained on it, as quilt3 packages.
 
-Two packages, so that a dataset version is a function of its inputs alone:
-
-- ``<name>`` (:mod:`.dataset`): the splits, manifests, README and ATTRIBUTION.csv, with metadata holding
-  the params that shaped them, the source, counts, the photos' licences with counts, and the code version.
-  The same inputs give the same top hash on any machine.
-- ``<name>-model`` (:mod:`.model`): model.pt, metrics and curves, naming the dataset's top hash.
-
-``<name>`` is ``package.name``, or derived from the labels (:mod:`.naming`). With ``package.registry`` set
-(``s3://bucket``) both are pushed there; empty, they are built into the local registry
-``data/quilt-registry``, so nothing touches S3 or the user's home folder. Content identical to a package's
-latest version adds no version, and says so. How objects are stored, and why a failed push leaves nothing
-half registered: :mod:`pipeline.core.publish.registry`.
+Two packages, so that a dataset version is a function of its inputs alone: ``<name>`` (:mod:`.dataset`: the
+splits, manifests, README and ATTRIBUTION.csv, with the params, source, counts, licences and code version
+in its metadata; the same inputs give the same top hash on any machine) and ``<name>-model``
+(:mod:`.model`: model.pt, metrics and curves, naming the dataset's top hash). ``<name>`` is ``package.name``
+or follows the labels (:mod:`.naming`); both go to ``package.registry`` (``s3://bucket``), or when it is
+empty to the local registry ``data/quilt-registry``. Content identical to a package's latest version adds
+no version. What each holds, and why a failed push leaves nothing half registered: docs/architecture.md
+("package") and :mod:`pipeline.core.publish.registry`.
 """
 from __future__ import annotations
 

@@ -2,16 +2,11 @@
 ``python -m pipeline.report``).
 
 ``reports/dataset/index.html`` shows, per label and split, the crop counts and a contact sheet of sample
-crops, and every rejected crop or photo grouped by its reason with thumbnails, so a person can see what
-the numbers mean (are the "placeholders" really placeholders? did the greyscale photos survive?).
-Contact sheets are PNGs beside the page; the page has no scripts and loads nothing from the network.
-Class balance is also written as ``plots/class_balance.csv`` for ``dvc plots`` and as a PNG bar chart.
-With ``split.group_by_author``, the page also shows what that grouping prevented and cost (the split stage's
-``metrics/split.json``).
-
-Samples are chosen by a hash of ``<ImageID>_<BoxIndex>``, so the same crop is shown on every run and
-adding images changes a sheet only where the new crops hash in. Every string that comes from the data
-(labels, reasons, details) is HTML-escaped: labels and metadata come from the internet.
+crops, and every rejected crop or photo grouped by its reason, so a person can see what the numbers mean.
+Class balance also goes to ``plots/class_balance.csv`` (for ``dvc plots``) and a PNG chart. The same crops
+are shown on every run, the page loads nothing from the network and runs no script, and every string from
+the data is HTML-escaped: labels and metadata come from the internet. Details: docs/architecture.md
+("split").
 """
 from __future__ import annotations
 
