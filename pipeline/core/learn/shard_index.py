@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base.errors import UserError
-from pipeline.core.learn.folders import Split
+from pipeline.core.base.paths import IMAGE_SUFFIXES
+from pipeline.core.learn.folders import Classes, Split
 
 #: the index beside the shards
 INDEX_NAME = "index.json"
@@ -25,6 +26,8 @@ SHARDS_FORMAT = 2
 #: what fixes shards that are not what the index says: the stage rebuilds them from data/splits
 RE_RUN = "re-run the shards stage (python -m pipeline.stages.shards)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: image member extension per class-folder suffix (``paths.IMAGE_SUFFIXES``; WebDataset's usual names)
+IMAGE_EXTENSIONS = {suffix: "jpg" if suffix == ".jpeg" else suffix[1:] for suffix in IMAGE_SUFFIXES}
 
 
 def shard_pattern(split: str) -> str:
@@ -55,6 +58,14 @@ def fingerprint(split: Split, root: Path) -> str:
     for path, target in zip(split.paths, split.targets, strict=True):
         digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\t{target}\n".encode())
     return digest.hexdigest()
+
+
+def holds_split(index: ShardIndex | None, split: Split, root: Path, classes: Classes) -> bool:
+    """Whether ``index`` describes exactly ``split`` of ``root``: the same classes, and the same files, sizes
+    and classes (its fingerprint). The one test of shards against the splits on disk: training streams them
+    only then, and the package stage publishes them only then."""
+    entry = index.splits.get(split.name) if index else None
+    return entry is not None and index.dirnames == classes.dirnames and entry.fingerprint == fingerprint(split, root)
 
 
 @dataclass(frozen=True)

@@ -528,9 +528,11 @@ def check_dest(dest: Path, registry: Registry, what: str = "--dest") -> None:
         raise UserError(f"{what} {dest} is inside the registry {registry.shown}: choose a folder outside it")
 
 
-def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> Installed:
+def install(registry: Registry, name: str, top_hash: str | None, dest: Path,
+            finish: Callable[[Path], None] | None = None) -> Installed:
     """Download a version (latest when ``top_hash`` is None) into the new folder ``dest``, checking every
-    file against the package's hashes.
+    file against the package's hashes; ``finish`` then works on the checked files (the dataset's shards are
+    unpacked into class folders) before they move into place, so a refusal there leaves ``dest`` untouched.
 
     Files land in a hidden sibling folder first (``.<dest>.<pid>.pull``) and are renamed into place once all
     are there and verified, so ``dest`` is never half filled; the sibling folders of killed pulls are
@@ -556,6 +558,8 @@ def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> 
             pkg.fetch(f"{staging}/")
         if not pkg.verify(str(staging)):
             raise PipelineFailure(f"{name} in {registry.shown}: downloaded files do not match the package's hashes")
+        if finish is not None:
+            finish(staging)
         _move_into_place(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 Two packages, so that a dataset version is a function of its inputs alone:
 
-- ``<name>`` (:mod:`.dataset`): the splits, manifests, README and ATTRIBUTION.csv, with metadata holding
+- ``<name>`` (:mod:`.dataset`): the crops as the shards stage's tars (no entry per crop), the split tables,
+  manifests, README and ATTRIBUTION.csv, with metadata holding
   the params that shaped them, the source, counts, the photos' licences with counts, and the code version.
   The same inputs give the same top hash on any machine.
 - ``<name>-model`` (:mod:`.model`): model.pt, metrics and curves, naming the dataset's top hash.
@@ -80,9 +81,11 @@ def run(params: Params) -> PackageSummary:
     model_package = model_name(name)
     registry = Registry.parse(params.package.registry or str(paths.QUILT_REGISTRY), "params.yaml: package.registry")
 
-    files = dataset.input_files()
-    counts = dataset.count_images(paths.SPLITS_DIR, labels)
+    index = dataset.read_shards()
+    files = dataset.input_files(index)
     splits_table = manifests.SPLITS.require(manifests.SPLITS.read(), ["ImageID"])
+    counts = dataset.count_images(splits_table, labels)
+    dataset.check_shards(index, counts)
     credits = dataset.attribution(manifests.SELECTED.read(), splits_table["ImageID"].tolist())
     meta = dataset.metadata(params, counts, credits)
     model_files = model.input_files() if model.has_model() else {}
