@@ -6,6 +6,7 @@ starts without importing it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def read_split(root: Path, name: str, classes: Classes) -> Split:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if text_name(sub) not in index:
             raise UserError(f"{sub}: class folder missing from the train split; re-run the split stage")
-        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = [sub / name for name in image_names(sub)]
         for file in files:
             text_name(file)  # refuses a name that is not UTF-8
         paths += files
@@ -76,6 +77,21 @@ def read_split(root: Path, name: str, classes: Classes) -> Split:
     if not paths:
         raise UserError(f"{folder}: no images; check the split fractions in params.yaml")
     return Split(name, paths, targets)
+
+
+def image_names(folder: Path) -> list[str]:
+    """The names of ``folder``'s image files (``IMAGE_SUFFIXES``, any case), sorted. One ``scandir`` and names
+    as text: no stat per file where the file system gives the entry's type, no Path per name until wanted,
+    which at 100k crops is seconds (the package stage and training list every split)."""
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if _suffix(entry.name).lower() in IMAGE_SUFFIXES
+                      and entry.is_file())
+
+
+def _suffix(name: str) -> str:
+    """``Path(name).suffix`` without making a Path: from the last dot, unless the name starts or ends with it."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def text_name(path: Path) -> str:
