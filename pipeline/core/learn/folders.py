@@ -58,25 +58,40 @@ def read_classes(root: Path) -> Classes:
     return Classes(dirnames, [names.get(d, d) for d in dirnames])
 
 
-def read_split(root: Path, name: str, classes: Classes) -> Split:
-    """Every image under ``root/name/<class>/``, sorted, so batches and reports are repeatable."""
+@dataclass(frozen=True)
+class ClassFolder:
+    """One class folder of a split: where it is, its class index, its image files' names (sorted)."""
+
+    path: Path
+    target: int
+    names: list[str]
+
+
+def list_split(root: Path, name: str, classes: Classes) -> list[ClassFolder]:
+    """The class folders under ``root/name/`` with their image names, sorted; refuses a folder that is not
+    a class of the train split, a name that is not UTF-8 and a split without images."""
     folder = root / name
     if not folder.is_dir():
         raise UserError(f"{folder} not found: run the split stage first (see dvc.yaml)")
     index = {d: i for i, d in enumerate(classes.dirnames)}
-    paths: list[Path] = []
-    targets: list[int] = []
+    found = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if text_name(sub) not in index:
             raise UserError(f"{sub}: class folder missing from the train split; re-run the split stage")
-        files = [sub / name for name in image_names(sub)]
-        for file in files:
-            text_name(file)  # refuses a name that is not UTF-8
-        paths += files
-        targets += [index[sub.name]] * len(files)
-    if not paths:
+        names = image_names(sub)
+        for file in names:
+            if not file.isascii():
+                text_name(sub / file)  # refuses a name that is not UTF-8
+        found.append(ClassFolder(sub, index[sub.name], names))
+    if not any(f.names for f in found):
         raise UserError(f"{folder}: no images; check the split fractions in params.yaml")
-    return Split(name, paths, targets)
+    return found
+
+
+def read_split(root: Path, name: str, classes: Classes) -> Split:
+    """Every image under ``root/name/<class>/``, sorted, so batches and reports are repeatable."""
+    listed = list_split(root, name, classes)
+    return Split(name, [f.path / file for f in listed for file in f.names], [f.target for f in listed for _ in f.names])
 
 
 def image_names(folder: Path) -> list[str]:

@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.paths import IMAGE_SUFFIXES
-from pipeline.core.learn.folders import Classes, Split
+from pipeline.core.learn.folders import Classes, Split, list_split
 
 #: the index beside the shards
 INDEX_NAME = "index.json"
@@ -61,16 +62,40 @@ def fingerprint(split: Split, root: Path) -> str:
     for path, target in zip(split.paths, split.targets, strict=True):
         text = str(path)
         relative = text[len(prefix):] if text.startswith(prefix) else path.relative_to(root).as_posix()
-        digest.update(f"{relative}\t{os.stat(text).st_size}\t{target}\n".encode())
+        digest.update(_fingerprint_line(relative, os.stat(text).st_size, target))
     return digest.hexdigest()
+
+
+def folders_fingerprint(root: Path, name: str, classes: Classes) -> str:
+    """:func:`fingerprint` of ``read_split(root, name, classes)`` from the file names, no Path per file: the
+    package stage checks the shards against 100k crops it does not otherwise read."""
+    digest = hashlib.sha256()
+    for folder in list_split(root, name, classes):
+        relative, base = f"{name}/{folder.path.name}/", f"{folder.path}{os.sep}"
+        for file in folder.names:
+            digest.update(_fingerprint_line(relative + file, os.stat(base + file).st_size, folder.target))
+    return digest.hexdigest()
+
+
+def _fingerprint_line(relative: str, size: int, target: int) -> bytes:
+    return f"{relative}\t{size}\t{target}\n".encode()
 
 
 def holds_split(index: ShardIndex | None, split: Split, root: Path, classes: Classes) -> bool:
     """Whether ``index`` describes exactly ``split`` of ``root``: the same classes, and the same files, sizes
     and classes (its fingerprint). The one test of shards against the splits on disk: training streams them
-    only then, and the package stage publishes them only then."""
-    entry = index.splits.get(split.name) if index else None
-    return entry is not None and index.dirnames == classes.dirnames and entry.fingerprint == fingerprint(split, root)
+    only then, and the package stage publishes them only then (:func:`holds_folders`)."""
+    return _holds(index, split.name, classes, lambda: fingerprint(split, root))
+
+
+def holds_folders(index: ShardIndex | None, root: Path, name: str, classes: Classes) -> bool:
+    """:func:`holds_split` for the split ``name`` of ``root`` as it is on disk, listed by names only."""
+    return _holds(index, name, classes, lambda: folders_fingerprint(root, name, classes))
+
+
+def _holds(index: ShardIndex | None, name: str, classes: Classes, fingerprint_of: Callable[[], str]) -> bool:
+    entry = index.splits.get(name) if index else None
+    return entry is not None and index.dirnames == classes.dirnames and entry.fingerprint == fingerprint_of()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NoReturn
 
-from pipeline.core.base.errors import UserError
+from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.paths import SPLIT_NAMES
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import printable
@@ -144,12 +144,16 @@ class _Tar:
             self._refuse(f"sample {printable(key)!r} needs one image and a .json")
         relative = self._relative_path(key, members["json"], images[0])
         target = self.out.joinpath(*relative.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("xb") as fh:  # never over a file: two samples naming one path are refused
                 fh.write(members[images[0]])
         except FileExistsError:
-            self._refuse(f"two samples name {printable(str(relative))!r}")
+            self._refuse(f"{printable(str(relative))!r} is taken (by another sample, or a file in its way)")
+        except (NotADirectoryError, IsADirectoryError):  # a file of the package where a folder goes, or back
+            self._refuse(f"{printable(str(relative))!r} is taken (by another sample, or a file in its way)")
+        except OSError as exc:  # the disk is full, ...: not the package's fault
+            raise PipelineFailure(f"cannot write {printable(str(target))}: {exc.strerror}; nothing unpacked") from None
 
     def _relative_path(self, key: str, raw: bytes, image_ext: str) -> PurePosixPath:
         """``<split>/<class folder>/<file>`` from the sample's ``.json``, or a refusal."""

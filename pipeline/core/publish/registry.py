@@ -196,22 +196,28 @@ class Digest:
 
 def digest_file(path: Path) -> Digest:
     """Both hashes of ``path`` in one read, the parts cut where quilt3 cuts them
-    (``quilt3.checksums.get_checksum_chunksize``) and combined by quilt3's own code."""
+    (``quilt3.checksums.get_checksum_chunksize``) and combined by quilt3's own code. A file of one part (up
+    to 8 MiB: a crop, a shard, a manifest) is hashed once: that part's SHA-256 is the file's."""
     checksums = _quilt3().checksums
     part_size = checksums.get_checksum_chunksize(path.stat().st_size)
+    one_part = path.stat().st_size <= part_size
     whole, parts, size = hashlib.sha256(), [], 0
     with open(path, "rb") as f:
         while True:
             part, length = checksums.SHA256MultiPartChecksumCalculator(), 0
             while length < part_size and (block := f.read(min(1 << 20, part_size - length))):
-                whole.update(block)
+                if not one_part:
+                    whole.update(block)
                 part.update(block)
                 length += len(block)
             if not length:
                 break
             parts.append(part.digest(length))
             size += length
-    return Digest(size, whole.hexdigest(), checksums.SHA256MultiPartChecksumCalculator.combine_parts(parts))
+    if one_part and len(parts) > 1:
+        raise PipelineFailure(f"{path} grew while it was hashed (another process writing it?); run again")
+    sha256 = parts[0].checksum.hex() if one_part and parts else whole.hexdigest()
+    return Digest(size, sha256, checksums.SHA256MultiPartChecksumCalculator.combine_parts(parts))
 
 
 def object_name(sha256: str, logical_key: str) -> str:

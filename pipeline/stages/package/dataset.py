@@ -28,8 +28,8 @@ from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import read_table, write_parquet
 from pipeline.core.base.params import Params
 from pipeline.core.base.status import Download
-from pipeline.core.learn.folders import read_classes, read_split
-from pipeline.core.learn.shard_index import INDEX_NAME, ShardIndex, holds_split, read_index
+from pipeline.core.learn.folders import read_classes
+from pipeline.core.learn.shard_index import INDEX_NAME, ShardIndex, holds_folders, read_index
 from pipeline.stages.package.licences import licence_counts
 from pipeline.stages.package.naming import DATASET
 from pipeline.stages.package.provenance import DATASET_PARAMS, DATASET_STAGES, code_version, recorded_params
@@ -89,8 +89,7 @@ def check_shards(index: ShardIndex, counts: dict[str, dict[str, int]]) -> None:
     shards stage would otherwise publish old crops under a new table."""
     classes = read_classes(paths.SPLITS_DIR)
     present = [name for name in paths.SPLIT_NAMES if (paths.SPLITS_DIR / name).is_dir()]
-    stale = [name for name in present
-             if not holds_split(index, read_split(paths.SPLITS_DIR, name, classes), paths.SPLITS_DIR, classes)]
+    stale = [name for name in present if not holds_folders(index, paths.SPLITS_DIR, name, classes)]
     stale += [name for name, entry in index.splits.items()
               if name not in present or entry.images != sum(counts[name].values())]
     if stale:
