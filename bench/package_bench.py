@@ -9,7 +9,7 @@ scale 1 copies them; scale ``k`` writes each crop ``k`` times, copy ``r > 0`` un
 (``md5("r/ImageID")[:16]``) with ``replica r`` appended to its JPEG bytes (after the end-of-image marker:
 the same picture, distinct bytes, so no two objects are shared), every table's rows repeated with the new
 ImageIDs, and the shards written again from those folders by the shards stage's own writer. Nothing of that
-preparation is timed. Then each step runs as its own process (wall s and CPU s from ``wait4``, as
+preparation is timed, and a later run re-uses it (``prepared.json``). Then each step runs as its own process (wall s and CPU s from ``wait4``, as
 ``scale_bench.py`` measures them):
 
 - ``read, old inputs`` / ``read, new inputs``: every byte the package carries, read once (the yardstick):
@@ -122,11 +122,24 @@ def steps(ws: Path, old_code: Path, crops: int, pull_upto: int) -> list[tuple[st
     return listed
 
 
-def bench_scale(source: Path, out: Path, old_code: Path, scale: int, pull_upto: int) -> list[dict]:
+def prepared_workspace(source: Path, out: Path, scale: int) -> tuple[Path, int]:
+    """The workspace of ``scale`` under ``out`` and its crops: made, or one a previous run made (its registries
+    and pulled folders removed), since making 100k crops takes minutes."""
     ws = out / f"x{scale}"
+    marker = ws / "prepared.json"
+    if marker.is_file() and json.loads(marker.read_text())["source"] == str(source):
+        for leftover in (*ws.glob("reg-*"), *ws.glob("pulled-*")):
+            shutil.rmtree(leftover)
+        return ws, json.loads(marker.read_text())["crops"]
     if ws.exists():
         shutil.rmtree(ws)
     crops = make_workspace(source, ws, scale)
+    marker.write_text(json.dumps({"source": str(source), "crops": crops}))
+    return ws, crops
+
+
+def bench_scale(source: Path, out: Path, old_code: Path, scale: int, pull_upto: int) -> list[dict]:
+    ws, crops = prepared_workspace(source, out, scale)
     rows = []
     for name, argv, pythonpath in steps(ws, old_code, crops, pull_upto):
         if name.startswith("package"):
