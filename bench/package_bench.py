@@ -17,8 +17,8 @@ preparation is timed, and a later run re-uses it (``prepared.json``). Then each 
   manifests;
 - ``package, old``: the package stage of ``--old-code`` (a copy of ``pipeline/`` before the change), into a
   fresh local registry; ``package, new``: this checkout's, into another;
-- up to ``--pull-upto`` crops, ``pull, old`` (its install) and ``pull, new`` (install and unpack into class
-  folders), each into a new folder.
+- up to ``--pull-upto`` crops, ``pull, old`` (its install), ``pull, new`` (install and unpack into class
+  folders) and ``pull --shards-only`` (the install alone), each into a new folder.
 
 Prints one row per step and scale, and the ratios package / read; writes ``package.json`` into ``--out``.
 """
@@ -118,7 +118,9 @@ def steps(ws: Path, old_code: Path, crops: int, pull_upto: int) -> list[tuple[st
         listed += [("pull, old", [py, "-m", "pipeline.pull", NAME, "--registry", str(ws / "reg-old"), "--dest",
                                   str(ws / "pulled-old")], str(old_code)),
                    ("pull, new", [py, "-m", "pipeline.pull", NAME, "--registry", str(ws / "reg-new"), "--dest",
-                                  str(ws / "pulled-new")], str(REPO))]
+                                  str(ws / "pulled-new")], str(REPO)),
+                   ("pull --shards-only", [py, "-m", "pipeline.pull", NAME, "--registry", str(ws / "reg-new"),
+                                           "--dest", str(ws / "pulled-shards"), "--shards-only"], str(REPO))]
     return listed
 
 
