@@ -92,6 +92,7 @@ def check_shards(index: ShardIndex, counts: dict[str, dict[str, int]]) -> None:
     stale = [name for name in present if not holds_folders(index, paths.SPLITS_DIR, name, classes)]
     stale += [name for name, entry in index.splits.items()
               if name not in present or entry.images != sum(counts[name].values())]
+    stale += [name for name, per_label in counts.items() if sum(per_label.values()) and name not in index.splits]
     if stale:
         raise UserError(f"{paths.SHARDS_DIR} does not hold {', '.join(sorted(set(stale)))} of {paths.SPLITS_DIR} "
                         f"as it is now; {RUN_SHARDS}")
