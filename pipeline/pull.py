@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline.core.audit.diff import crop_changes, describe
 from pipeline.core.base.errors import run_cli
+from pipeline.core.base.paths import SPLIT_NAMES
 from pipeline.core.learn.shard_index import INDEX_NAME
 from pipeline.core.learn.unpack import Unpacked, unpack_shards
 from pipeline.core.publish.registry import Registry, Version, check_hash, check_name, install, relink, versions
@@ -41,10 +42,11 @@ def format_versions(found: Sequence[Version]) -> list[str]:
 
 def unpack_dataset(folder: Path) -> Unpacked | None:
     """A dataset package's shards (``folder/shards``) as class folders under ``folder/splits``, then the tars
-    removed: the folders hold the same bytes. None for a package without shards (a model, or a dataset
-    version packaged before the crops travelled as shards: its class folders are entries already)."""
+    removed: the folders hold the same bytes. None for a package without shards (a model), or one whose class
+    folders are entries already (a dataset version packaged before the crops travelled as shards alone: it
+    carried both), left as installed."""
     shards = folder / "shards"
-    if not (shards / INDEX_NAME).is_file():
+    if not (shards / INDEX_NAME).is_file() or any((folder / "splits" / split).is_dir() for split in SPLIT_NAMES):
         return None
     unpacked = unpack_shards(shards, folder / "splits")
     shutil.rmtree(shards)

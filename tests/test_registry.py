@@ -302,3 +302,20 @@ def test_shards_only_keeps_the_tars_as_published(built: dict, tmp_path: Path) ->
     assert f"stream the shards: {dest / 'shards'}" in result.stdout and "unpacked" not in result.stdout
     assert set(tree(dest)) == set(built["sources"]) | {"README.md", "ATTRIBUTION.csv"}
     assert not (dest / "splits/train").exists()
+
+
+def test_a_version_packaged_before_the_shards_alone_pulls_as_it_was(built: dict, tmp_path: Path) -> None:
+    """The dataset package used to carry the class folders and the shards both: such a version installs as
+    it is (nothing unpacked over its class folders)."""
+    from pipeline.core.publish.registry import Registry, publish
+
+    ws, registry = built["ws"], tmp_path / "registry"
+    splits = ws / "data/splits"
+    files = {**built["sources"], **{f"splits/{p.relative_to(splits).as_posix()}": p for p in splits.rglob("*.jpg")}}
+    publish(Registry.parse(str(registry)), "tests/old-layout", files, {"kind": "dataset"}, "old layout")
+    dest = tmp_path / "pulled"
+    result = run(tmp_path, built["env"], "pipeline.pull", "tests/old-layout", "--registry", str(registry),
+                 "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "unpacked" not in result.stdout
+    assert tree(dest) == {key: path.read_bytes() for key, path in files.items()}
