@@ -74,9 +74,9 @@ OVERRIDES: dict = {
 }
 STAGES = ("metadata", "select", "download", "crop", "clean", "audit", "split", "shards", "train", "evaluate",
           "package")
-#: what the dataset package carries, read once as the package target's yardstick
-PACKAGE_INPUTS = ("data/splits", "data/shards", "data/selected.parquet", "data/images/manifest.parquet",
-                  "data/clean", "data/audit")
+#: what the dataset package carries, read once as the package target's yardstick (the crops as shards only)
+PACKAGE_INPUTS = ("data/shards", "data/splits/splits.parquet", "data/splits/labels.json", "data/selected.parquet",
+                  "data/images/manifest.parquet", "data/clean", "data/audit")
 READ_ONCE = ("import os, sys\n"
              "total = 0\n"
              "for top in sys.argv[1:]:\n"

@@ -1,7 +1,8 @@
 """Inputs of the package stage, written directly to the contracts in docs/architecture.md.
 
-A few small JPEGs in ``data/splits/{train,val,test}/<label>/``, ``splits.parquet``, ``labels.json``,
-the selected / images / clean manifests and, with ``model=True``, the train and evaluate stages' files
+A few small JPEGs in ``data/splits/{train,val,test}/<label>/``, ``splits.parquet``, ``labels.json``, the
+shards stage's tars of them (``data/shards``, written by the stage's own writer), the selected / images /
+clean manifests and, with ``model=True``, the train and evaluate stages' files
 (a stand-in ``models/model.pt``, metrics, dvclive curves, confusion rows), so package and pull tests know
 exactly what must come out. Photo 0 has two boxes (two crops, one attribution row); photo 1's author
 starts with ``=`` (a spreadsheet formula unless escaped); every third photo is CC BY-SA 2.0, the rest
@@ -23,7 +24,9 @@ import yaml
 from PIL import Image
 
 from pipeline.core.base.io import write_parquet
+from pipeline.core.base.params import ShardsParams
 from pipeline.core.base.safe import label_dirname
+from pipeline.stages.shards.stage import write_shards
 
 LABELS = ("Hamburger", "Submarine sandwich")
 #: crops per label in each split
@@ -60,12 +63,13 @@ def jpeg(name: str) -> bytes:
     return buf.getvalue()
 
 
-def crops() -> list[dict[str, Any]]:
-    """One row per crop: photo number, box, label, split (photo 0 gives two crops of the first label)."""
+def crops(scale: int = 1) -> list[dict[str, Any]]:
+    """One row per crop: photo number, box, label, split (photo 0 gives two crops of the first label);
+    ``scale`` times as many photos per split and label."""
     rows, photo = [], 0
     for label in LABELS:
         for split, n in PER_SPLIT.items():
-            for _ in range(n):
+            for _ in range(n * scale):
                 rows.append({"photo": photo, "box": 0, "label": label, "split": split})
                 photo += 1
     rows.append({"photo": 0, "box": 1, "label": LABELS[0], "split": rows[0]["split"]})
@@ -84,16 +88,16 @@ def photo_credits(i: int) -> dict[str, str]:
 
 
 def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75, model: bool = False,
-                 labels: tuple[str, str] = LABELS) -> None:
+                 labels: tuple[str, str] = LABELS, scale: int = 1) -> None:
     """Everything ``python -m pipeline.stages.package`` reads, under ``root`` (params.yaml included);
-    ``labels`` renames the two classes (the crops stay the same)."""
+    ``labels`` renames the two classes (the crops stay the same); ``scale`` multiplies the photos."""
     (root / "params.yaml").write_text(yaml.safe_dump({"labels": list(labels), "package": package}))
     splits_dir = root / "data/splits"
     if splits_dir.exists():
         shutil.rmtree(splits_dir)
     renamed = dict(zip(LABELS, labels))
     split_rows, selected, images, clean = [], [], [], []
-    for crop in crops():
+    for crop in crops(scale):
         crop = {**crop, "label": renamed[crop["label"]]}
         iid, dirname = image_id(crop["photo"]), label_dirname(crop["label"])
         rel = f"{crop['split']}/{dirname}/{iid}_{crop['box']}.jpg"
@@ -114,8 +118,18 @@ def write_inputs(root: Path, package: dict[str, Any], eval_top1: float = 0.75, m
     write_parquet(pd.DataFrame(clean), root / "data/clean/manifest.parquet")
     ledger = pd.DataFrame(clean)[["ImageID", "BoxIndex", "Label", "crop_path"]].assign(decision="kept", issue="")
     write_parquet(ledger, root / "data/audit/ledger.parquet")
+    write_shards_of_splits(root)
     if model:
         write_model_outputs(root, eval_top1, labels)
+
+
+def write_shards_of_splits(root: Path) -> None:
+    """``data/shards`` of ``data/splits`` as they are now, as the shards stage writes them (default params)."""
+    shards = root / "data/shards"
+    if shards.exists():
+        shutil.rmtree(shards)
+    shards.mkdir(parents=True)
+    write_shards(root / "data/splits", shards, ShardsParams())
 
 
 def write_model_outputs(root: Path, eval_top1: float, labels: tuple[str, str] = LABELS) -> None:
@@ -136,7 +150,18 @@ def write_model_outputs(root: Path, eval_top1: float, labels: tuple[str, str] = 
 
 
 def expected_sources(root: Path) -> dict[str, Path]:
-    """Logical key -> input file, for every dataset package file that is a plain copy of an input."""
+    """Logical key -> input file, for every dataset package file that is a plain copy of an input: the split
+    tables, every shard and its index, the copied manifests (no class folder: the shards hold the crops)."""
+    found = {f"splits/{name}": root / "data/splits" / name for name in ("splits.parquet", "labels.json")}
+    found.update({f"shards/{p.name}": p for p in sorted((root / "data/shards").iterdir())})
+    found.update({key: root / rel for key, rel in COPIED.items()})
+    return found
+
+
+def expected_pulled(root: Path) -> dict[str, Path]:
+    """Relative path -> input file, for every file a pull of the dataset gives that is a plain copy of an
+    input: the split stage's folder (class folders unpacked from the shards, the split tables) and the
+    copied manifests; no shard (they are unpacked, then not kept)."""
     splits_dir = root / "data/splits"
     found = {f"splits/{p.relative_to(splits_dir).as_posix()}": p for p in splits_dir.rglob("*") if p.is_file()}
     found.update({key: root / rel for key, rel in COPIED.items()})

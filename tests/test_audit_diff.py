@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from package_inputs import run, write_inputs
+from package_inputs import run, write_inputs, write_shards_of_splits
 
 NAME = "tests/diff-ds"
 
@@ -24,6 +24,7 @@ def test_diff_names_the_crops_that_went_and_why(tmp_path: Path) -> None:
     gone = splits.iloc[0]
     (ws / "data/splits" / gone["path"]).unlink()
     splits.iloc[1:].to_parquet(ws / "data/splits/splits.parquet", index=False)
+    write_shards_of_splits(ws)  # the shards stage after the split
     ledger = pd.read_parquet(ws / "data/audit/ledger.parquet")
     hit = (ledger["ImageID"] == gone["ImageID"]) & (ledger["BoxIndex"] == gone["BoxIndex"])
     ledger.loc[hit, ["decision", "issue"]] = ["rejected", "label_issue"]

@@ -387,11 +387,50 @@ for name, top_hash in {[(info["name"], info["top_hash"]), (info["model"]["name"]
         else:
             assert kind == "dict" and same and shape == sorted(json.loads(sources[name, key].read_text())), key
 
-    # quilt3's own check of a pulled folder against the package
-    verify = subprocess.run([str(Path(sys.executable).with_name("quilt3")), "verify", "--registry", registry,
-                             "--top-hash", info["top_hash"], "--dir", str(built["pulled"]), NAME],
-                            env=env, capture_output=True, text=True, timeout=120)
+    # quilt3's own install, and its check of the installed folder against the package: the shards as published
+    quilt3_cli, installed = str(Path(sys.executable).with_name("quilt3")), ws.parent / "quilt3-installed"
+    done = subprocess.run([quilt3_cli, "install", NAME, "--registry", registry, "--top-hash", info["top_hash"],
+                           "--dest", str(installed)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for key, source in expected_sources(ws).items():
+        assert (installed / key).read_bytes() == source.read_bytes(), key
+    verify = subprocess.run([quilt3_cli, "verify", "--registry", registry, "--top-hash", info["top_hash"],
+                             "--dir", str(installed), NAME], env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0 and "Verification succeeded" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_the_crops_travel_as_shards_and_the_entries_do_not_grow_with_them(tmp_path: Path,
+                                                                          env: dict[str, str]) -> None:
+    """No entry per crop: four times the crops, the same entries (a shard per split at these sizes)."""
+    keys = {}
+    for scale in (1, 4):
+        ws = tmp_path / f"ws{scale}"
+        ws.mkdir()
+        write_inputs(ws, {"name": NAME, "registry": ""}, scale=scale)
+        info = build(ws, env)
+        keys[scale] = sorted(entry["logical_key"] for entry in manifest(ws, info["top_hash"])[1:])
+        meta = manifest(ws, info["top_hash"])[0]["user_meta"]
+        assert meta["dataset"]["images"] == len(crops(scale))
+    assert keys[1] == keys[4]
+    assert [k for k in keys[4] if k.startswith("splits/")] == ["splits/labels.json", "splits/splits.parquet"]
+    assert [k for k in keys[4] if k.startswith("shards/")] == [
+        "shards/index.json", "shards/test-000000.tar", "shards/train-000000.tar", "shards/val-000000.tar"]
+
+
+def test_missing_or_stale_shards_are_one_line_naming_the_shards_stage(ws: Path, env: dict[str, str]) -> None:
+    shutil.rmtree(ws / "data/shards")
+    missing = run(ws, env, "pipeline.stages.package")
+    assert missing.returncode == 2
+    assert "python -m pipeline.stages.shards" in one_line_error(missing)
+
+    # A crop re-cut after the shards were written: the shards no longer hold the splits.
+    write_inputs(ws, {"name": NAME, "registry": ""}, model=True)
+    next((ws / "data/splits/val/Hamburger").iterdir()).write_bytes(b"\xff\xd8 other bytes")
+    stale = run(ws, env, "pipeline.stages.package")
+    assert stale.returncode == 2
+    error = one_line_error(stale)
+    assert "does not hold val" in error and "python -m pipeline.stages.shards" in error, error
+    assert not (ws / REGISTRY).exists()
 
 
 def test_missing_input_and_bad_registry_are_one_line_errors(ws: Path, env: dict[str, str]) -> None:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from package_inputs import crops, expected_model_sources, expected_sources, one_line_error, run, write_inputs
+from package_inputs import (
+    crops,
+    expected_model_sources,
+    expected_pulled,
+    one_line_error,
+    run,
+    write_inputs,
+    write_shards_of_splits,
+)
 from publishers import publish_at_once
 from s3server import ACCESS_KEY, SECRET_KEY, CutProxy, S3Server, aws_env, free_port
 
@@ -85,11 +93,13 @@ def test_pull_by_hash_gives_every_file_byte_for_byte(pushed: dict) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert second in result.stdout
 
+    # The shards unpacked into the split stage's class folders, byte for byte, and not kept.
     pulled = files_under(dest)
-    sources = expected_sources(ws)
+    sources = expected_pulled(ws)
     assert set(pulled) == set(sources) | {"README.md", "ATTRIBUTION.csv"}
     for key, path in sources.items():
         assert pulled[key] == path.read_bytes(), key
+    assert f"unpacked {len(crops())} images from 3 shards" in result.stdout
     assert f"python -m pipeline.pull {NAME} --registry REGISTRY" in pulled["README.md"].decode()
     rows = list(csv.DictReader(pulled["ATTRIBUTION.csv"].decode().splitlines()))
     assert len(rows) == len({crop["photo"] for crop in crops()})
@@ -203,8 +213,9 @@ def test_server_dying_mid_push_registers_nothing(pushed: dict, s3_server: S3Serv
     first, second = pushed["hashes"]
     ws, env = pushed["root"] / "ws-cut", pushed["env"]
     shutil.copytree(pushed["ws"], ws)
-    # New content the bucket has not seen, big enough that the cut comes while it is going up.
-    (ws / "data/splits/train/Hamburger/big.jpg").write_bytes(os.urandom(2_000_000))
+    # New content the bucket has not seen (a crop, so a shard), big enough that the cut comes while it is going up.
+    next((ws / "data/splits/train/Hamburger").iterdir()).write_bytes(os.urandom(2_000_000))
+    write_shards_of_splits(ws)
     proxy = CutProxy(s3_server.port, cut_after=500_000)
     try:
         result = run(ws, {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}, "pipeline.stages.package")

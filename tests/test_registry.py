@@ -6,18 +6,22 @@ no version, two pulls into one folder at once leave it whole, and a damaged mani
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from package_inputs import expected_sources, one_line_error, run, write_inputs
 from publishers import publish_at_once
 from s3server import isolated_env
+
+from pipeline.core.learn.unpack import MAX_IMAGE
 
 NAME = "tests/moving-ds"
 LIST_LINE = re.compile(r"([0-9a-f]{64})  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  (latest |       )(.*)")
@@ -54,7 +58,8 @@ def test_a_moved_registry_still_installs_and_relinks_for_plain_quilt3(built: dic
     original.rename(away)  # the place the manifests point at is no more
     try:
         dest = tmp_path / "pulled"
-        result = run(tmp_path, env, "pipeline.pull", NAME, "--registry", str(moved), "--dest", str(dest))
+        result = run(tmp_path, env, "pipeline.pull", NAME, "--registry", str(moved), "--dest", str(dest),
+                     "--shards-only")  # the package as it is, to compare with plain quilt3's install below
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
         notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
@@ -152,7 +157,8 @@ def test_processes_publishing_at_once_lose_no_version(tmp_path: Path) -> None:
 
 def test_two_pulls_into_one_new_folder_at_once(built: dict, tmp_path: Path) -> None:
     registry, dest, info = built["ws"] / "data/quilt-registry", tmp_path / "pulled", built["info"]
-    command = [sys.executable, "-m", "pipeline.pull", NAME, "--registry", str(registry), "--dest", str(dest)]
+    command = [sys.executable, "-m", "pipeline.pull", NAME, "--registry", str(registry), "--dest", str(dest),
+               "--shards-only"]
     pulls = [subprocess.Popen(command, cwd=tmp_path, env=built["env"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = []
@@ -229,3 +235,87 @@ def test_files_are_hashed_as_quilt3_hashes_them(tmp_path: Path, size: int) -> No
     digest = digest_file(path)
     assert (digest.size, digest.checksum) == (size, quilt3s)
     assert digest.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def hostile_tar(original: Path, case: str) -> bytes:
+    """``original``'s samples with one spoilt as a hostile publisher would: a sample whose ``.json`` path
+    climbs out of the folder (``../``), a symbolic link member, a member whose header claims more than the
+    size cap (the bytes need not be there: the header is refused first)."""
+    with tarfile.open(original) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        if case == "link":
+            link = tarfile.TarInfo("Hamburger/zz_link.jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(link)
+        if case == "escape":
+            meta = {"dirname": "Hamburger", "label": "Hamburger", "path": "../../evil.jpg"}
+            for ext, data in (("cls", b"0"), ("jpg", b"\xff\xd8evil"), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"../../evil.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+    if case == "oversized":
+        header = tarfile.TarInfo("Hamburger/zz_huge.jpg")
+        header.size = MAX_IMAGE + 1
+        return header.tobuf() + b"\xff\xd8" * 256 + out.getvalue()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case, said", [("escape", "is not train/<class folder>/<file>"),
+                                        ("link", "is not a plain file"),
+                                        ("oversized", f"over the {MAX_IMAGE} allowed")])
+def test_a_hostile_shard_is_refused_with_nothing_written(built: dict, tmp_path: Path, case: str, said: str) -> None:
+    """A package whose train shard was spoilt before it was published (its index and the package's hashes
+    agree with it: only the unpacking can refuse it): one line, exit 2, nothing in or beside DEST."""
+    ws = tmp_path / "ws"
+    shutil.copytree(built["ws"], ws, ignore=shutil.ignore_patterns("quilt-registry"))
+    shards = ws / "data/shards"
+    index = json.loads((shards / "index.json").read_text())
+    entry = index["splits"]["train"]["shards"][0]
+    data = hostile_tar(shards / entry["name"], case)
+    (shards / entry["name"]).write_bytes(data)
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (shards / "index.json").write_text(json.dumps(index))
+    packaged = run(ws, built["env"], "pipeline.stages.package")
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(out, built["env"], "pipeline.pull", NAME, "--registry", str(ws / "data/quilt-registry"),
+                 "--dest", str(out / "dest"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = one_line_error(result)
+    assert entry["name"] in error and said in error, error
+    assert list(out.iterdir()) == []  # no DEST, no staging folder beside it
+    assert not any(p.name.startswith("evil") for p in tmp_path.rglob("*"))
+
+
+def test_shards_only_keeps_the_tars_as_published(built: dict, tmp_path: Path) -> None:
+    """``--shards-only``: the package's files as they are (the tars, no class folders), for streaming."""
+    dest = tmp_path / "pulled"
+    result = run(tmp_path, built["env"], "pipeline.pull", NAME, "--registry", str(built["ws"] / "data/quilt-registry"),
+                 "--dest", str(dest), "--shards-only")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"stream the shards: {dest / 'shards'}" in result.stdout and "unpacked" not in result.stdout
+    assert set(tree(dest)) == set(built["sources"]) | {"README.md", "ATTRIBUTION.csv"}
+    assert not (dest / "splits/train").exists()
+
+
+def test_a_version_packaged_before_the_shards_alone_pulls_as_it_was(built: dict, tmp_path: Path) -> None:
+    """The dataset package used to carry the class folders and the shards both: such a version installs as
+    it is (nothing unpacked over its class folders)."""
+    from pipeline.core.publish.registry import Registry, publish
+
+    ws, registry = built["ws"], tmp_path / "registry"
+    splits = ws / "data/splits"
+    files = {**built["sources"], **{f"splits/{p.relative_to(splits).as_posix()}": p for p in splits.rglob("*.jpg")}}
+    publish(Registry.parse(str(registry)), "tests/old-layout", files, {"kind": "dataset"}, "old layout")
+    dest = tmp_path / "pulled"
+    result = run(tmp_path, built["env"], "pipeline.pull", "tests/old-layout", "--registry", str(registry),
+                 "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "unpacked" not in result.stdout
+    assert tree(dest) == {key: path.read_bytes() for key, path in files.items()}

@@ -145,7 +145,7 @@ def test_the_package_carries_the_shards(tmp_path: Path, monkeypatch: pytest.Monk
     run_stage(tmp_path, max_images=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    files = package.input_files()
+    files = package.input_files(package.read_shards())
     carried = {key: path for key, path in files.items() if key.startswith("shards/")}
     on_disk = sorted(p.name for p in (tmp_path / "data/shards").iterdir())
     assert sorted(carried) == [f"shards/{name}" for name in on_disk]

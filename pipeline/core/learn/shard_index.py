@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.base.errors import UserError
-from pipeline.core.learn.folders import Split
+from pipeline.core.base.paths import IMAGE_SUFFIXES
+from pipeline.core.learn.folders import Classes, Split, list_split
 
 #: the index beside the shards
 INDEX_NAME = "index.json"
@@ -25,6 +28,8 @@ SHARDS_FORMAT = 2
 #: what fixes shards that are not what the index says: the stage rebuilds them from data/splits
 RE_RUN = "re-run the shards stage (python -m pipeline.stages.shards)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: image member extension per class-folder suffix (``paths.IMAGE_SUFFIXES``; WebDataset's usual names)
+IMAGE_EXTENSIONS = {suffix: "jpg" if suffix == ".jpeg" else suffix[1:] for suffix in IMAGE_SUFFIXES}
 
 
 def shard_pattern(split: str) -> str:
@@ -50,11 +55,47 @@ def file_sha256(path: Path) -> str:
 
 
 def fingerprint(split: Split, root: Path) -> str:
-    """sha256 of every file's path (relative to ``root``), size and class: what the shards must match."""
+    """sha256 of every file's path (relative to ``root``), size and class: what the shards must match.
+    (Paths as text and ``os.stat``: at 100k crops, pathlib's ``relative_to`` and ``stat`` cost seconds.)"""
     digest = hashlib.sha256()
+    prefix = f"{root}{os.sep}"
     for path, target in zip(split.paths, split.targets, strict=True):
-        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\t{target}\n".encode())
+        text = str(path)
+        relative = text[len(prefix):] if text.startswith(prefix) else path.relative_to(root).as_posix()
+        digest.update(_fingerprint_line(relative, os.stat(text).st_size, target))
     return digest.hexdigest()
+
+
+def folders_fingerprint(root: Path, name: str, classes: Classes) -> str:
+    """:func:`fingerprint` of ``read_split(root, name, classes)`` from the file names, no Path per file: the
+    package stage checks the shards against 100k crops it does not otherwise read."""
+    digest = hashlib.sha256()
+    for folder in list_split(root, name, classes):
+        relative, base = f"{name}/{folder.path.name}/", f"{folder.path}{os.sep}"
+        for file in folder.names:
+            digest.update(_fingerprint_line(relative + file, os.stat(base + file).st_size, folder.target))
+    return digest.hexdigest()
+
+
+def _fingerprint_line(relative: str, size: int, target: int) -> bytes:
+    return f"{relative}\t{size}\t{target}\n".encode()
+
+
+def holds_split(index: ShardIndex | None, split: Split, root: Path, classes: Classes) -> bool:
+    """Whether ``index`` describes exactly ``split`` of ``root``: the same classes, and the same files, sizes
+    and classes (its fingerprint). The one test of shards against the splits on disk: training streams them
+    only then, and the package stage publishes them only then (:func:`holds_folders`)."""
+    return _holds(index, split.name, classes, lambda: fingerprint(split, root))
+
+
+def holds_folders(index: ShardIndex | None, root: Path, name: str, classes: Classes) -> bool:
+    """:func:`holds_split` for the split ``name`` of ``root`` as it is on disk, listed by names only."""
+    return _holds(index, name, classes, lambda: folders_fingerprint(root, name, classes))
+
+
+def _holds(index: ShardIndex | None, name: str, classes: Classes, fingerprint_of: Callable[[], str]) -> bool:
+    entry = index.splits.get(name) if index else None
+    return entry is not None and index.dirnames == classes.dirnames and entry.fingerprint == fingerprint_of()
 
 
 @dataclass(frozen=True)

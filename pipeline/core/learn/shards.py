@@ -21,7 +21,7 @@ from pipeline.core.base.errors import UserError
 from pipeline.core.base.progress import Progress
 from pipeline.core.learn.data import Batch, decode, num_batches
 from pipeline.core.learn.folders import Classes, Split
-from pipeline.core.learn.shard_index import INDEX_NAME, RE_RUN, SplitShards, file_sha256, fingerprint, read_index
+from pipeline.core.learn.shard_index import INDEX_NAME, RE_RUN, SplitShards, file_sha256, holds_split, read_index
 
 #: samples held by each worker's shuffle buffer (raw bytes, decoded after the shuffle)
 SHUFFLE_BUFFER = 1000
@@ -34,9 +34,9 @@ def matching_shards(folder: Path, split: Split, root: Path, classes: Classes) ->
     files, same sizes, same classes); None otherwise (stream the folders). The shards themselves must then
     be the ones the index lists, byte for byte (:func:`check_shard_files`)."""
     index = read_index(folder)
-    entry = index.splits.get(split.name) if index else None
-    if entry is None or index.dirnames != classes.dirnames or entry.fingerprint != fingerprint(split, root):
+    if not holds_split(index, split, root, classes):
         return None
+    entry = index.splits[split.name]
     files = [folder / name for name in entry.files]
     check_shard_files(files, entry)
     return files

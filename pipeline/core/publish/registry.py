@@ -196,22 +196,28 @@ class Digest:
 
 def digest_file(path: Path) -> Digest:
     """Both hashes of ``path`` in one read, the parts cut where quilt3 cuts them
-    (``quilt3.checksums.get_checksum_chunksize``) and combined by quilt3's own code."""
+    (``quilt3.checksums.get_checksum_chunksize``) and combined by quilt3's own code. A file of one part (up
+    to 8 MiB: a crop, a shard, a manifest) is hashed once: that part's SHA-256 is the file's."""
     checksums = _quilt3().checksums
     part_size = checksums.get_checksum_chunksize(path.stat().st_size)
+    one_part = path.stat().st_size <= part_size
     whole, parts, size = hashlib.sha256(), [], 0
     with open(path, "rb") as f:
         while True:
             part, length = checksums.SHA256MultiPartChecksumCalculator(), 0
             while length < part_size and (block := f.read(min(1 << 20, part_size - length))):
-                whole.update(block)
+                if not one_part:
+                    whole.update(block)
                 part.update(block)
                 length += len(block)
             if not length:
                 break
             parts.append(part.digest(length))
             size += length
-    return Digest(size, whole.hexdigest(), checksums.SHA256MultiPartChecksumCalculator.combine_parts(parts))
+    if one_part and len(parts) > 1:
+        raise PipelineFailure(f"{path} grew while it was hashed (another process writing it?); run again")
+    sha256 = parts[0].checksum.hex() if one_part and parts else whole.hexdigest()
+    return Digest(size, sha256, checksums.SHA256MultiPartChecksumCalculator.combine_parts(parts))
 
 
 def object_name(sha256: str, logical_key: str) -> str:
@@ -528,9 +534,11 @@ def check_dest(dest: Path, registry: Registry, what: str = "--dest") -> None:
         raise UserError(f"{what} {dest} is inside the registry {registry.shown}: choose a folder outside it")
 
 
-def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> Installed:
+def install(registry: Registry, name: str, top_hash: str | None, dest: Path,
+            finish: Callable[[Path], None] | None = None) -> Installed:
     """Download a version (latest when ``top_hash`` is None) into the new folder ``dest``, checking every
-    file against the package's hashes.
+    file against the package's hashes; ``finish`` then works on the checked files (the dataset's shards are
+    unpacked into class folders) before they move into place, so a refusal there leaves ``dest`` untouched.
 
     Files land in a hidden sibling folder first (``.<dest>.<pid>.pull``) and are renamed into place once all
     are there and verified, so ``dest`` is never half filled; the sibling folders of killed pulls are
@@ -556,6 +564,8 @@ def install(registry: Registry, name: str, top_hash: str | None, dest: Path) -> 
             pkg.fetch(f"{staging}/")
         if not pkg.verify(str(staging)):
             raise PipelineFailure(f"{name} in {registry.shown}: downloaded files do not match the package's hashes")
+        if finish is not None:
+            finish(staging)
         _move_into_place(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

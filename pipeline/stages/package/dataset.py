@@ -1,13 +1,17 @@
 """The dataset package: its files, counts, attribution, licences and metadata.
 
-Logical keys: ``splits/...`` (all of ``data/splits``: class folders, ``splits.parquet``, ``labels.json``),
-``shards/...`` (the same images as WebDataset tar shards and their ``index.json``, when the shards stage ran),
-``manifests/{selected,images,clean,audit}.parquet`` (audit: the ledger of every curation decision, which
-``python -m pipeline.pull NAME --diff A B`` reads), ``README.md`` and ``ATTRIBUTION.csv``. No metrics: they
-belong to the model (:mod:`.model`), which differs between a CPU and a GPU, while this package must be a
-function of its inputs only. For the same reason the download and clean manifests travel as their content
-and decisions only (:func:`decided_manifests`): how many attempts a photo took, or which transient error
-came last before a download gave up, is the weather of one run, not the dataset.
+Logical keys: ``shards/{train,val,test}-NNNNNN.tar`` and ``shards/index.json`` (every crop, once, in the
+WebDataset tars the shards stage wrote: byte-deterministic, so the same inputs give the same top hash),
+``splits/splits.parquet`` and ``splits/labels.json``, ``manifests/{selected,images,clean,audit}.parquet``
+(audit: the ledger of every curation decision, which ``python -m pipeline.pull NAME --diff A B`` reads),
+``README.md`` and ``ATTRIBUTION.csv``. No entry per crop: a package's cost grows with its entries, and
+``python -m pipeline.pull`` unpacks the shards into class folders (:mod:`pipeline.core.learn.unpack`). The
+shards are published only when they hold the class folders on disk (:func:`check_shards`), and the counts
+come from ``splits.parquet``, checked against the shards' index. No metrics: they belong to the model
+(:mod:`.model`), which differs between a CPU and a GPU, while this package must be a function of its inputs
+only. For the same reason the download and clean manifests travel as their content and decisions only
+(:func:`decided_manifests`): how many attempts a photo took, or which transient error came last before a
+download gave up, is the weather of one run, not the dataset.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from pipeline.core.base.errors import UserError
 from pipeline.core.base.io import read_table, write_parquet
 from pipeline.core.base.params import Params
 from pipeline.core.base.status import Download
+from pipeline.core.learn.folders import read_classes
+from pipeline.core.learn.shard_index import INDEX_NAME, ShardIndex, holds_folders, read_index
 from pipeline.stages.package.licences import licence_counts
 from pipeline.stages.package.naming import DATASET
 from pipeline.stages.package.provenance import DATASET_PARAMS, DATASET_STAGES, code_version, recorded_params
@@ -44,24 +50,52 @@ RUN_COLUMNS = ("attempts",)
 #: attempts, under which deadline: the status alone is the decision (no photo; the next run asks again)
 FAILED_REASON = "no final answer from the server (retries or the deadline ran out); a re-run asks again"
 ANNOTATIONS_LICENSE = "CC BY 4.0 (Google LLC)"
+#: what makes the shards the package needs, and makes them again when they are stale
+RUN_SHARDS = "run the shards stage (python -m pipeline.stages.shards), then package"
 # A spreadsheet runs a cell that starts with one of these as a formula; the text comes from Flickr.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def input_files() -> dict[str, Path]:
-    """Every file that goes into the package as it is, by logical key (sorted, hidden files left out)."""
+def read_shards() -> ShardIndex:
+    """The shards' index; a :class:`UserError` naming the stage to run when there is none."""
+    index = read_index(paths.SHARDS_DIR)
+    if index is None:
+        raise UserError(f"{paths.SHARDS_DIR / INDEX_NAME} not found: the dataset package carries the crops as "
+                        f"shards; {RUN_SHARDS}")
+    return index
+
+
+def input_files(index: ShardIndex) -> dict[str, Path]:
+    """Every file that goes into the package as it is, by logical key: the split tables, the shards the index
+    lists (each there, at its size) and the index, the manifests carried byte for byte."""
     for required in (paths.SPLITS_MANIFEST, paths.SPLITS_LABELS, *MANIFESTS.values()):
         if not required.is_file():
             raise UserError(f"{required} not found: run the stages before package first (dvc repro)")
-    files = {
-        f"splits/{path.relative_to(paths.SPLITS_DIR).as_posix()}": path
-        for path in sorted(paths.SPLITS_DIR.rglob("*"))
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(paths.SPLITS_DIR).parts)
-    }
-    files.update({f"shards/{path.name}": path for path in sorted(paths.SHARDS_DIR.glob("*"))  # when the stage ran
-                  if path.is_file() and not path.name.startswith(".")})
+    files = {"splits/splits.parquet": paths.SPLITS_MANIFEST, "splits/labels.json": paths.SPLITS_LABELS}
+    for entry in index.splits.values():
+        for name, size in zip(entry.files, entry.sizes, strict=True):
+            shard = paths.SHARDS_DIR / name
+            if not shard.is_file() or shard.stat().st_size != size:
+                raise UserError(f"{shard}: missing, or not the size {INDEX_NAME} lists; {RUN_SHARDS}")
+            files[f"shards/{name}"] = shard
+    files[f"shards/{INDEX_NAME}"] = paths.SHARDS_DIR / INDEX_NAME
     files.update({key: path for key, path in MANIFESTS.items() if key not in DECIDED})
     return files
+
+
+def check_shards(index: ShardIndex, counts: dict[str, dict[str, int]]) -> None:
+    """Refuse shards that are not the splits as they are now: each split's class folders (files, sizes,
+    classes: the test training applies) and its count in ``splits.parquet``. A split re-run without the
+    shards stage would otherwise publish old crops under a new table."""
+    classes = read_classes(paths.SPLITS_DIR)
+    present = [name for name in paths.SPLIT_NAMES if (paths.SPLITS_DIR / name).is_dir()]
+    stale = [name for name in present if not holds_folders(index, paths.SPLITS_DIR, name, classes)]
+    stale += [name for name, entry in index.splits.items()
+              if name not in present or entry.images != sum(counts[name].values())]
+    stale += [name for name, per_label in counts.items() if sum(per_label.values()) and name not in index.splits]
+    if stale:
+        raise UserError(f"{paths.SHARDS_DIR} does not hold {', '.join(sorted(set(stale)))} of {paths.SPLITS_DIR} "
+                        f"as it is now; {RUN_SHARDS}")
 
 
 def decided_manifests(staging: Path) -> dict[str, Path]:
@@ -122,16 +156,17 @@ def read_labels() -> dict[str, str]:
     return labels
 
 
-def count_images(splits_dir: Path, labels: dict[str, str]) -> dict[str, dict[str, int]]:
-    """``{split: {display name: images}}`` from the files on disk: what the package really holds."""
-    return {
-        split: {
-            display: sum(1 for f in (splits_dir / split / dirname).glob("*")
-                         if f.suffix.lower() in paths.IMAGE_SUFFIXES)
-            for dirname, display in sorted(labels.items(), key=lambda item: item[1])
-        }
-        for split in paths.SPLIT_NAMES
-    }
+def count_images(splits: pd.DataFrame, labels: dict[str, str]) -> dict[str, dict[str, int]]:
+    """``{split: {display name: images}}`` from ``splits.parquet`` (its ``split`` and ``Label`` columns), which
+    :func:`check_shards` holds against the shards: no walk over the files."""
+    manifests.SPLITS.require(splits, ["split", "Label"])
+    per = splits.groupby(["split", "Label"]).size()
+    unknown = sorted(set(splits["Label"]) - set(labels.values()))
+    if unknown:
+        raise UserError(f"{paths.SPLITS_MANIFEST}: label {unknown[0]!r} is not in {paths.SPLITS_LABELS}; "
+                        "run the split stage again")
+    return {split: {display: int(per.get((split, display), 0)) for display in sorted(labels.values())}
+            for split in paths.SPLIT_NAMES}
 
 
 def attribution(selected: pd.DataFrame, image_ids: Sequence[str]) -> pd.DataFrame:

@@ -80,9 +80,13 @@ def dataset_readme(name: str, meta: dict) -> str:
         "",
         f"{meta['dataset']['images']} images cropped from {meta['dataset']['photos']} photos.",
         "",
-        "- `splits/{train,val,test}/<label>/<ImageID>_<BoxIndex>.jpg`: class folders, ready for "
-        "`torchvision.datasets.ImageFolder`; `splits/splits.parquet` lists every file with its split and "
-        "group, `splits/labels.json` maps folder names to label names.",
+        "- `shards/{train,val,test}-NNNNNN.tar`: every crop, as WebDataset shards (per crop `<label>/<ImageID>_"
+        "<BoxIndex>.jpg`, `.cls` its class index, `.json` its label and path); `shards/index.json` lists each "
+        "split's shards with their sizes and sha256. `python -m pipeline.pull` unpacks them into class folders "
+        "`splits/{train,val,test}/<label>/<ImageID>_<BoxIndex>.jpg`, ready for "
+        "`torchvision.datasets.ImageFolder` (`--shards-only` keeps the tars instead, to stream them).",
+        "- `splits/splits.parquet` lists every crop with its split, path and group; `splits/labels.json` maps "
+        "folder names to label names.",
         "- `manifests/selected.parquet` (the chosen boxes and their photos), `manifests/images.parquet` "
         "(every download and its outcome), `manifests/clean.parquet` (every crop: kept or why rejected).",
         "- `ATTRIBUTION.csv`: who took each photo, where it is, and its licence.",

@@ -1,13 +1,13 @@
 """The package stage: publish the dataset, and the model trained on it, as quilt3 packages.
 
 Two packages, so that a dataset version is a function of its inputs alone: ``<name>`` (:mod:`.dataset`: the
-splits, manifests, README and ATTRIBUTION.csv, with the params, source, counts, licences and code version
-in its metadata; the same inputs give the same top hash on any machine) and ``<name>-model``
-(:mod:`.model`: model.pt, metrics and curves, naming the dataset's top hash). ``<name>`` is ``package.name``
-or follows the labels (:mod:`.naming`); both go to ``package.registry`` (``s3://bucket``), or when it is
-empty to the local registry ``data/quilt-registry``. Content identical to a package's latest version adds
-no version. What each holds, and why a failed push leaves nothing half registered: docs/architecture.md
-("package") and :mod:`pipeline.core.publish.registry`.
+crops as the shards stage's tars, no entry per crop, the split tables, manifests, README and ATTRIBUTION.csv,
+with the params, source, counts, licences and code version in its metadata; the same inputs give the same
+top hash on any machine) and ``<name>-model`` (:mod:`.model`: model.pt, metrics and curves, naming the
+dataset's top hash). ``<name>`` is ``package.name`` or follows the labels (:mod:`.naming`); both go to
+``package.registry`` (``s3://bucket``), or when it is empty to the local registry ``data/quilt-registry``.
+Content identical to a package's latest version adds no version. What each holds, and why a failed push
+leaves nothing half registered: docs/architecture.md ("package") and :mod:`pipeline.core.publish.registry`.
 """
 from __future__ import annotations
 
@@ -76,9 +76,11 @@ def run(params: Params) -> PackageSummary:
     model_package = model_name(name)
     registry = Registry.parse(params.package.registry or str(paths.QUILT_REGISTRY), "params.yaml: package.registry")
 
-    files = dataset.input_files()
-    counts = dataset.count_images(paths.SPLITS_DIR, labels)
+    index = dataset.read_shards()
+    files = dataset.input_files(index)
     splits_table = manifests.SPLITS.require(manifests.SPLITS.read(), ["ImageID"])
+    counts = dataset.count_images(splits_table, labels)
+    dataset.check_shards(index, counts)
     credits = dataset.attribution(manifests.SELECTED.read(), splits_table["ImageID"].tolist())
     meta = dataset.metadata(params, counts, credits)
     model_files = model.input_files() if model.has_model() else {}

@@ -11,14 +11,18 @@ import tarfile
 from io import BytesIO
 from pathlib import Path
 
-from pipeline.core.base import paths
 from pipeline.core.base.errors import UserError
 from pipeline.core.base.progress import Progress
 from pipeline.core.learn.folders import Classes, Split
-from pipeline.core.learn.shard_index import SplitShards, file_sha256, fingerprint, sample_key, shard_pattern
+from pipeline.core.learn.shard_index import (
+    IMAGE_EXTENSIONS,
+    SplitShards,
+    file_sha256,
+    fingerprint,
+    sample_key,
+    shard_pattern,
+)
 
-#: image member extension per class-folder suffix (``paths.IMAGE_SUFFIXES``; WebDataset's usual names)
-IMAGE_EXTENSIONS = {suffix: "jpg" if suffix == ".jpeg" else suffix[1:] for suffix in paths.IMAGE_SUFFIXES}
 #: every member's mtime (2000-01-01 UTC): fixed, so equal inputs give equal bytes; not 0, which tar tools
 #: warn about when extracting
 MTIME = 946684800
