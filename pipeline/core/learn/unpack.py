@@ -26,7 +26,14 @@ from pipeline.core.base.errors import PipelineFailure, UserError
 from pipeline.core.base.paths import SPLIT_NAMES
 from pipeline.core.base.progress import Progress
 from pipeline.core.base.safe import printable
-from pipeline.core.learn.shard_index import INDEX_NAME, IMAGE_EXTENSIONS, ShardIndex, SplitShards, read_index, sample_key
+from pipeline.core.learn.shard_index import (
+    IMAGE_EXTENSIONS,
+    INDEX_NAME,
+    ShardIndex,
+    SplitShards,
+    read_index,
+    sample_key,
+)
 
 #: the largest image member unpacked (a crop is a few KiB to a few MiB)
 MAX_IMAGE = 64 * 2**20
