@@ -4,11 +4,13 @@ names exists in params.yaml."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.core.base import paths
 from pipeline.core.base.params import load_params
 from pipeline.core.base.stages import STAGES as TABLE
 
@@ -176,3 +178,13 @@ def test_the_core_rooms_import_only_rooms_below_them() -> None:
         if above:
             upward[file] = above
     assert not upward, f"core rooms importing rooms above them (move the shared part down): {upward}"
+
+
+def test_the_embeddings_cache_is_no_dvc_output_and_git_ignores_it() -> None:
+    """A cache by content is not a result: as an output DVC hashed its one file per crop on every ``dvc
+    status`` and re-ran the audit when another run had added to it. Undeclared, git must still ignore it."""
+    outs = [next(iter(o)) if isinstance(o, dict) else o for s in STAGES.values() for o in s.get("outs", [])]
+    assert str(paths.EMBEDDINGS_DIR) not in outs
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{paths.EMBEDDINGS_DIR}/mobilenet_v2-32px/ab/x.npy"],
+                             cwd=REPO, check=False)
+    assert ignored.returncode == 0
