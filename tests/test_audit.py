@@ -6,6 +6,8 @@ ours; quality checks run on real pictures made dark, flat, blurred or grey.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -158,6 +160,21 @@ def test_cached_embeddings_are_held_once(tmp_path: Path) -> None:
     assert measured.computed == 0 and measured.features.shape == (600, 1280)
     assert np.array_equal(measured.features[7], cache.get(measured.sha256[7]))
     assert peak < 1.5 * measured.features.nbytes, peak / measured.features.nbytes
+
+
+def test_a_run_with_every_embedding_cached_never_imports_torch(tmp_path: Path) -> None:
+    """torch alone is ~650 MiB of RSS: a re-run with other thresholds (every embedding cached) leaves it to
+    the findings."""
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path / "cache", 24)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        cache.put(hashlib.sha256((tmp_path / f"{i}.png").read_bytes()).hexdigest(), np.ones(1280, np.float32))
+    script = ("import sys; from pathlib import Path; from pipeline.core.audit.ledger import measure; "
+              f"m = measure([Path({str(tmp_path)!r}) / f'{{i}}.png' for i in range(3)], 24, "
+              f"Path({str(tmp_path / 'cache')!r}), 'cpu'); print(m.computed, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
 
 
 def test_audit_a_folder_that_is_not_ours_finds_the_flipped_labels(digits_folder, tmp_path, capsys) -> None:
