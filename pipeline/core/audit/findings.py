@@ -63,10 +63,10 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, folds: int, se
 
     Fewer folds than asked when the smallest class has fewer crops (each fold needs one of each); under two
     crops in a class there is nothing to cross-validate. What sklearn's ``cross_val_predict`` with
-    :func:`linear_model` computes, to the bit, in a third of the memory: each fold's training rows are copied
-    once and standardised in place, :data:`COLUMNS` columns at a time (:class:`ColumnScaler`). The pipeline
-    held that copy, a float64 copy while fitting the scaler and the standardised copy: 2.4x the embeddings,
-    1.4 GB at 112k crops, on top of them.
+    :func:`linear_model` computes, to the bit, with a third of the memory beside the embeddings: each fold's
+    training rows are copied once and standardised in place, :data:`COLUMNS` columns at a time
+    (:class:`ColumnScaler`). The pipeline held that copy, a float64 copy while fitting the scaler and the
+    standardised copy: 2.4x the embeddings, +1,518 MiB at 112k crops against +514 now (BENCHMARKS.md).
     """
     counts = np.bincount(labels)
     k = int(min(folds, counts.min()))
