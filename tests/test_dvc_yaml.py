@@ -4,12 +4,13 @@ names exists in params.yaml."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.core.base import manifests
+from pipeline.core.base import manifests, paths
 from pipeline.core.base.params import load_params
 from pipeline.core.base.stages import STAGES as TABLE
 
@@ -240,3 +241,13 @@ def test_the_store_kind_check_sees_a_branch() -> None:
            "def f(store, x):\n    return store.is_remote(x) or '://' in x or isinstance(x, ObjectStore)\n")
     found = [line.rsplit(": ", 1)[1] for line in _store_kind_branches(bad, "x.py")]
     assert sorted(found) == ["://", "ObjectStore", "is_remote", "is_remote"], found
+
+
+def test_the_embeddings_cache_is_no_dvc_output_and_git_ignores_it() -> None:
+    """A cache by content is not a result: as an output DVC hashed its one file per crop on every ``dvc
+    status`` and re-ran the audit when another run had added to it. Undeclared, git must still ignore it."""
+    outs = [next(iter(o)) if isinstance(o, dict) else o for s in STAGES.values() for o in s.get("outs", [])]
+    assert str(paths.EMBEDDINGS_DIR) not in outs
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{paths.EMBEDDINGS_DIR}/mobilenet_v2-32px/ab/x.npy"],
+                             cwd=REPO, check=False)
+    assert ignored.returncode == 0

@@ -53,20 +53,29 @@ class Measured:
 def measure(files: list[Path], size: int, cache_dir: Path, device: str = "auto") -> Measured:
     """Read each file once: its sha256, quality statistics and embedding (from the cache when there).
 
-    A file that cannot be read or decoded is left out (``readable`` says which were kept).
+    A file that cannot be read or decoded is left out (``readable`` says which were kept). The embeddings go
+    straight into one float32 matrix of a row per file, allocated at the first one: no vector per crop
+    kept besides it, no stacked copy at the end (at 112k crops, 573 MB once instead of twice).
     """
     cache, embedder = EmbeddingCache(cache_dir, size), Embedder(size, device)
-    readable, shas, stats, vectors = [], [], [], {}
+    readable, shas, stats = [], [], []
+    features = np.zeros((0, 1), np.float32)
     pending: list[tuple[int, str, object]] = []
     seconds = {"read": 0.0, "quality": 0.0, "embeddings": 0.0}
     computed = 0
+
+    def store(slot: int, vector: np.ndarray) -> None:
+        nonlocal features
+        if not len(features):
+            features = np.empty((len(files), len(vector)), np.float32)
+        features[slot] = vector
 
     def flush() -> None:
         nonlocal computed
         start = time.perf_counter()
         for (slot, sha, _), vector in zip(pending, embedder([image for _, _, image in pending])):
             cache.put(sha, vector)
-            vectors[slot] = vector
+            store(slot, vector)
         computed += len(pending)
         seconds["embeddings"] += time.perf_counter() - start
         pending.clear()
@@ -88,15 +97,14 @@ def measure(files: list[Path], size: int, cache_dir: Path, device: str = "auto")
         shas.append(sha)
         cached = cache.get(sha)
         if cached is not None:
-            vectors[slot] = cached
+            store(slot, cached)
         else:
             pending.append((slot, sha, image))
             if len(pending) >= BATCH:
                 flush()
     if pending:
         flush()
-    features = np.stack([vectors[i] for i in range(len(readable))]) if readable else np.zeros((0, 1), np.float32)
-    return Measured(np.asarray(readable, dtype=np.int64), shas, features,
+    return Measured(np.asarray(readable, dtype=np.int64), shas, features[:len(readable)],
                     pd.DataFrame(stats, columns=list(QUALITY)), computed, seconds)
 
 

@@ -8,8 +8,9 @@ Each kind of issue has an action in the ``audit`` params (``off``, ``flag``, ``r
 Output (``docs/architecture.md``): ``data/audit/ledger.parquet``, one row per crop clean kept:
 ``ImageID BoxIndex Label crop_path`` and the ledger's columns (:mod:`pipeline.core.audit.ledger`);
 ``data/audit/summary.json`` (counts; no timings or cache hits, so equal inputs give equal bytes); ``reports/audit/``.
-Embeddings are cached in ``data/embeddings`` (persistent, by crop content), so changing an action or a
-threshold re-runs the audit without computing one again.
+Embeddings are cached in ``data/embeddings`` by crop content, so changing an action or a threshold re-runs
+the audit without computing one again. The cache is not a DVC output (dvc.yaml says why): the ledger is the
+stage's result, and DVC neither hashes the cache's file per crop on every ``dvc status`` nor deletes it.
 """
 from __future__ import annotations
 
