@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from auditkit import digit_images, write_class_folders
 from clean_inputs import inside
 from PIL import Image, ImageFilter
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from trainkit import needs_offline_weights
 
 from pipeline import audit as audit_command
