@@ -25,7 +25,8 @@ the figure to compare: load stretches wall time far more than CPU time.
 Writes ``scale.csv``, ``scale.json`` and ``scale.png`` (CPU seconds per photo against N, one line per
 step) into ``--out``, and prints the table. A step that fails ends that N (the next steps need its output);
 the others still run. ``--last-stage clean`` runs the stages up to clean and DVC's steps on those stages only
-(for a size whose later stages cannot finish in the time there is); ``--steps K`` the first K steps only.
+(for a size whose later stages cannot finish in the time there is); ``--steps K`` the first K steps only;
+``--resume-from audit --keep`` continues such a kept workspace from that stage with this checkout's code.
 """
 from __future__ import annotations
 
@@ -178,6 +179,47 @@ def selected_photos(workspace: Path) -> int:
     return len(set(table.column("ImageID").to_pylist()))
 
 
+def resume_one(n: int, args: argparse.Namespace) -> list[Step]:
+    """The steps from ``args.resume_from`` on, in the workspace an earlier ``--keep`` run left at ``n``, with
+    this checkout's code and dvc.yaml (synced in and committed, as the demo does); no mirror is served, since
+    the stages after download read only the workspace."""
+    workspace = Path(args.out) / f"ws-{n}"
+    if not (workspace / "params.yaml").is_file():
+        raise SystemExit(f"{workspace}: no kept workspace to resume (run with --keep first)")
+    import yaml
+
+    prepare_workspace(workspace, yaml.safe_load((workspace / "params.yaml").read_text()))
+    name = "openimages/" + "-".join(sorted(label.lower() for label in LABELS))
+    listed = steps(name, "data/quilt-registry")
+    start = [step for step, _ in listed].index(args.resume_from)
+    return run_steps(n, listed[start:], workspace, Path(args.out), args, selected_photos(workspace))
+
+
+def run_steps(n: int, listed: list[tuple[str, list[str]]], workspace: Path, out: Path, args: argparse.Namespace,
+              photos: int = 0) -> list[Step]:
+    """Run ``listed`` in ``workspace``, one process each, measured; stop at the first that fails."""
+    env = {**os.environ, "PYTHONPATH": str(workspace), "PIPELINE_PROGRESS_SECONDS": "60",
+           "DVC_NO_ANALYTICS": "1", "QUILT_DISABLE_USAGE_METRICS": "true"}
+    rows: list[Step] = []
+    files = count_files(workspace)
+    for step, argv in listed:
+        rc, wall, cpu, rss, written = run_step(argv, workspace, env, out / f"ws-{n}.log", args.step_timeout)
+        if step == "select" and rc == 0:
+            photos = selected_photos(workspace)
+        now = count_files(workspace)
+        row = Step(n, photos, step, rc, round(wall, 2), round(cpu, 2), 0.0, round(rss, 1), round(written, 1),
+                   now - files)
+        files = now
+        rows.append(row)
+        print(f"N={n} {step:22s} rc={rc} wall {wall:8.1f} s  CPU {cpu:8.1f} s  "
+              f"{1000 * cpu / max(photos, 1):8.2f} ms/photo  RSS {rss:7.0f} MiB  written {written:8.1f} MiB  "
+              f"+{row.files_added} files", flush=True)
+        if rc != 0:
+            print(f"N={n}: {step} failed (exit {rc}); see {out / f'ws-{n}.log'}", flush=True)
+            break
+    return per_photo(rows, photos)
+
+
 def bench_one(n: int, args: argparse.Namespace) -> list[Step]:
     """Every step at about ``n`` photos; the rows measured (fewer when a step fails)."""
     out = Path(args.out)
@@ -195,27 +237,7 @@ def bench_one(n: int, args: argparse.Namespace) -> list[Step]:
         params = load_params(Path("/nonexistent/params.yaml"), overrides).to_dict()
         prepare_workspace(workspace, params)
         name = "openimages/" + "-".join(sorted(label.lower() for label in LABELS))
-        env = {**os.environ, "PYTHONPATH": str(workspace), "PIPELINE_PROGRESS_SECONDS": "60",
-               "DVC_NO_ANALYTICS": "1", "QUILT_DISABLE_USAGE_METRICS": "true"}
-        rows: list[Step] = []
-        photos = 0
-        files = count_files(workspace)
-        for step, argv in steps(name, "data/quilt-registry", args.last_stage)[: args.steps]:
-            rc, wall, cpu, rss, written = run_step(argv, workspace, env, out / f"ws-{n}.log", args.step_timeout)
-            if step == "select" and rc == 0:
-                photos = selected_photos(workspace)
-            now = count_files(workspace)
-            row = Step(n, photos, step, rc, round(wall, 2), round(cpu, 2), 0.0, round(rss, 1), round(written, 1),
-                       now - files)
-            files = now
-            rows.append(row)
-            print(f"N={n} {step:22s} rc={rc} wall {wall:8.1f} s  CPU {cpu:8.1f} s  "
-                  f"{1000 * cpu / max(photos, 1):8.2f} ms/photo  RSS {rss:7.0f} MiB  written {written:8.1f} MiB  "
-                  f"+{row.files_added} files", flush=True)
-            if rc != 0:
-                print(f"N={n}: {step} failed (exit {rc}); see {out / f'ws-{n}.log'}", flush=True)
-                break
-        return per_photo(rows, photos)
+        return run_steps(n, steps(name, "data/quilt-registry", args.last_stage)[: args.steps], workspace, out, args)
     finally:
         mirror.stop()
         if not args.keep and workspace.exists():
@@ -290,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the stages up to this one, then DVC's steps on them only (default: all)")
     parser.add_argument("--step-timeout", type=float, default=4 * 3600, help="seconds before a step is killed")
     parser.add_argument("--keep", action="store_true", help="keep the workspaces (default: removed after)")
+    parser.add_argument("--resume-from", choices=STAGES[STAGES.index("crop"):],
+                        help="continue each size's kept workspace from this stage with this checkout's code (its "
+                             "earlier rows stay)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         same = [r for r in rows if r.n == n]
         per_photo(same, max(r.photos for r in same))
     for n in args.sizes:
-        rows = [r for r in rows if r.n != n] + bench_one(n, args)
+        if args.resume_from:
+            measured = resume_one(n, args)
+            rows = [r for r in rows if r.n != n or r.step not in {m.step for m in measured}] + measured
+            per_photo([r for r in rows if r.n == n], measured[0].photos if measured else 0)
+        else:
+            rows = [r for r in rows if r.n != n] + bench_one(n, args)
         write_results(rows, out)  # after every size: a long run killed later still leaves its results
     if not args.sizes:
         write_results(rows, out)
