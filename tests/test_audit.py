@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from trainkit import needs_offline_weights
 
 from pipeline import audit as audit_command
-from pipeline.core.audit.embed import EmbeddingCache
+from pipeline.core.audit.embed import EmbeddingCache, embed_into_cache
 from pipeline.core.audit.findings import NEIGHBOURS, linear_model, out_of_sample_probs, outlier_scores
 from pipeline.core.audit.ledger import measure
 from pipeline.core.audit.quality import quality_stats
@@ -175,6 +175,31 @@ def test_a_run_with_every_embedding_cached_never_imports_torch(tmp_path: Path) -
               f"Path({str(tmp_path / 'cache')!r}), 'cpu'); print(m.computed, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
+
+
+def test_a_run_that_computes_embeddings_keeps_torch_out_of_its_own_process(tmp_path: Path) -> None:
+    """The backbone runs in a child process: the audit's process holds the embeddings and fits the label-issue
+    model without torch's ~650 MiB beside them (at 100k photos the stage peaked at 2,234 MiB with it)."""
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    script = ("import sys; from pathlib import Path; from pipeline.core.audit.ledger import measure; "
+              f"m = measure([Path({str(tmp_path)!r}) / f'{{i}}.png' for i in range(3)], 24, "
+              f"Path({str(tmp_path / 'cache')!r}), 'cpu'); "
+              "print(m.computed, m.features.shape[0], 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["3", "3", "False"], done.stdout + done.stderr
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3  # and the child left them in the cache
+
+
+def test_the_embedding_process_never_caches_a_file_under_another_content(tmp_path: Path) -> None:
+    # a crop rewritten between the audit's read and the child's must not be cached under the old sha256
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    good = hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
+    items = [(str(tmp_path / "a.png"), "0" * 64), (str(tmp_path / "a.png"), good)]
+    assert embed_into_cache(items, 24, str(tmp_path / "cache"), "cpu", 64, 10**6) == 1
+    cache = EmbeddingCache(tmp_path / "cache", 24)
+    assert cache.get("0" * 64) is None and cache.get(good) is not None
 
 
 def test_audit_a_folder_that_is_not_ours_finds_the_flipped_labels(digits_folder, tmp_path, capsys) -> None:

@@ -11,6 +11,7 @@ rename: two runs sharing the cache at worst compute a vector twice, never read h
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,3 +91,48 @@ class Embedder:
                            for im in images])
         batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)
         return infer(model, batch, device, normalize).cpu().numpy()
+
+
+def embed_into_cache(items: list[tuple[str, str]], size: int, cache_dir: str, device: str, batch: int,
+                     max_pixels: int) -> int:
+    """Embed the files of ``items`` (``(path, sha256)``) in batches and put each vector in the cache; return
+    how many. Run in a process of its own (:func:`embed_apart`), so torch never enters the audit's process."""
+    from pipeline.core.images.imaging import ImageProblem, load_image
+
+    cache, embedder = EmbeddingCache(Path(cache_dir), size), Embedder(size, device)
+    done = 0
+    for start in range(0, len(items), batch):
+        images, shas = [], []
+        for path, sha in items[start:start + batch]:
+            try:
+                data = Path(path).read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:  # changed since the audit read it: left out
+                    continue
+                images.append(load_image(data, max_pixels))
+                shas.append(sha)
+            except (OSError, ImageProblem):  # gone since it was read: the audit leaves it out
+                continue
+        if images:
+            for sha, vector in zip(shas, embedder(images)):
+                cache.put(sha, vector)
+            done += len(images)
+    return done
+
+
+def embed_apart(items: list[tuple[str, str]], size: int, cache_dir: Path, device: str, batch: int,
+                max_pixels: int) -> int:
+    """:func:`embed_into_cache` in a fresh child process: torch and the backbone (~700 MiB of RSS) live and
+    die there, and the audit's own process, which then holds the embeddings and fits the label-issue model,
+    never imports them (at 100k photos its peak fell from 2,234 MiB, BENCHMARKS.md)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from pipeline.core.base.errors import PipelineFailure
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(embed_into_cache, items, size, str(cache_dir), device, batch, max_pixels).result()
+        except BrokenProcessPool:
+            raise PipelineFailure("the audit's embedding process died (out of memory?); run again to resume "
+                                  "from the embeddings cached so far") from None

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.audit import findings
-from pipeline.core.audit.embed import Embedder, EmbeddingCache
+from pipeline.core.audit.embed import EmbeddingCache, embed_apart
 from pipeline.core.audit.quality import quality_stats
 from pipeline.core.base.params import AuditParams
 from pipeline.core.images.imaging import ImageProblem, load_image
@@ -53,33 +53,15 @@ class Measured:
 def measure(files: list[Path], size: int, cache_dir: Path, device: str = "auto") -> Measured:
     """Read each file once: its sha256, quality statistics and embedding (from the cache when there).
 
-    A file that cannot be read or decoded is left out (``readable`` says which were kept). The embeddings go
-    straight into one float32 matrix of a row per file, allocated at the first one: no vector per crop
-    kept besides it, no stacked copy at the end (at 112k crops, 573 MB once instead of twice).
+    A file that cannot be read or decoded is left out (``readable`` says which were kept). Embeddings not in
+    the cache are computed in a child process that puts them there (:func:`embed_apart`), then read back. They
+    go into one float32 matrix of a row per file: no vector per crop kept besides it, no stacked copy.
     """
-    cache, embedder = EmbeddingCache(cache_dir, size), Embedder(size, device)
+    cache, features = EmbeddingCache(cache_dir, size), _Matrix(len(files))
     readable, shas, stats = [], [], []
-    features = np.zeros((0, 1), np.float32)
-    pending: list[tuple[int, str, object]] = []
+    waiting: dict[str, list[int]] = {}  # sha256 -> the rows that wait for its embedding
+    where: dict[str, str] = {}
     seconds = {"read": 0.0, "quality": 0.0, "embeddings": 0.0}
-    computed = 0
-
-    def store(slot: int, vector: np.ndarray) -> None:
-        nonlocal features
-        if not len(features):
-            features = np.empty((len(files), len(vector)), np.float32)
-        features[slot] = vector
-
-    def flush() -> None:
-        nonlocal computed
-        start = time.perf_counter()
-        for (slot, sha, _), vector in zip(pending, embedder([image for _, _, image in pending])):
-            cache.put(sha, vector)
-            store(slot, vector)
-        computed += len(pending)
-        seconds["embeddings"] += time.perf_counter() - start
-        pending.clear()
-
     for index, path in enumerate(files):
         start = time.perf_counter()
         try:
@@ -92,20 +74,49 @@ def measure(files: list[Path], size: int, cache_dir: Path, device: str = "auto")
         start = time.perf_counter()
         stats.append(quality_stats(image))
         seconds["quality"] += time.perf_counter() - start
-        slot = len(readable)
+        row = len(readable)
         readable.append(index)
         shas.append(sha)
-        cached = cache.get(sha)
+        cached = None if sha in waiting else cache.get(sha)
         if cached is not None:
-            store(slot, cached)
+            features.put(row, cached)
         else:
-            pending.append((slot, sha, image))
-            if len(pending) >= BATCH:
-                flush()
-    if pending:
-        flush()
-    return Measured(np.asarray(readable, dtype=np.int64), shas, features[:len(readable)],
-                    pd.DataFrame(stats, columns=list(QUALITY)), computed, seconds)
+            waiting.setdefault(sha, []).append(row)
+            where.setdefault(sha, str(path))
+    start = time.perf_counter()
+    computed = embed_apart([(where[sha], sha) for sha in waiting], size, cache_dir, device, BATCH,
+                           MAX_PIXELS) if waiting else 0
+    seconds["embeddings"] = time.perf_counter() - start
+    for sha, rows in waiting.items():
+        vector = cache.get(sha)
+        for row in rows if vector is not None else []:
+            features.put(row, vector)
+    keep = features.filled(len(readable))  # a file that changed while the child read it has none: left out
+    return Measured(np.asarray(readable, dtype=np.int64)[keep], [shas[i] for i in keep], features.rows(keep),
+                    pd.DataFrame(stats, columns=list(QUALITY)).iloc[keep].reset_index(drop=True), computed,
+                    seconds)
+
+
+class _Matrix:
+    """A float32 matrix of ``capacity`` rows, allocated when the first vector shows its length."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.data, self.set = capacity, np.zeros((0, 0), np.float32), np.zeros(capacity, bool)
+
+    def put(self, row: int, vector: np.ndarray) -> None:
+        if not self.data.size:
+            self.data = np.empty((self.capacity, len(vector)), np.float32)
+        self.data[row] = vector
+        self.set[row] = True
+
+    def filled(self, count: int) -> np.ndarray:
+        return np.flatnonzero(self.set[:count])
+
+    def rows(self, keep: np.ndarray) -> np.ndarray:
+        """The rows in ``keep``: a view when they are the first ones in order (the usual case), else a copy."""
+        if len(keep) == 0:
+            return np.zeros((0, self.data.shape[1] if self.data.size else 0), np.float32)
+        return self.data[:len(keep)] if keep[-1] == len(keep) - 1 else self.data[keep]
 
 
 def findings_of(labels: np.ndarray, measured: Measured, params: AuditParams) -> dict[str, tuple[np.ndarray, ...]]:
