@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.core.audit.diff import crop_changes, describe
+from pipeline.core.audit.diff import READS, crop_changes, describe
 from pipeline.core.base.errors import run_cli
 from pipeline.core.base.paths import SPLIT_NAMES
 from pipeline.core.learn.shard_index import INDEX_NAME
@@ -123,10 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def diff_versions(registry: Registry, name: str, old: str, new: str) -> int:
-    """Install both versions into a temporary folder (every file checked) and print what changed."""
+    """Install the tables a diff reads of both versions (every file checked; not the shards) into a temporary
+    folder and print what changed."""
     with tempfile.TemporaryDirectory(prefix="pull-diff-") as tmp:
         folders = [Path(tmp) / "a", Path(tmp) / "b"]
-        found = [install(registry, name, top_hash, folder) for top_hash, folder in zip((old, new), folders)]
+        found = [install(registry, name, top_hash, folder, only=READS)
+                 for top_hash, folder in zip((old, new), folders)]
         print(f"{name}: {found[0].top_hash[:12]} -> {found[1].top_hash[:12]}")
         print("\n".join(describe(crop_changes(*folders))))
     return 0

@@ -13,6 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 KEY = ["ImageID", "BoxIndex", "Label"]
+SPLITS, LEDGER, CLEAN, SELECTED = ("splits/splits.parquet", "manifests/audit.parquet", "manifests/clean.parquet",
+                                   "manifests/selected.parquet")
+#: the package entries a diff reads, and all that ``pull --diff`` fetches of each version (not the shards)
+READS = frozenset({SPLITS, LEDGER, CLEAN, SELECTED})
 
 
 def _table(root: Path, key: str, columns: list[str]) -> pd.DataFrame:
@@ -27,9 +31,9 @@ def _table(root: Path, key: str, columns: list[str]) -> pd.DataFrame:
 
 def _reasons(root: Path, went: bool) -> pd.Series:
     """By crop key: what the version at ``root`` records against it (''  when nothing)."""
-    ledger = _table(root, "manifests/audit.parquet", [*KEY, "decision", "issue", "score"])
+    ledger = _table(root, LEDGER, [*KEY, "decision", "issue", "score"])
     ledger = ledger[ledger["decision"] == "rejected"]
-    clean = _table(root, "manifests/clean.parquet", [*KEY, "keep", "reject_reason"])
+    clean = _table(root, CLEAN, [*KEY, "keep", "reject_reason"])
     clean = clean[~clean["keep"].fillna(False).astype(bool)]
     prefix = "" if went else "no longer "
     reasons = {tuple(k): f"{prefix}rejected by clean: {r or 'unknown'}"
@@ -41,14 +45,14 @@ def _reasons(root: Path, went: bool) -> pd.Series:
 
 def crop_changes(old: Path, new: Path) -> pd.DataFrame:
     """One row per crop in only one of the two installed versions: ``KEY``, ``change`` (came/went), ``why``."""
-    before = _table(old, "splits/splits.parquet", KEY)
-    after = _table(new, "splits/splits.parquet", KEY)
+    before = _table(old, SPLITS, KEY)
+    after = _table(new, SPLITS, KEY)
     merged = before.merge(after, on=KEY, how="outer", indicator=True)
     rows = []
     for change, side, root in (("went", "left_only", new), ("came", "right_only", old)):
         part = merged[merged["_merge"] == side][KEY]
         reasons = _reasons(root, went=change == "went")
-        selected = _table(root, "manifests/selected.parquet", KEY)
+        selected = _table(root, SELECTED, KEY)
         known = set(map(tuple, selected[KEY].itertuples(index=False)))
         fallback = "no longer selected" if change == "went" else "newly selected"
         for key in map(tuple, part.itertuples(index=False)):

@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -535,10 +535,11 @@ def check_dest(dest: Path, registry: Registry, what: str = "--dest") -> None:
 
 
 def install(registry: Registry, name: str, top_hash: str | None, dest: Path,
-            finish: Callable[[Path], None] | None = None) -> Installed:
+            finish: Callable[[Path], None] | None = None, only: Collection[str] | None = None) -> Installed:
     """Download a version (latest when ``top_hash`` is None) into the new folder ``dest``, checking every
     file against the package's hashes; ``finish`` then works on the checked files (the dataset's shards are
     unpacked into class folders) before they move into place, so a refusal there leaves ``dest`` untouched.
+    ``only``: just these logical keys (those the version has), e.g. the tables ``--diff`` reads.
 
     Files land in a hidden sibling folder first (``.<dest>.<pid>.pull``) and are renamed into place once all
     are there and verified, so ``dest`` is never half filled; the sibling folders of killed pulls are
@@ -561,15 +562,16 @@ def install(registry: Registry, name: str, top_hash: str | None, dest: Path,
                 raise _not_found(registry, name, None)
             pkg = _browse(registry, name, wanted)
             moved = _point_here(pkg, registry, name)
-            pkg.fetch(f"{staging}/")
-        if not pkg.verify(str(staging)):
+            chosen = pkg if only is None else pkg.filter(lambda key, _: key in only)
+            chosen.fetch(f"{staging}/")
+        if not chosen.verify(str(staging)):
             raise PipelineFailure(f"{name} in {registry.shown}: downloaded files do not match the package's hashes")
         if finish is not None:
             finish(staging)
         _move_into_place(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Installed(pkg.top_hash, sum(1 for _ in pkg.walk()), moved)
+    return Installed(pkg.top_hash, sum(1 for _ in chosen.walk()), moved)
 
 
 def _move_into_place(staging: Path, dest: Path) -> None:
