@@ -26,7 +26,8 @@ Writes ``scale.csv``, ``scale.json`` and ``scale.png`` (CPU seconds per photo ag
 step) into ``--out``, and prints the table. A step that fails ends that N (the next steps need its output);
 the others still run. ``--last-stage clean`` runs the stages up to clean and DVC's steps on those stages only
 (for a size whose later stages cannot finish in the time there is); ``--steps K`` the first K steps only;
-``--resume-from audit --keep`` continues such a kept workspace from that stage with this checkout's code.
+``--resume-from audit --keep`` continues such a kept workspace from that stage with this checkout's code (with
+``--last-stage``, up to that stage only).
 """
 from __future__ import annotations
 
@@ -190,7 +191,9 @@ def resume_one(n: int, args: argparse.Namespace) -> list[Step]:
 
     prepare_workspace(workspace, yaml.safe_load((workspace / "params.yaml").read_text()))
     name = "openimages/" + "-".join(sorted(label.lower() for label in LABELS))
-    listed = steps(name, "data/quilt-registry")
+    listed = steps(name, "data/quilt-registry", args.last_stage)
+    if args.resume_from not in [step for step, _ in listed]:
+        raise SystemExit(f"--resume-from {args.resume_from} comes after --last-stage {args.last_stage}")
     start = [step for step, _ in listed].index(args.resume_from)
     return run_steps(n, listed[start:], workspace, Path(args.out), args, selected_photos(workspace))
 

@@ -41,3 +41,19 @@ def test_smoke_run_measures_the_first_steps_at_40_photos(tmp_path):
     assert (out / "scale.png").stat().st_size > 0
     assert "| crop |" in done.stdout
     assert not (out / "ws-40").exists()  # the workspace goes unless --keep
+
+
+def test_a_kept_workspace_resumes_from_a_stage_and_keeps_the_earlier_rows(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = [sys.executable, str(REPO / "bench" / "scale_bench.py"), "--sizes", "40", "--pool", "3", "--keep",
+              "--out", str(out)]
+    first = subprocess.run([*script, "--steps", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = subprocess.run([*script, "--resume-from", "crop", "--last-stage", "clean"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = pd.read_csv(out / "scale.csv").set_index("step")
+    assert list(rows.index[:5]) == ["metadata", "select", "download", "crop", "clean"]
+    assert "dvc status, to clean" in rows.index and (rows["rc"] == 0).all()
+    assert rows["photos"].nunique() == 1 and rows.loc["clean", "cpu_ms_per_photo"] > 0
