@@ -32,6 +32,11 @@ import tarfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.core.base.locks import file_lock  # noqa: E402
+
 DVC_YAML = """stages:
   files:
     cmd: {python} -c "print('files')"
@@ -49,7 +54,6 @@ OLD_FOLDER_DEPS = {"crop": ["data/images"], "audit": ["data/crops"], "split": ["
                    "package": ["data/splits"]}
 EMBEDDINGS = {"data/embeddings": {"persist": True, "cache": False}}
 CROPS_PER_PHOTO = 1.17
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _name(entry: object) -> str:
@@ -155,13 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/dvc-layout"), help="scratch folder (replaced)")
     parser.add_argument("--pipeline", action="store_true", help="time the pipeline's own graph of stages instead")
     args = parser.parse_args(argv)
+    # --out is replaced: a second run with the same --out waits instead of deleting the first one's folder
+    with file_lock(args.out.parent / f".{args.out.name}.lock", f"another run with --out {args.out}"):
+        run(args)
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the scratch folder anew and print the timings of one layout comparison or of the pipeline graph."""
     dvc = [sys.executable, "-m", "dvc"]
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     os.environ["DVC_NO_ANALYTICS"] = "1"
     if args.pipeline:
         bench_pipeline(args, dvc)
-        return 0
+        return
     make_files(args.out / "data" / "files", args.files, args.size)
     tars = make_tars(args.out / "data" / "files", args.out / "data" / "tars", args.per_tar)
     (args.out / "dvc.yaml").write_text(DVC_YAML.format(python=sys.executable))
@@ -174,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
                               ("dvc repro (no-op)", ["repro", "-q", stage])):
             wall, cpu = timed([*dvc, *command], args.out)
             print(f"{step:<24} {stage:<7} {wall:>8.2f} {cpu:>8.2f} {1000 * cpu / args.files:>12.4f}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.core.base.locks import file_lock  # noqa: E402
 from pipeline.core.base.params import load_params  # noqa: E402
 from pipeline.demo import prepare_workspace  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
@@ -321,11 +322,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "scale.json"
-    rows = [Step(**r) for r in json.loads(previous.read_text())] if previous.exists() else []
-    for n in {r.n for r in rows}:
-        same = [r for r in rows if r.n == n]
-        per_photo(same, max(r.photos for r in same))
+    # each size's workspace under --out is replaced: a second run with the same --out waits for this one
+    with file_lock(out.parent / f".{out.name}.lock", f"another run with --out {out}"):
+        previous = out / "scale.json"
+        rows = [Step(**r) for r in json.loads(previous.read_text())] if previous.exists() else []
+        for n in {r.n for r in rows}:
+            same = [r for r in rows if r.n == n]
+            per_photo(same, max(r.photos for r in same))
+        rows = run_sizes(rows, args)
+        if not args.sizes:
+            write_results(rows, out)
+    print(table(rows))
+    print(f"results: {out / 'scale.csv'}, {out / 'scale.json'}, {out / 'scale.png'}")
+    return 0
+
+
+def run_sizes(rows: list[Step], args: argparse.Namespace) -> list[Step]:
+    """Every size of ``args.sizes`` measured (or resumed) in turn, the results written after each."""
+    out = Path(args.out)
     for n in args.sizes:
         if args.resume_from:
             measured = resume_one(n, args)
@@ -334,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = [r for r in rows if r.n != n] + bench_one(n, args)
         write_results(rows, out)  # after every size: a long run killed later still leaves its results
-    if not args.sizes:
-        write_results(rows, out)
-    print(table(rows))
-    print(f"results: {out / 'scale.csv'}, {out / 'scale.json'}, {out / 'scale.png'}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
